@@ -1,0 +1,416 @@
+"""
+config.json: read the original MedImage file as it is, validate it once into
+a L{Config}, and write it back atomically with unknown keys kept.
+
+Plain Python, no reactor: everything else reads attributes of L{Config}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+MIB = 1024 * 1024
+
+DEFAULT_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, HEAD, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": (
+        "Origin, X-Requested-With, Content-Type, Accept, X-MedImage-Ack"
+    ),
+    "Access-Control-Expose-Headers": (
+        "file-name, X-MedImage-Receipt, X-MedImage-Relay, Digest, Content-Digest"
+    ),
+}
+
+# Letters, digits and '#._-' (the body of a regular-expression character
+# class, as in the original MedImage server's config).
+DEFAULT_ALLOWED_CHARS = "a-zA-Z0-9#._-"
+
+JPEG_TYPE = {"extension": ".jpg", "mime": "image/jpeg"}
+
+#: The values a fresh install starts with.  The original's keys first, then ours.
+DEFAULTS: dict[str, Any] = {
+    "listenPort": 5566,
+    "backupTo": [],
+    "keepMaster": True,
+    "readProxy": "",
+    "globalId": "",
+    "transfer": 0,
+    "allowPhotosLeaving": False,
+    "allowGettingRemotePhotos": True,
+    "webProxy": "",
+    "httpsKey": "",
+    "httpsCert": "",
+    "lockDown": False,
+    "basicAuthent": "changeme",
+    "allowedTypes": [dict(JPEG_TYPE)],
+    "allowedChars": DEFAULT_ALLOWED_CHARS,
+    "maxUploadSize": 16 * MIB,
+    "headers": dict(DEFAULT_HEADERS),
+    "onStartBackupDriveDetect": False,
+    "countryCode": "",
+    "proxy": "",
+    "style": "",
+    # medimage_tx extensions (PROTOCOL.md part B)
+    "serverName": "",
+    "lanMode": True,
+    "discoveryPort": 5566,
+    "discoveryInterfaces": [],
+}
+
+
+class ConfigError(Exception):
+    """
+    config.json cannot be used.  C{str(error)} is one line naming the file,
+    the key and what is wrong.
+    """
+
+
+@dataclass(frozen=True)
+class AllowedType:
+    extension: str  # lower case, with the leading dot
+    mime: str  # lower case
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    A validated config.json.  C{raw} is the whole file as read, unknown keys
+    included, so that saving never drops what an older or newer server wrote.
+    """
+
+    path: Path
+    raw: dict[str, Any]
+    listenPort: int
+    backupTo: tuple[str, ...]
+    keepMaster: bool
+    readProxy: str
+    globalId: str
+    transfer: int
+    allowPhotosLeaving: bool
+    allowGettingRemotePhotos: bool
+    webProxy: str
+    httpsKey: str
+    httpsCert: str
+    lockDown: bool
+    allowedTypes: tuple[AllowedType, ...]
+    allowedChars: str
+    maxUploadSize: int
+    headers: dict[str, str] = field(hash=False)
+    onStartBackupDriveDetect: bool
+    serverName: str
+    lanMode: bool
+    discoveryPort: int
+    discoveryInterfaces: tuple[str, ...]
+
+    @property
+    def role(self) -> str:
+        return "relay" if self.allowPhotosLeaving else "pc"
+
+    def updated(self, **changes: Any) -> "Config":
+        """
+        A new config with C{changes} (keys as in config.json) applied and
+        validated; nothing is written.
+        """
+        raw = dict(self.raw)
+        raw.update(changes)
+        return parse_config(raw, self.path)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port(value: Any) -> int:
+    if not _is_int(value) or not 0 <= value <= 65535:
+        raise ValueError(f"expected a port number from 0 to 65535, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _count(value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"expected a whole number of 0 or more, got {value!r}")
+    return value
+
+
+def _positive(value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"expected a whole number of 1 or more, got {value!r}")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _folders(value: Any) -> tuple[str, ...]:
+    folders = _strings(value)
+    if any(not f.strip() for f in folders):
+        raise ValueError("contains an empty folder name")
+    return folders
+
+
+def _global_id(value: Any) -> str:
+    text = _string(value)
+    if text and not re.fullmatch(r"[A-Za-z0-9]{1,64}", text):
+        raise ValueError("expected letters and digits only")
+    return text
+
+
+def _allowed_types(value: Any) -> tuple[AllowedType, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of {{extension, mime}} objects, got {value!r}")
+    types = []
+    for entry in value:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("extension"), str)
+            and isinstance(entry.get("mime"), str)
+            and re.fullmatch(r"\.?[A-Za-z0-9]{1,10}", entry["extension"])
+        ):
+            raise ValueError(
+                'each entry needs "extension" (like ".pdf") and "mime" '
+                f'(like "application/pdf"), got {entry!r}'
+            )
+        extension = entry["extension"].lower()
+        if not extension.startswith("."):
+            extension = "." + extension
+        types.append(AllowedType(extension, entry["mime"].strip().lower()))
+    return tuple(types)
+
+
+def _allowed_chars(value: Any) -> str:
+    text = _string(value)
+    if not text:
+        raise ValueError("must not be empty")
+    try:
+        re.compile(f"[{text}]")
+    except re.error as e:
+        raise ValueError(f"is not a valid character class: {e}") from None
+    return text
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"expected an object of header names to strings, got {value!r}")
+    for k, v in value.items():
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k) or "\n" in v or "\r" in v:
+            raise ValueError(f"header {k!r} is not a valid HTTP header")
+    return dict(value)
+
+
+def check_readable(configured: str, base: Path) -> None:
+    """
+    Raise L{ValueError} unless the file named in config (relative paths are
+    relative to config.json's folder) can be opened for reading.
+    """
+    try:
+        with open(resolve_path(configured, base), "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {configured!r}: {e.strerror}") from None
+
+
+def resolve_path(configured: str, base: Path) -> Path:
+    """
+    A path from config.json in this OS's form, relative to C{base}.
+    """
+    return base / native_path(configured)
+
+
+def _web_proxy(value: Any) -> str:
+    text = _string(value)
+    if text and not re.fullmatch(r"https?://[^\s/]+/?", text):
+        raise ValueError(
+            f"expected http://user:password@host:port, got {redact_url(text)!r}"
+        )
+    return text
+
+
+def _url(value: Any) -> str:
+    text = _string(value)
+    if text and not re.fullmatch(r"https?://\S+", text):
+        raise ValueError(f"expected an http:// or https:// address, got {text!r}")
+    return text
+
+
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "listenPort": _port,
+    "backupTo": _folders,
+    "keepMaster": _bool,
+    "readProxy": _url,
+    "globalId": _global_id,
+    "transfer": _count,
+    "allowPhotosLeaving": _bool,
+    "allowGettingRemotePhotos": _bool,
+    "webProxy": _web_proxy,
+    "httpsKey": _string,
+    "httpsCert": _string,
+    "lockDown": _bool,
+    "allowedTypes": _allowed_types,
+    "allowedChars": _allowed_chars,
+    "maxUploadSize": _positive,
+    "headers": _headers,
+    "onStartBackupDriveDetect": _bool,
+    "serverName": _string,
+    "lanMode": _bool,
+    "discoveryPort": _port,
+    "discoveryInterfaces": _strings,
+}
+
+
+def parse_config(raw: Any, path: Path) -> Config:
+    """
+    Validate a decoded config.json.  Missing keys take their defaults; the
+    first bad key raises L{ConfigError}.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    values = {}
+    for key, validate in _VALIDATORS.items():
+        value = raw.get(key, DEFAULTS[key])
+        try:
+            values[key] = validate(value)
+        except ValueError as e:
+            raise ConfigError(f"{path}: key {key!r}: {e}") from None
+    for key in ("httpsKey", "httpsCert"):
+        if values[key]:
+            try:
+                check_readable(values[key], path.parent)
+            except ValueError as e:
+                raise ConfigError(f"{path}: key {key!r}: {e}") from None
+    if not values["serverName"]:
+        values["serverName"] = socket.gethostname() or "MedImage"
+    return Config(path=path, raw=dict(raw), **values)
+
+
+def load_config(path: Path) -> Config:
+    """
+    Read and validate config.json at C{path}.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+    return parse_config(raw, path)
+
+
+def load_or_create_config(path: Path) -> tuple[Config, bool]:
+    """
+    Read config.json, or write the defaults there first if there is no file.
+    Returns the config and whether it was just created.
+    """
+    if path.exists():
+        return load_config(path), False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(path, DEFAULTS)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot create the default config: {e.strerror}")
+    return load_config(path), True
+
+
+def save_config(config: Config, **changes: Any) -> Config:
+    """
+    Apply C{changes}, validate, and write config.json atomically.  Keys this
+    server does not know are written back unchanged.
+    """
+    new = config.updated(**changes)
+    write_json_atomically(new.path, new.raw)
+    return new
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """
+    Write C{data} as JSON so that a crash leaves either the old file or the
+    new one, never half of one: temp file, fsync, rename, fsync folder.
+    """
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=4)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """
+    Make a rename or new file in C{folder} durable (a no-op where the OS
+    cannot open folders, like Windows).
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def native_path(configured: str, os_name: str = os.name) -> str:
+    """
+    Turn a path as written in config.json (forward slashes on every OS,
+    C{C:/x}, C{//server/share} or C{\\\\server\\share}) into this OS's form.
+    """
+    text = configured.strip()
+    if os_name == "nt":
+        text = text.replace("/", "\\")
+        if re.fullmatch(r"[A-Za-z]:", text):
+            text += "\\"
+        return text
+    text = text.replace("\\", "/")
+    if text.startswith("//"):
+        # A network path; on POSIX it only works where the share is mounted
+        # at that path, but keep it recognisable in errors.
+        return "//" + text.lstrip("/")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """
+    C{url} with any password replaced, for logs and error messages.
+    """
+    return re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", url)

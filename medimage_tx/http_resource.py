@@ -1,0 +1,331 @@
+"""
+The HTTP side of the PC server: routes, streaming uploads, and the one place
+where domain errors become HTTP answers.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any, Awaitable, Callable, Optional
+
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import pages, server
+from twisted.web.resource import Resource
+
+from . import __version__
+from .backups import BackupService
+from .config import Config
+from .errors import Rejected, TryLater
+from .intake import accepted_parts
+from .store import PhotoStore
+from .upload import MultipartReceiver, boundary_of
+
+log = Logger()
+
+RECEIVED = b"Received upload successfully!"
+NOT_READABLE = b"Sorry, you cannot read from this server. Please check the server's config.json."
+
+
+@dataclass
+class ServerStats:
+    photos_received: int = 0
+    bytes_received: int = 0
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class ServerState:
+    """
+    What the resources share.  C{config} is replaced, not mutated, when it
+    changes (pairing), so each request reads the current one.
+    """
+
+    config: Config
+    store: PhotoStore
+    reactor: Any
+    backups: Optional[BackupService] = None
+    stats: ServerStats = field(default_factory=ServerStats)
+
+    def in_thread(self, f: Callable, *args: Any):
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+
+@dataclass
+class Answer:
+    code: int
+    body: bytes
+    content_type: bytes = b"text/plain; charset=utf-8"
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+    def send(self, request: server.Request) -> None:
+        request.setResponseCode(self.code)
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"content-length", b"%d" % len(self.body))
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        request.write(self.body)
+        request.finish()
+
+
+def one_line(text: str) -> bytes:
+    return " ".join(text.split()).encode("utf-8")
+
+
+def answer_for_failure(failure: Failure) -> Answer:
+    """
+    The one place where errors become HTTP answers.
+    """
+    if failure.check(Rejected):
+        return Answer(400, one_line(str(failure.value)))
+    if failure.check(TryLater):
+        retry_after = b"%d" % failure.value.retry_after
+        return Answer(503, one_line(str(failure.value)), headers={b"retry-after": retry_after})
+    log.failure("Unexpected error while answering a request", failure)
+    return Answer(500, b"Internal server error")
+
+
+def render_async(request: server.Request, handler: Callable[..., Awaitable[Answer]], *args: Any):
+    """
+    Run an async handler the klein way: cancel it when the client goes
+    away, never write after a disconnect, answer every error.
+    """
+    d = ensureDeferred(handler(request, *args))
+    gone = []
+
+    def client_gone(reason: Failure) -> None:
+        gone.append(True)
+        d.cancel()
+
+    request.notifyFinish().addErrback(client_gone)
+
+    def answer(result: Any) -> None:
+        if gone:
+            return
+        if isinstance(result, Failure):
+            if result.check(CancelledError):
+                return
+            result = answer_for_failure(result)
+        result.send(request)
+
+    d.addBoth(answer)
+    d.addErrback(lambda f: log.failure("Failed to send an answer", f))
+    return server.NOT_DONE_YET
+
+
+class MedImageRequest(server.Request):
+    """
+    A request whose C{multipart/form-data} body is parsed as it arrives,
+    straight into a temporary file next to the photos folder, and whose
+    every answer carries the C{headers} from config.
+    """
+
+    receiver: Optional[MultipartReceiver] = None
+
+    def gotLength(self, length: Optional[int]) -> None:
+        state: ServerState = self.channel.site.state
+        boundary = boundary_of(self.requestHeaders.getRawHeaders(b"content-type", [b""])[0])
+        if boundary is None or len(boundary) > 200:
+            super().gotLength(length)
+            return
+        self.content = BytesIO()
+        self.receiver = MultipartReceiver(
+            boundary, state.store.temp, state.config.maxUploadSize, length
+        )
+        self.notifyFinish().addBoth(self._discard_upload)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.write(data)
+        else:
+            super().handleContentChunk(data)
+
+    def _discard_upload(self, result: Any) -> None:
+        if self.receiver is not None:
+            self.receiver.discard()
+
+    def process(self) -> None:
+        for name, value in self.channel.site.state.config.headers.items():
+            self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        super().process()
+
+
+class AsyncResource(Resource):
+    isLeaf = True
+
+    def __init__(self, state: ServerState):
+        super().__init__()
+        self.state = state
+
+
+class PhotoUpload(AsyncResource):
+    """
+    C{POST /api/photo} (PROTOCOL.md A1).
+    """
+
+    def render_POST(self, request: MedImageRequest):
+        return render_async(request, self.receive)
+
+    async def receive(self, request: MedImageRequest) -> Answer:
+        started = time.monotonic()
+        receiver = request.receiver
+        if receiver is None:
+            raise Rejected("Expected a multipart/form-data upload with the photo in the field 'file1'")
+        received = receiver.finish()
+        receiver.disown()
+        config, store = self.state.config, self.state.store
+        try:
+            parts = accepted_parts(received, config)
+        except Exception:
+            os.close(received.fd)
+            os.unlink(received.temp_path)
+            raise
+        stored = await self.state.in_thread(
+            store.store, received.temp_path, received.fd, received.size, received.sha256, parts
+        )
+        if not stored.duplicate:
+            self.state.stats.photos_received += 1
+            self.state.stats.bytes_received += received.size
+        if self.state.backups is not None:
+            self.state.backups.note(stored.backup_failures, succeeded=store.backup_to)
+        log.info(
+            "Received {path} ({size} bytes) in {ms:.0f} ms{again}",
+            path=stored.relative, size=received.size,
+            ms=(time.monotonic() - started) * 1000,
+            again=" (a retry: already stored)" if stored.duplicate else "",
+        )
+        return Answer(200, RECEIVED)
+
+
+class Check(AsyncResource):
+    """
+    C{GET /check=<name>} (PROTOCOL.md A3): only a relay holds photos that
+    wait to be read.
+    """
+
+    def __init__(self, state: ServerState, name: bytes):
+        super().__init__(state)
+        self.name = name
+
+    def render_GET(self, request):
+        if not self.state.config.allowPhotosLeaving:
+            return answer_now(request, Answer(400, NOT_READABLE))
+        return answer_now(request, Answer(200, b"false"))
+
+
+class LoadAverage(AsyncResource):
+    """
+    C{GET /load/}: the 1, 5 and 15 minute load averages as a JSON array.
+    """
+
+    def render_GET(self, request):
+        body = json.dumps([round(x, 2) for x in _load_average()]).encode()
+        return answer_now(request, Answer(200, body, b"application/json"))
+
+
+def _load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        import psutil
+
+        return psutil.getloadavg()
+
+
+class StatusPage(AsyncResource):
+    """
+    C{GET /}: a plain page saying what this server is and does.  Old apps
+    find a WiFi server by this page answering 200.
+    """
+
+    def render_GET(self, request):
+        return answer_now(request, Answer(200, self.page(), b"text/html; charset=utf-8"))
+
+    def page(self) -> bytes:
+        config, stats, store = self.state.config, self.state.stats, self.state.store
+        failing = self.state.backups.failing if self.state.backups else {}
+        rows = [
+            ("Version", f"medimage_tx {__version__}"),
+            ("Role", "Relay (proxy server)" if config.role == "relay" else "Clinic PC server"),
+            ("Server name", config.serverName),
+            ("Photos received since start", str(stats.photos_received)),
+            ("Bytes received since start", str(stats.bytes_received)),
+            ("Bytes transferred from the relay", str(config.transfer)),
+            ("Photos arrive in", str(store.photos)),
+            ("Copied to", ", ".join(map(str, store.backup_to)) or "(no backupTo folders)"),
+            ("Paired with a relay", "yes" if config.readProxy else "no"),
+        ]
+        rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
+        table = "\n".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+        )
+        return (
+            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>MedImage server</title></head>"
+            f"<body><h1>MedImage server</h1><table>\n{table}\n</table></body></html>\n"
+        ).encode("utf-8")
+
+
+class Preflight(Resource):
+    """
+    C{OPTIONS} on any path: 200, with the config headers (CORS).
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+
+def answer_now(request, answer: Answer) -> bytes:
+    request.setResponseCode(answer.code)
+    request.setHeader(b"content-type", answer.content_type)
+    for name, value in answer.headers.items():
+        request.setHeader(name, value)
+    return answer.body
+
+
+class Root(Resource):
+    def __init__(self, state: ServerState):
+        super().__init__()
+        self.state = state
+        self.putChild(b"", StatusPage(state))
+        self.putChild(b"load", LoadAverage(state))
+        api = Resource()
+        api.putChild(b"photo", PhotoUpload(state))
+        self.putChild(b"api", api)
+
+    def getChildWithDefault(self, path: bytes, request):
+        if request.method == b"OPTIONS":
+            return Preflight()
+        return super().getChildWithDefault(path, request)
+
+    def getChild(self, path: bytes, request):
+        if path.startswith(b"check="):
+            return Check(self.state, path[len(b"check="):])
+        return pages.notFound()
+
+
+class MedImageSite(server.Site):
+    requestFactory = MedImageRequest
+
+    def __init__(self, state: ServerState):
+        super().__init__(Root(state), parsePOSTFormSubmission=False)
+        self.state = state
+        self.displayTracebacks = False
+
+    def log(self, request):
+        # The access log would name patients' folders and files; the
+        # application logs what is needed instead.
+        pass
+
+
+def make_site(state: ServerState) -> MedImageSite:
+    return MedImageSite(state)

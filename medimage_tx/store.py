@@ -1,0 +1,328 @@
+"""
+Durable, idempotent photo storage (PROTOCOL.md A2 and B2).
+
+A photo arrives as a complete temporary file in C{<data>/tmp}.  L{PhotoStore}
+flushes it, links it into C{<data>/photos/<folders>/<name>} without ever
+overwriting, then copies it to every C{backupTo} folder (the first is the
+clinic's target folder) the same way: temporary file in the target's own
+file system, flush, link into place.  A reader never sees a partial file.
+
+Plain blocking Python: the Twisted side runs these calls in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from .config import fsync_folder
+from .errors import TryLater
+from .naming import with_suffix_number
+from .upload import disk_trouble
+
+#: Hidden folder inside each backup target for copies still being written.
+INCOMING = ".medimage-incoming"
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Stored:
+    """
+    Where a photo was stored, relative to the photos folder, and whether it
+    was already there with the same bytes (a retried upload).
+    """
+
+    relative: str
+    duplicate: bool
+    backup_failures: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class RecoveryReport:
+    temp_files_removed: int = 0
+    photos_backed_up: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def same_content(path: Path, size: int, sha256: str) -> bool:
+    """
+    Whether the file at C{path} has exactly this size and SHA-256.
+    """
+    try:
+        if path.stat().st_size != size:
+            return False
+        return file_sha256(path) == sha256
+    except OSError:
+        return False
+
+
+def link_no_overwrite(source: Path, dest: Path) -> None:
+    """
+    Put C{source}'s file at C{dest} atomically, failing with
+    L{FileExistsError} if C{dest} exists.  C{source} stays.
+    """
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        raise
+    except OSError:
+        # File systems without hard links (some network shares): copy
+        # instead; the existence check and the copy are not atomic there.
+        if dest.exists():
+            raise FileExistsError(dest) from None
+        shutil.copyfile(source, dest)
+        _fsync_file(dest)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    stem, dot, extension = name.rpartition(".")
+    return (stem, "." + extension) if dot and stem else (name, "")
+
+
+class PhotoStore:
+    """
+    The staging folder, the backup targets, and the rules between them.
+
+    @param data_dir: holds C{photos/}, C{tmp/} and C{pending/}.
+    @param backup_to: target folders in order; the first is the clinic's.
+    @param keep_master: keep the staged copy once all copies are made.
+    """
+
+    def __init__(self, data_dir: Path, backup_to: Sequence[Path], keep_master: bool):
+        self.data_dir = data_dir
+        self.photos = data_dir / "photos"
+        self.temp = data_dir / "tmp"
+        self.pending = data_dir / "pending"
+        self.backup_to = tuple(backup_to)
+        self.keep_master = keep_master
+
+    def prepare(self) -> None:
+        for folder in (self.photos, self.temp, self.pending):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # Storing
+
+    def store(self, temp_path: Path, fd: Optional[int], size: int, sha256: str,
+              parts: Sequence[str]) -> Stored:
+        """
+        Make the complete temporary file at C{temp_path} durable under
+        C{photos/<parts>}, then copy it to the backup targets.  The
+        temporary file is gone afterwards, whatever happens.
+
+        @param fd: an open descriptor of the temporary file to flush and
+            close, or L{None} if it is already flushed and closed.
+        @raise TryLater: the photo could not be made durable.
+        """
+        try:
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            relative, duplicate = self._link_into_photos(temp_path, size, sha256, parts)
+        except OSError as e:
+            raise disk_trouble(e) from None
+        finally:
+            _unlink_quietly(temp_path)
+        failures = self.ensure_backups(relative) if self.backup_to else []
+        return Stored(relative, duplicate, tuple(failures))
+
+    def _candidates(self, folder: tuple[str, ...], stem: str, extension: str) -> Iterator[str]:
+        for number in range(100000):
+            yield "/".join(folder + (with_suffix_number(stem, number) + extension,))
+        raise TryLater("Too many different photos with this name")
+
+    def _link_into_photos(self, temp_path: Path, size: int, sha256: str,
+                          parts: Sequence[str]) -> tuple[str, bool]:
+        stem, extension = _split_name(parts[-1])
+        (self.photos.joinpath(*parts[:-1])).mkdir(parents=True, exist_ok=True)
+        for relative in self._candidates(tuple(parts[:-1]), stem, extension):
+            while True:
+                places = [self.photos / relative]
+                if self.backup_to and not self.keep_master:
+                    # The staged copy moves on; the target keeps the name.
+                    places.append(self.backup_to[0] / relative)
+                existing = [p for p in places if p.exists()]
+                if existing:
+                    if all(same_content(p, size, sha256) for p in existing):
+                        return relative, True
+                    break  # a different photo has this name: try the next
+                dest = self.photos / relative
+                try:
+                    link_no_overwrite(temp_path, dest)
+                except FileExistsError:
+                    continue  # someone got there first: look again
+                self._mark_pending(relative)
+                fsync_folder(dest.parent)
+                return relative, False
+        raise AssertionError("unreachable")
+
+    # Backups
+
+    def _marker(self, relative: str) -> Path:
+        return self.pending / (hashlib.sha256(relative.encode()).hexdigest()[:32] + ".json")
+
+    def _mark_pending(self, relative: str) -> None:
+        if not self.backup_to:
+            return
+        # Not flushed here: until the phone gets 200 it retries anyway, and a
+        # retry runs the backups again.  Flushed below if a backup fails.
+        self._marker(relative).write_text(json.dumps({"path": relative}))
+
+    def ensure_backups(self, relative: str) -> list[tuple[str, str]]:
+        """
+        Copy C{photos/<relative>} to every backup target that lacks it.
+        Returns the targets that failed, with the reason; the photo then
+        stays staged and marked pending, to be tried again.
+        """
+        staged = self.photos / relative
+        failures = []
+        for index, target in enumerate(self.backup_to):
+            try:
+                if not staged.exists():
+                    break  # already moved to the first target: done
+                self._copy_to_target(staged, target, relative,
+                                     move=(index == 0 and not self.keep_master))
+            except OSError as e:
+                failures.append((str(target), e.strerror or str(e)))
+        marker = self._marker(relative)
+        if failures:
+            self._mark_pending(relative)
+            _fsync_quietly(marker)
+            return failures
+        if not self.keep_master and staged.exists():
+            _unlink_quietly(staged)
+        _unlink_quietly(marker)
+        return failures
+
+    def _copy_to_target(self, staged: Path, target: Path, relative: str, move: bool) -> None:
+        if not target.is_dir():
+            # Never create the target itself: a missing drive or share must
+            # not turn into a local folder that nobody reads.
+            raise FileNotFoundError(2, "the folder does not exist (is the drive or share connected?)")
+        size = staged.stat().st_size
+        sha256 = file_sha256(staged)
+        folders, name = relative.rpartition("/")[0], relative.rpartition("/")[2]
+        stem, extension = _split_name(name)
+        dest_folder = target / folders if folders else target
+        dest_folder.mkdir(parents=True, exist_ok=True)
+        same_fs = move and os.stat(target).st_dev == os.stat(self.photos).st_dev
+        for number in range(100000):
+            dest = dest_folder / (with_suffix_number(stem, number) + extension)
+            if dest.exists():
+                if same_content(dest, size, sha256):
+                    return
+                continue
+            try:
+                if same_fs:
+                    link_no_overwrite(staged, dest)
+                else:
+                    self._copy_durably(staged, target, dest)
+            except FileExistsError:
+                if same_content(dest, size, sha256):
+                    return
+                continue
+            fsync_folder(dest_folder)
+            return
+
+    def _copy_durably(self, source: Path, target: Path, dest: Path) -> None:
+        incoming = target / INCOMING
+        incoming.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=incoming, suffix=".part")
+        os.close(fd)
+        temp = Path(name)
+        try:
+            shutil.copyfile(source, temp)
+            _fsync_file(temp)
+            link_no_overwrite(temp, dest)
+        finally:
+            _unlink_quietly(temp)
+
+    # Start-up and retries
+
+    def pending_photos(self) -> list[str]:
+        """
+        Staged photos whose backups are not all made yet.
+        """
+        found = set()
+        for marker in self.pending.glob("*.json"):
+            try:
+                relative = json.loads(marker.read_text())["path"]
+            except (OSError, ValueError, KeyError, TypeError):
+                _unlink_quietly(marker)
+                continue
+            if (self.photos / relative).is_file():
+                found.add(relative)
+            else:
+                _unlink_quietly(marker)
+        if self.backup_to and not self.keep_master:
+            # Every staged photo left here is one whose copies are not done.
+            for path in self.photos.rglob("*"):
+                if path.is_file():
+                    found.add(path.relative_to(self.photos).as_posix())
+        return sorted(found)
+
+    def retry_pending(self) -> RecoveryReport:
+        report = RecoveryReport()
+        for relative in self.pending_photos():
+            failures = self.ensure_backups(relative)
+            if failures:
+                report.failures.extend(failures)
+            else:
+                report.photos_backed_up += 1
+        return report
+
+    def recover(self) -> RecoveryReport:
+        """
+        After a crash: remove temporary files, then finish backups.
+        """
+        removed = 0
+        folders = [self.temp] + [t / INCOMING for t in self.backup_to]
+        for folder in folders:
+            if folder.is_dir():
+                for leftover in folder.iterdir():
+                    if leftover.is_file():
+                        _unlink_quietly(leftover)
+                        removed += 1
+        report = self.retry_pending()
+        report.temp_files_removed = removed
+        return report
+
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_quietly(path: Path) -> None:
+    try:
+        _fsync_file(path)
+        fsync_folder(path.parent)
+    except OSError:
+        pass

@@ -1,0 +1,193 @@
+"""
+The wiring: command-line options and the service tree of C{twistd medimage}.
+Nothing else in the package knows about command-line options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+
+from . import __version__
+from .backups import BackupService
+from .config import ConfigError, Config, load_or_create_config, resolve_path
+from .drives import backup_drive_folders
+from .http_resource import ServerState, make_site
+from .store import PhotoStore
+
+log = Logger()
+
+
+def default_data_dir() -> Path:
+    return Path.home() / "MedImage"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a MedImage server: a clinic PC server that receives photos from "
+        "phones (and pulls them from a relay), or a relay, as config.json says. "
+        "With no config file, a default one is written in the data folder."
+    )
+    optParameters = [
+        ["config", "c", None, "config.json to use [default: DATA/config.json]"],
+        ["data", "d", None, f"folder for photos, temporary files and the default config [default: {default_data_dir()}]"],
+        ["interface", "i", None, "address to listen on [default: all IPv4 addresses]"],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["port"] = None
+
+    def opt_port(self, value: str) -> None:
+        """
+        HTTP port, overriding listenPort in config.json (0: any free port)
+        """
+        try:
+            port = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--port: expected a number, got {value!r}")
+        if not 0 <= port <= 65535:
+            raise usage.UsageError(f"--port: expected 0 to 65535, got {port}")
+        self["port"] = port
+
+    opt_p = opt_port
+
+
+class HTTPListener(Service):
+    """
+    Listens on an endpoint; fails the start, loudly, if it cannot.
+
+    @ivar listening: fires with the listening port.
+    """
+
+    def __init__(self, endpoint, factory, on_listening=None):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.on_listening = on_listening
+        self.port = None
+        self.listening: Deferred = Deferred()
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:
+            self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        failed = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listened, failed.append)
+        if failed:
+            raise SystemExit(f"medimage: cannot listen: {failed[0].getErrorMessage()}")
+
+    def _listened(self, port) -> None:
+        self.port = port
+        if self.on_listening is not None:
+            self.on_listening(port)
+        self.listening.callback(port)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class MedImageService(MultiService):
+    """
+    The whole server.  Tests build it with L{build_service} and start it.
+    """
+
+    def __init__(self, state: ServerState, http: HTTPListener):
+        super().__init__()
+        self.state = state
+        self.http = http
+
+
+def build_service(
+    reactor: Any,
+    data_dir: Path,
+    config_path: Optional[Path] = None,
+    port: Optional[int] = None,
+    interface: Optional[str] = None,
+) -> MedImageService:
+    """
+    Read config and wire the services.  Raises L{ConfigError}.
+    """
+    data_dir = data_dir.expanduser().absolute()
+    config_path = (config_path or data_dir / "config.json").expanduser().absolute()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{data_dir}: cannot create the data folder: {e.strerror}")
+    config, created = load_or_create_config(config_path)
+    if created:
+        log.info("No config found: wrote the defaults to {path}", path=config_path)
+    store = _make_store(config, data_dir)
+    backups = BackupService(store, reactor)
+    state = ServerState(config=config, store=store, reactor=reactor, backups=backups)
+    site = make_site(state)
+    listen_port = config.listenPort if port is None else port
+    if interface and ":" in interface:
+        endpoint = TCP6ServerEndpoint(reactor, listen_port, interface=interface)
+    else:
+        endpoint = TCP4ServerEndpoint(reactor, listen_port, interface=interface or "")
+    http = HTTPListener(endpoint, site, lambda p: _announce(config, store, p))
+    service = MedImageService(state, http)
+    backups.setServiceParent(service)
+    http.setServiceParent(service)
+    return service
+
+
+def _make_store(config: Config, data_dir: Path) -> PhotoStore:
+    base = config.path.parent
+    targets = [resolve_path(folder, base) for folder in config.backupTo]
+    store = PhotoStore(data_dir, targets, config.keepMaster)
+    try:
+        store.prepare()
+    except OSError as e:
+        raise ConfigError(f"{data_dir}: cannot create the photo folders: {e.strerror}")
+    if config.onStartBackupDriveDetect:
+        drives = backup_drive_folders(data_dir)
+        for folder in drives:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                log.warn("Cannot use the drive folder {folder}: {reason}", folder=folder, reason=e.strerror)
+        store.backup_to = store.backup_to + tuple(drives)
+    return store
+
+
+def _announce(config: Config, store: PhotoStore, port) -> None:
+    address = port.getHost()
+    role = "relay" if config.role == "relay" else "clinic PC"
+    log.info(
+        "MedImage {role} server {version} listening on port {port} ({host}); "
+        "photos arrive in {photos}{copies}",
+        role=role, version=__version__, port=address.port, host=address.host or "all addresses",
+        photos=store.photos,
+        copies=(" and are copied to " + ", ".join(map(str, store.backup_to))) if store.backup_to else "",
+    )
+
+
+def makeService(options: Options) -> MedImageService:
+    from twisted.internet import reactor
+
+    data_dir = Path(options["data"]) if options["data"] else default_data_dir()
+    config_path = Path(options["config"]) if options["config"] else None
+    try:
+        return build_service(reactor, data_dir, config_path, options["port"], options["interface"])
+    except ConfigError as e:
+        # One clear line, no traceback: the server does not start.
+        raise SystemExit(f"medimage: {e}")

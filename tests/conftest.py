@@ -1,0 +1,119 @@
+"""
+Shared test helpers: sample files, raw multipart bodies as the MedImage app
+sends them, and a real server on a loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import pytest_twisted
+
+
+def jpeg_bytes(size: int = 20_000, seed: int = 0) -> bytes:
+    """
+    Bytes that sniff as JPEG: the SOI/APP0 marker, noise, then EOI.
+    """
+    body = random.Random(seed).randbytes(size) if seed else os.urandom(size)
+    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + body + b"\xff\xd9"
+
+
+def multipart(
+    filename: Optional[str],
+    content: bytes,
+    *,
+    field: str = "file1",
+    title: Optional[str] = "photo",
+    boundary: Optional[str] = None,
+) -> tuple[bytes, bytes]:
+    """
+    A body and content type as the app's uploader (Cordova FileTransfer or a
+    browser FormData) builds them.
+    """
+    boundary = boundary or "----medimage" + uuid.uuid4().hex
+    parts = []
+    if title is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\n{title}\r\n'.encode()
+        )
+    disposition = f'form-data; name="{field}"'
+    if filename is not None:
+        disposition += f'; filename="{filename}"'
+    parts.append(
+        f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        f"Content-Type: image/jpeg\r\n\r\n".encode() + content + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}".encode()
+
+
+def write_config(path: Path, **settings: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings))
+    return path
+
+
+@dataclass
+class RunningServer:
+    service: Any
+    url: str
+    data: Path
+
+    @property
+    def photos(self) -> Path:
+        return self.data / "photos"
+
+    @property
+    def store(self):
+        return self.service.state.store
+
+
+def all_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """
+    Start real servers on 127.0.0.1, port 0; stopped after the test.
+    """
+    from twisted.internet import reactor
+
+    from medimage_tx.tap import build_service
+
+    started = []
+
+    async def start(name: str = "pc", **settings: Any) -> RunningServer:
+        data = tmp_path / name
+        config = write_config(data / "config.json", **settings)
+        service = build_service(reactor, data, config, port=0, interface="127.0.0.1")
+        service.startService()
+        started.append(service)
+        port = await service.http.listening
+        await service.state.backups.recovered
+        return RunningServer(service, f"http://127.0.0.1:{port.getHost().port}", data)
+
+    yield start
+    for service in started:
+        pytest_twisted.blockon(service.stopService())
+
+
+@pytest.fixture
+def http_client():
+    """
+    A treq client with its own connection pool, closed after the test.
+    """
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+    from treq.client import HTTPClient
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    yield HTTPClient(Agent(reactor, pool=pool))
+    pytest_twisted.blockon(pool.closeCachedConnections())

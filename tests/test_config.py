@@ -1,0 +1,89 @@
+"""
+config.json: the original's files read unchanged, one clear line per problem,
+atomic writes that keep unknown keys.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medimage_tx.config import (
+    ConfigError, load_config, load_or_create_config, native_path, redact_url, save_config,
+)
+
+ORIGINAL = {
+    "listenPort": 5566,
+    "backupTo": ["C:/MedImage/photos-backup", "//server/share/photos"],
+    "keepMaster": True,
+    "readProxy": "https://medimage-nz1.atomjump.com/read/bS6FpXvwagUbeMIXnM",
+    "globalId": "bS6FpXvwagUbeMIXnM",
+    "transfer": 45652482,
+    "allowPhotosLeaving": False,
+    "allowGettingRemotePhotos": True,
+    "webProxy": "",
+    "lockDown": False,
+    "basicAuthent": "changeme",
+    "countryCode": "NZ",
+    "proxy": "https://atomjump.com/med-genid.php",
+    "style": "https://medimage.co.nz/addon/style.css",
+    "version": "1.8.3",
+    "addons": ["medtech32"],
+}
+
+
+def test_reads_original_config_and_keeps_unknown_keys(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(ORIGINAL, indent=2))
+    config = load_config(path)
+    assert config.globalId == "bS6FpXvwagUbeMIXnM"
+    assert config.backupTo == ("C:/MedImage/photos-backup", "//server/share/photos")
+    assert config.maxUploadSize == 16 * 1024 * 1024
+    save_config(config, transfer=45652500)
+    saved = json.loads(path.read_text())
+    assert saved["transfer"] == 45652500
+    assert saved["addons"] == ["medtech32"] and saved["version"] == "1.8.3"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temp left
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"listenPort": "abc"}', "key 'listenPort': expected a port number"),
+    ('{"listenPort": 5566,}', "invalid JSON at line 1"),
+    ('{"backupTo": "C:/x"}', "key 'backupTo': expected a list of strings"),
+    ('{"keepMaster": "yes"}', "key 'keepMaster': expected true or false"),
+    ('{"maxUploadSize": 0}', "key 'maxUploadSize'"),
+    ('{"allowedTypes": [{"extension": ".pdf"}]}', "key 'allowedTypes'"),
+    ('{"allowedChars": "a-"}', None),
+    ('{"allowedChars": "z-a"}', "key 'allowedChars'"),
+    ('{"httpsKey": "missing/key.pem"}', "key 'httpsKey': cannot read 'missing/key.pem'"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, text, expected):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    if expected is None:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and expected in message and "\n" not in message
+
+
+def test_missing_config_is_created_with_defaults(tmp_path):
+    config, created = load_or_create_config(tmp_path / "new" / "config.json")
+    assert created and config.listenPort == 5566 and config.keepMaster is True
+    config, created = load_or_create_config(tmp_path / "new" / "config.json")
+    assert not created
+
+
+def test_native_paths():
+    assert native_path("C:/MedImage/photos", "nt") == "C:\\MedImage\\photos"
+    assert native_path("//server/share/x", "nt") == "\\\\server\\share\\x"
+    assert native_path("\\\\server\\share", "posix") == "//server/share"
+    assert native_path("/srv/photos", "posix") == "/srv/photos"
+
+
+def test_passwords_are_redacted():
+    assert redact_url("http://user:secret@proxy:3128") == "http://user:***@proxy:3128"

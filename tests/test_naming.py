@@ -1,0 +1,76 @@
+"""
+The app's file-name routing (PROTOCOL.md A1), by example and by property.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medimage_tx.config import DEFAULT_ALLOWED_CHARS
+from medimage_tx.naming import DEFAULT_STEM, map_upload_name
+
+
+def mapped(name: str, **kw) -> str:
+    result = map_upload_name(name, allowed_chars=DEFAULT_ALLOWED_CHARS, **kw)
+    return "/".join(result.relative_parts(".jpg"))
+
+
+def test_app_name_with_paired_id():
+    name = "#uPSE4UWHmJ8XqFUqvf-#NHID1234-arm-27-Nov-2026-10-11-12.jpg"
+    assert mapped(name, global_id="uPSE4UWHmJ8XqFUqvf") == "NHID1234/arm-27-Nov-2026-10-11-12.jpg"
+
+
+def test_folders_nest_in_order_and_words_join():
+    assert mapped("#moles-#John123-left-arm.jpeg") == "moles/John123/left-arm.jpg"
+
+
+def test_dot_dot_and_separators_removed():
+    assert mapped("#..-#a/../b-..x.jpg") == "ab/x.jpg"
+    assert mapped("#％２Ｆ-x.jpg") == "2F/x.jpg"  # full-width forms fold, '%' is dropped
+
+
+def test_empty_name_gets_default_stem():
+    assert mapped("#moles-.jpg") == f"moles/{DEFAULT_STEM}.jpg"
+    assert mapped("") == f"{DEFAULT_STEM}.jpg"
+
+
+def test_windows_reserved_names_are_defused():
+    assert mapped("#CON-nul.jpg") == "_CON/_nul.jpg"
+
+
+def test_only_known_extensions_are_stripped():
+    assert mapped("scan.pdf") == "scan.pdf.jpg"
+    assert mapped("scan.pdf", extensions=[".pdf"]) == "scan.jpg"
+
+
+SAFE = re.compile(r"[A-Za-z0-9#._-]+")
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=300), st.sampled_from(["", "uPSE4UWHmJ8XqFUqvf"]))
+def test_any_name_stays_inside_photos_folder(name, global_id):
+    result = map_upload_name(name, allowed_chars=DEFAULT_ALLOWED_CHARS, global_id=global_id)
+    parts = result.relative_parts(".jpg")
+    path = "/".join(parts)
+    assert not posixpath.isabs(path) and not re.match(r"^[A-Za-z]:", path)
+    assert posixpath.normpath(path) == path  # no '.', '..' or empty parts
+    assert ".." not in path
+    for part in parts:
+        assert SAFE.fullmatch(part)
+        assert not part.startswith(".")
+        assert len(part.encode()) <= 255
+    assert global_id == "" or global_id not in result.folders
+    if not any(w and not w.startswith("#") for w in re.sub(r"[^A-Za-z0-9#_-]", "", name).split("-")):
+        # Nothing but folders (or nothing at all) left: the default stem.
+        assert result.stem == DEFAULT_STEM or result.stem.strip(".")
+
+
+@given(st.lists(st.sampled_from(["#", "..", ".", "-", "/", "\\", "\x00", "a"]), max_size=40))
+def test_dot_and_separator_soup_never_escapes(pieces):
+    path = mapped("".join(pieces))
+    assert ".." not in path and "\\" not in path and "\x00" not in path
+    assert all(part and part not in (".", "..") for part in path.split("/"))
