@@ -175,7 +175,7 @@ class PhotoStore:
                     link_no_overwrite(temp_path, dest)
                 except FileExistsError:
                     continue  # someone got there first: look again
-                self._mark_pending(relative)
+                self.mark_pending(relative)
                 fsync_folder(dest.parent)
                 return relative, False
         raise AssertionError("unreachable")
@@ -185,7 +185,10 @@ class PhotoStore:
     def _marker(self, relative: str) -> Path:
         return self.pending / (hashlib.sha256(relative.encode()).hexdigest()[:32] + ".json")
 
-    def _mark_pending(self, relative: str) -> None:
+    def mark_pending(self, relative: str) -> None:
+        """
+        Note that C{photos/<relative>} still has copies to be made.
+        """
         if not self.backup_to:
             return
         # Not flushed here: until the phone gets 200 it retries anyway, and a
@@ -210,7 +213,7 @@ class PhotoStore:
                 failures.append((str(target), e.strerror or str(e)))
         marker = self._marker(relative)
         if failures:
-            self._mark_pending(relative)
+            self.mark_pending(relative)
             _fsync_quietly(marker)
             return failures
         if not self.keep_master and staged.exists():

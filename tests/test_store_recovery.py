@@ -1,0 +1,101 @@
+"""
+Nothing lost, nothing half-written: recovery after a crash and target
+folders that fail (PROTOCOL.md A2, B2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest_twisted
+from twisted.logger import capturedLogs, formatEvent
+
+from conftest import all_files, jpeg_bytes, multipart
+from medimage_tx.store import INCOMING, PhotoStore
+from test_upload_http import APP_NAME, post
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_removes_temp_files_and_copies_staged_photos(start_server, tmp_path):
+    target = tmp_path / "clinic"
+    (target / INCOMING).mkdir(parents=True)
+    (target / INCOMING / "tmpabc.part").write_bytes(b"half a copy")
+    data = tmp_path / "pc"
+    (data / "tmp").mkdir(parents=True)
+    (data / "tmp" / "upload-x.part").write_bytes(b"half an upload")
+    # A photo staged before a crash, never copied: with keepMaster false,
+    # anything left in photos/ is pending.
+    photo = jpeg_bytes(seed=5)
+    (data / "photos" / "NHID1").mkdir(parents=True)
+    (data / "photos" / "NHID1" / "arm.jpg").write_bytes(photo)
+    with capturedLogs() as events:
+        server = await start_server(backupTo=[target.as_posix()], keepMaster=False)
+    assert (target / "NHID1" / "arm.jpg").read_bytes() == photo
+    assert all_files(target) == [target / "NHID1" / "arm.jpg"]
+    assert all_files(server.data / "tmp") == []
+    assert all_files(server.photos) == []
+    assert any("removed 2 unfinished" in formatEvent(e) for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_copies_pending_photo_when_master_is_kept(start_server, tmp_path):
+    target = tmp_path / "clinic"
+    target.mkdir()
+    data = tmp_path / "pc"
+    photo = jpeg_bytes(seed=6)
+    (data / "photos" / "P").mkdir(parents=True)
+    (data / "photos" / "P" / "leg.jpg").write_bytes(photo)
+    # The marker the store leaves when a photo's copies are not done.
+    crashed = PhotoStore(data, [target], keep_master=True)
+    crashed.prepare()
+    crashed.mark_pending("P/leg.jpg")
+    await start_server(backupTo=[target.as_posix()], keepMaster=True)
+    assert (target / "P" / "leg.jpg").read_bytes() == photo
+    assert (data / "photos" / "P" / "leg.jpg").exists()
+    assert list((data / "pending").iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_target_keeps_photo_staged_and_retries(start_server, http_client, tmp_path):
+    target = tmp_path / "share-not-mounted"
+    with capturedLogs() as events:
+        server = await start_server(backupTo=[target.as_posix()], keepMaster=False)
+        photo = jpeg_bytes(seed=7)
+        for _ in range(2):
+            code, _, _ = await post(http_client, server, *multipart(APP_NAME, photo))
+            assert code == 200  # durable in photos/: the phone may delete it
+        await server.service.state.backups._retry()
+    staged = server.photos / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg"
+    assert staged.read_bytes() == photo
+    assert not target.exists()  # a missing share is never created locally
+    warnings = [e for e in events if "Cannot copy photos" in e.get("log_format", "")]
+    assert len(warnings) == 1  # once per outage, not per photo or try
+    assert str(target) in server.service.state.backups.failing
+
+    target.mkdir()
+    with capturedLogs() as events:
+        await server.service.state.backups._retry()
+    assert (target / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg").read_bytes() == photo
+    assert not staged.exists()
+    assert server.service.state.backups.failing == {}
+    assert any("works again" in e.get("log_format", "") for e in events)
+
+
+def test_readonly_target_reported(tmp_path):
+    """
+    A target that cannot be written (a file where a folder should be)
+    fails cleanly, even as root, and the photo stays staged.
+    """
+    target = tmp_path / "clinic"
+    target.mkdir()
+    (target / "P").write_text("a file, not a folder")
+    store = PhotoStore(tmp_path / "data", [target], keep_master=False)
+    store.prepare()
+    temp = store.temp / "upload-1.part"
+    photo = jpeg_bytes(seed=8)
+    temp.write_bytes(photo)
+    stored = store.store(temp, None, len(photo), hashlib.sha256(photo).hexdigest(), ("P", "x.jpg"))
+    assert stored.backup_failures and stored.backup_failures[0][0] == str(target)
+    assert (store.photos / "P" / "x.jpg").read_bytes() == photo
+    assert store.pending_photos() == ["P/x.jpg"]
+    assert not temp.exists()
