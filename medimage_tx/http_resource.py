@@ -31,6 +31,7 @@ from .upload import MultipartReceiver, boundary_of
 log = Logger()
 
 RECEIVED = b"Received upload successfully!"
+UPLOAD_READ_SIZE = 256 * 1024
 NOT_READABLE = b"Sorry, you cannot read from this server. Please check the server's config.json."
 
 
@@ -136,6 +137,9 @@ class MedImageRequest(server.Request):
             super().gotLength(length)
             return
         self.content = BytesIO()
+        # Read big bodies in bigger pieces: a quarter of the CPU per photo
+        # went to handling 64 KiB reads one by one.
+        self.channel.transport.bufferSize = UPLOAD_READ_SIZE
         self.receiver = MultipartReceiver(
             boundary, state.store.temp, state.config.maxUploadSize, length
         )
@@ -188,7 +192,7 @@ class PhotoUpload(AsyncResource):
             os.unlink(received.temp_path)
             raise
         stored = await self.state.in_thread(
-            store.store, received.temp_path, received.fd, received.size, received.sha256, parts
+            store.store, received.temp_path, received.fd, parts
         )
         if not stored.duplicate:
             self.state.stats.photos_received += 1

@@ -12,6 +12,7 @@ Plain blocking Python: the Twisted side runs these calls in a thread.
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import os
@@ -29,7 +30,6 @@ from .upload import disk_trouble
 #: Hidden folder inside each backup target for copies still being written.
 INCOMING = ".medimage-incoming"
 
-_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,22 +51,13 @@ class RecoveryReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def same_content(path: Path, size: int, sha256: str) -> bool:
+def same_content(path: Path, other: Path) -> bool:
     """
-    Whether the file at C{path} has exactly this size and SHA-256.
+    Whether two files hold the same bytes.  Only needed when a name is
+    taken, so nothing is hashed on the common path.
     """
     try:
-        if path.stat().st_size != size:
-            return False
-        return file_sha256(path) == sha256
+        return filecmp.cmp(path, other, shallow=False)
     except OSError:
         return False
 
@@ -125,8 +116,7 @@ class PhotoStore:
 
     # Storing
 
-    def store(self, temp_path: Path, fd: Optional[int], size: int, sha256: str,
-              parts: Sequence[str]) -> Stored:
+    def store(self, temp_path: Path, fd: Optional[int], parts: Sequence[str]) -> Stored:
         """
         Make the complete temporary file at C{temp_path} durable under
         C{photos/<parts>}, then copy it to the backup targets.  The
@@ -142,7 +132,7 @@ class PhotoStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            relative, duplicate = self._link_into_photos(temp_path, size, sha256, parts)
+            relative, duplicate = self._link_into_photos(temp_path, parts)
         except OSError as e:
             raise disk_trouble(e) from None
         finally:
@@ -155,8 +145,7 @@ class PhotoStore:
             yield "/".join(folder + (with_suffix_number(stem, number) + extension,))
         raise TryLater("Too many different photos with this name")
 
-    def _link_into_photos(self, temp_path: Path, size: int, sha256: str,
-                          parts: Sequence[str]) -> tuple[str, bool]:
+    def _link_into_photos(self, temp_path: Path, parts: Sequence[str]) -> tuple[str, bool]:
         stem, extension = _split_name(parts[-1])
         (self.photos.joinpath(*parts[:-1])).mkdir(parents=True, exist_ok=True)
         for relative in self._candidates(tuple(parts[:-1]), stem, extension):
@@ -167,7 +156,7 @@ class PhotoStore:
                     places.append(self.backup_to[0] / relative)
                 existing = [p for p in places if p.exists()]
                 if existing:
-                    if all(same_content(p, size, sha256) for p in existing):
+                    if all(same_content(p, temp_path) for p in existing):
                         return relative, True
                     break  # a different photo has this name: try the next
                 dest = self.photos / relative
@@ -207,8 +196,7 @@ class PhotoStore:
             try:
                 if not staged.exists():
                     break  # already moved to the first target: done
-                self._copy_to_target(staged, target, relative,
-                                     move=(index == 0 and not self.keep_master))
+                self._copy_to_target(staged, target, relative, move=(index == 0 and not self.keep_master))
             except OSError as e:
                 failures.append((str(target), e.strerror or str(e)))
         marker = self._marker(relative)
@@ -226,8 +214,6 @@ class PhotoStore:
             # Never create the target itself: a missing drive or share must
             # not turn into a local folder that nobody reads.
             raise FileNotFoundError(2, "the folder does not exist (is the drive or share connected?)")
-        size = staged.stat().st_size
-        sha256 = file_sha256(staged)
         folders, name = relative.rpartition("/")[0], relative.rpartition("/")[2]
         stem, extension = _split_name(name)
         dest_folder = target / folders if folders else target
@@ -236,7 +222,7 @@ class PhotoStore:
         for number in range(100000):
             dest = dest_folder / (with_suffix_number(stem, number) + extension)
             if dest.exists():
-                if same_content(dest, size, sha256):
+                if same_content(dest, staged):
                     return
                 continue
             try:
@@ -245,7 +231,7 @@ class PhotoStore:
                 else:
                     self._copy_durably(staged, target, dest)
             except FileExistsError:
-                if same_content(dest, size, sha256):
+                if same_content(dest, staged):
                     return
                 continue
             fsync_folder(dest_folder)

@@ -1,6 +1,6 @@
 """
 Receive a C{multipart/form-data} upload as it streams in: the C{file1} part
-goes straight to a temporary file (hashed and sized on the way), small text
+goes straight to a temporary file (sized and sniffed on the way), small text
 fields are kept, and nothing is ever held whole in memory.
 
 Plain Python: the HTTP request feeds L{MultipartReceiver.write} with each
@@ -9,7 +9,6 @@ chunk as it arrives and calls L{MultipartReceiver.finish} at the end.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ class ReceivedFile:
     fd: int
     filename: str
     size: int
-    sha256: str
     head: bytes
     has_nul: bool
     fields: dict[str, str] = field(default_factory=dict)
@@ -83,7 +81,6 @@ class MultipartReceiver:
         self._temp_path: Optional[Path] = None
         self._done_with_file = False
         self._size = 0
-        self._hash = hashlib.sha256()
         self._head = bytearray()
         self._has_nul = False
         self._filename = ""
@@ -141,7 +138,6 @@ class MultipartReceiver:
             fd=self._fd,
             filename=self._filename,
             size=self._size,
-            sha256=self._hash.hexdigest(),
             head=bytes(self._head),
             has_nul=self._has_nul,
             fields=dict(self._fields),
@@ -239,7 +235,6 @@ class MultipartReceiver:
             self._head += chunk[: HEAD_SIZE - len(self._head)]
         if not self._has_nul and data.find(b"\x00", start, end) != -1:
             self._has_nul = True
-        self._hash.update(chunk)
         while chunk:
             written = os.write(self._fd, chunk)
             chunk = chunk[written:]

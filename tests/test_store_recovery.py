@@ -5,8 +5,6 @@ folders that fail (PROTOCOL.md A2, B2).
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest_twisted
 from twisted.logger import capturedLogs, formatEvent
 
@@ -94,7 +92,7 @@ def test_readonly_target_reported(tmp_path):
     temp = store.temp / "upload-1.part"
     photo = jpeg_bytes(seed=8)
     temp.write_bytes(photo)
-    stored = store.store(temp, None, len(photo), hashlib.sha256(photo).hexdigest(), ("P", "x.jpg"))
+    stored = store.store(temp, None, ("P", "x.jpg"))
     assert stored.backup_failures and stored.backup_failures[0][0] == str(target)
     assert (store.photos / "P" / "x.jpg").read_bytes() == photo
     assert store.pending_photos() == ["P/x.jpg"]
