@@ -11,28 +11,29 @@ import os
 import time
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Optional
 
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web import pages, server
 from twisted.web.resource import Resource
 
 from . import __version__
 from .backups import BackupService
-from .config import Config
-from .errors import Rejected, TryLater
-from .intake import accepted_parts
+from .config import Config, save_config
+from .errors import Rejected
+from .identity import fingerprint
+from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
+from .relay import ReadResource, Relay
 from .store import PhotoStore
 from .upload import MultipartReceiver, boundary_of
+from .web import NOT_READABLE, Answer, answer_now, render_async
 
 log = Logger()
 
 RECEIVED = b"Received upload successfully!"
 UPLOAD_READ_SIZE = 256 * 1024
-NOT_READABLE = b"Sorry, you cannot read from this server. Please check the server's config.json."
 
 
 @dataclass
@@ -46,79 +47,44 @@ class ServerStats:
 class ServerState:
     """
     What the resources share.  C{config} is replaced, not mutated, when it
-    changes (pairing), so each request reads the current one.
+    changes (pairing, the transfer count), so each request reads the
+    current one; C{config_listeners} are called after each change.
     """
 
     config: Config
     store: PhotoStore
     reactor: Any
     backups: Optional[BackupService] = None
+    relay: Optional[Relay] = None
     stats: ServerStats = field(default_factory=ServerStats)
+    config_listeners: list[Callable[[], None]] = field(default_factory=list)
+    _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
     def in_thread(self, f: Callable, *args: Any):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
+    async def save_config(self, **changes: Any) -> Config:
+        """
+        Change config.json (atomically, in a thread, one change at a time)
+        and make the new config current.
+        """
+        async with self._config_lock:
+            # Built from the config current now, so no change overwrites another.
+            current = self.config
+            new = await self.in_thread(lambda: save_config(current, **changes))
+            self.config = new
+        for listener in list(self.config_listeners):
+            listener()
+        return new
 
-@dataclass
-class Answer:
-    code: int
-    body: bytes
-    content_type: bytes = b"text/plain; charset=utf-8"
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-
-    def send(self, request: server.Request) -> None:
-        request.setResponseCode(self.code)
-        request.setHeader(b"content-type", self.content_type)
-        request.setHeader(b"content-length", b"%d" % len(self.body))
-        for name, value in self.headers.items():
-            request.setHeader(name, value)
-        request.write(self.body)
-        request.finish()
-
-
-def one_line(text: str) -> bytes:
-    return " ".join(text.split()).encode("utf-8")
-
-
-def answer_for_failure(failure: Failure) -> Answer:
-    """
-    The one place where errors become HTTP answers.
-    """
-    if failure.check(Rejected):
-        return Answer(400, one_line(str(failure.value)))
-    if failure.check(TryLater):
-        retry_after = b"%d" % failure.value.retry_after
-        return Answer(503, one_line(str(failure.value)), headers={b"retry-after": retry_after})
-    log.failure("Unexpected error while answering a request", failure)
-    return Answer(500, b"Internal server error")
-
-
-def render_async(request: server.Request, handler: Callable[..., Awaitable[Answer]], *args: Any):
-    """
-    Run an async handler the klein way: cancel it when the client goes
-    away, never write after a disconnect, answer every error.
-    """
-    d = ensureDeferred(handler(request, *args))
-    gone = []
-
-    def client_gone(reason: Failure) -> None:
-        gone.append(True)
-        d.cancel()
-
-    request.notifyFinish().addErrback(client_gone)
-
-    def answer(result: Any) -> None:
-        if gone:
-            return
-        if isinstance(result, Failure):
-            if result.check(CancelledError):
-                return
-            result = answer_for_failure(result)
-        result.send(request)
-
-    d.addBoth(answer)
-    d.addErrback(lambda f: log.failure("Failed to send an answer", f))
-    return server.NOT_DONE_YET
+    async def add_transfer(self, size: int) -> None:
+        """
+        Count bytes downloaded from the relay in config.json's C{transfer}.
+        """
+        async with self._config_lock:
+            current = self.config
+            self.config = await self.in_thread(
+                lambda: save_config(current, transfer=current.transfer + size))
 
 
 class MedImageRequest(server.Request):
@@ -184,9 +150,13 @@ class PhotoUpload(AsyncResource):
             raise Rejected("Expected a multipart/form-data upload with the photo in the field 'file1'")
         received = receiver.finish()
         receiver.disown()
-        config, store = self.state.config, self.state.store
+        config, store, relay = self.state.config, self.state.store, self.state.relay
         try:
-            parts = accepted_parts(received, config)
+            if relay is not None:
+                paired_id, parts = relay_parts(
+                    received.filename, checked_extension(received, config), config)
+            else:
+                parts = accepted_parts(received, config)
         except Exception:
             os.close(received.fd)
             os.unlink(received.temp_path)
@@ -194,6 +164,15 @@ class PhotoUpload(AsyncResource):
         stored = await self.state.in_thread(
             store.store, received.temp_path, received.fd, parts
         )
+        if relay is not None:
+            relay.queue.put(paired_id, stored.relative, received.size)
+            self.state.stats.photos_received += 0 if stored.duplicate else 1
+            self.state.stats.bytes_received += 0 if stored.duplicate else received.size
+            # Never a patient folder or file name in a relay's log.
+            log.info("Relay: queued a photo for {fp} ({size} bytes) in {ms:.0f} ms",
+                     fp=fingerprint(paired_id), size=received.size,
+                     ms=(time.monotonic() - started) * 1000)
+            return Answer(200, RECEIVED)
         if not stored.duplicate:
             self.state.stats.photos_received += 1
             self.state.stats.bytes_received += received.size
@@ -219,9 +198,12 @@ class Check(AsyncResource):
         self.name = name
 
     def render_GET(self, request):
-        if not self.state.config.allowPhotosLeaving:
+        relay = self.state.relay
+        if not self.state.config.allowPhotosLeaving or relay is None:
             return answer_now(request, Answer(400, NOT_READABLE))
-        return answer_now(request, Answer(200, b"false"))
+        relative = relay_check_path(self.name.decode("utf-8", "replace"), self.state.config)
+        waiting = relative is not None and relay.queue.holds(relative)
+        return answer_now(request, Answer(200, b"true" if waiting else b"false"))
 
 
 class LoadAverage(AsyncResource):
@@ -288,14 +270,6 @@ class Preflight(Resource):
         return b""
 
 
-def answer_now(request, answer: Answer) -> bytes:
-    request.setResponseCode(answer.code)
-    request.setHeader(b"content-type", answer.content_type)
-    for name, value in answer.headers.items():
-        request.setHeader(name, value)
-    return answer.body
-
-
 class Root(Resource):
     def __init__(self, state: ServerState):
         super().__init__()
@@ -305,6 +279,7 @@ class Root(Resource):
         api = Resource()
         api.putChild(b"photo", PhotoUpload(state))
         self.putChild(b"api", api)
+        self.putChild(b"read", ReadResource(state))
 
     def getChildWithDefault(self, path: bytes, request):
         if request.method == b"OPTIONS":

@@ -19,6 +19,8 @@ from .backups import BackupService
 from .config import ConfigError, Config, load_or_create_config, resolve_path
 from .drives import backup_drive_folders
 from .http_resource import ServerState, make_site
+from .relay import Relay, RelayPuller
+from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore
 
 log = Logger()
@@ -113,6 +115,7 @@ class MedImageService(MultiService):
         super().__init__()
         self.state = state
         self.http = http
+        self.puller: Optional[RelayPuller] = None
 
 
 def build_service(
@@ -121,10 +124,16 @@ def build_service(
     config_path: Optional[Path] = None,
     port: Optional[int] = None,
     interface: Optional[str] = None,
+    clock: Any = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> MedImageService:
     """
     Read config and wire the services.  Raises L{ConfigError}.
+
+    @param clock: for leases and waits (tests pass a L{task.Clock});
+        default the reactor.
     """
+    clock = clock or reactor
     data_dir = data_dir.expanduser().absolute()
     config_path = (config_path or data_dir / "config.json").expanduser().absolute()
     try:
@@ -134,9 +143,19 @@ def build_service(
     config, created = load_or_create_config(config_path)
     if created:
         log.info("No config found: wrote the defaults to {path}", path=config_path)
-    store = _make_store(config, data_dir)
+    relay = None
+    if config.allowPhotosLeaving:
+        # A relay only queues: backupTo and keepMaster are for clinic PCs.
+        store = PhotoStore(data_dir, [], keep_master=True)
+        store.prepare()
+        relay = Relay(store, clock, lease_seconds)
+        queued = relay.load_existing()
+        if queued:
+            log.info("Relay: {count} photo(s) still queued from before", count=queued)
+    else:
+        store = _make_store(config, data_dir)
     backups = BackupService(store, reactor)
-    state = ServerState(config=config, store=store, reactor=reactor, backups=backups)
+    state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay)
     site = make_site(state)
     listen_port = config.listenPort if port is None else port
     if interface and ":" in interface:
@@ -146,6 +165,11 @@ def build_service(
     http = HTTPListener(endpoint, site, lambda p: _announce(config, store, p))
     service = MedImageService(state, http)
     backups.setServiceParent(service)
+    if relay is None and config.allowGettingRemotePhotos:
+        # Runs always, idle until readProxy is set (pairing sets it).
+        service.puller = RelayPuller(state, reactor, clock)
+        state.config_listeners.append(service.puller.config_changed)
+        service.puller.setServiceParent(service)
     http.setServiceParent(service)
     return service
 

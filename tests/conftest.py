@@ -90,10 +90,12 @@ def start_server(tmp_path):
 
     started = []
 
-    async def start(name: str = "pc", **settings: Any) -> RunningServer:
+    async def start(name: str = "pc", clock: Any = None, tune: Any = None, **settings: Any) -> RunningServer:
         data = tmp_path / name
         config = write_config(data / "config.json", **settings)
-        service = build_service(reactor, data, config, port=0, interface="127.0.0.1")
+        service = build_service(reactor, data, config, port=0, interface="127.0.0.1", clock=clock)
+        if tune is not None:
+            tune(service)
         service.startService()
         started.append(service)
         port = await service.http.listening
@@ -117,3 +119,12 @@ def http_client():
     pool = HTTPConnectionPool(reactor, persistent=True)
     yield HTTPClient(Agent(reactor, pool=pool))
     pytest_twisted.blockon(pool.closeCachedConnections())
+
+
+if os.environ.get("MEDIMAGE_TEST_LOG"):
+    # Debugging aid: MEDIMAGE_TEST_LOG=1 pytest -s shows the servers' logs.
+    import sys
+
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])

@@ -1,0 +1,367 @@
+"""
+Phone -> relay -> clinic PC, with two real servers on loopback
+(PROTOCOL.md A1 relay role, A3, A4, B4).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.protocols import portforward
+from twisted.web import http, proxy, server
+
+from conftest import all_files, jpeg_bytes, multipart
+
+PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
+APP_NAME = f"#{PAIRED_ID}-#NHID1234-arm-27-Nov-2026-10-11-12.jpg"
+DELIVERED_AS = "NHID1234/arm-27-Nov-2026-10-11-12.jpg"
+
+
+async def upload(client, server, name: str, content: bytes):
+    body, content_type = multipart(name, content)
+    response = await client.post(server.url + "/api/photo", data=body,
+                                 headers={b"Content-Type": [content_type]})
+    return response.code, await response.content()
+
+
+async def start_relay(start_server, clock):
+    return await start_server("relay", clock=clock, allowPhotosLeaving=True,
+                              allowGettingRemotePhotos=False)
+
+
+def fast_retries(service):
+    service.puller.backoff_start = 0.01
+    service.puller.backoff_max = 0.05
+    service.puller.legacy_interval = 0.02
+
+
+async def start_pc(start_server, tmp_path, read_url: str, **settings):
+    target = tmp_path / "clinic"
+    target.mkdir(exist_ok=True)
+    settings.setdefault("keepMaster", False)
+    pc = await start_server("pc", tune=fast_retries, readProxy=read_url, globalId=PAIRED_ID,
+                            backupTo=[target.as_posix()], **settings)
+    return pc, target
+
+
+def next_delivery(pc) -> defer.Deferred:
+    d = defer.Deferred()
+
+    def once(relative):
+        pc.service.puller.delivered.remove(once)
+        d.callback(relative)
+
+    pc.service.puller.delivered.append(once)
+    return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_to_relay_lands_in_pc_target(start_server, http_client, tmp_path):
+    relay = await start_relay(start_server, Clock())
+    pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}")
+    delivered = next_delivery(pc)
+    photo = jpeg_bytes(500_000)
+    with capturedLogs() as events:
+        assert await upload(http_client, relay, APP_NAME, photo) == (200, b"Received upload successfully!")
+        assert await delivered == DELIVERED_AS
+    assert (target / DELIVERED_AS).read_bytes() == photo
+    assert all_files(relay.photos) == []  # confirmed, so unlinked on the relay
+    assert pc.service.state.config.transfer == len(photo)
+    assert '"transfer": %d' % len(photo) in (pc.data / "config.json").read_text()
+    relay_lines = [formatEvent(e) for e in events if "Relay" in formatEvent(e)]
+    assert relay_lines and not any("NHID1234" in l or "arm" in l or PAIRED_ID in l for l in relay_lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_photo_queued_while_pc_is_stopped_arrives_when_it_starts(start_server, http_client, tmp_path):
+    relay = await start_relay(start_server, Clock())
+    photos = [jpeg_bytes(seed=i) for i in (1, 2, 3)]
+    for i, photo in enumerate(photos):
+        code, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P{i}-x.jpg", photo)
+        assert code == 200
+    check = await http_client.get(relay.url + f"/check=%23{PAIRED_ID}-%23P0-x.jpg")
+    assert await check.content() == b"true"
+    first = None
+    pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}")
+    while len(all_files(target)) < 3:
+        first = first or await next_delivery(pc)
+        if len(all_files(target)) < 3:
+            await next_delivery(pc)
+    assert first == "P0/x.jpg"  # oldest first
+    assert [(target / f"P{i}" / "x.jpg").read_bytes() for i in range(3)] == photos
+    check = await http_client.get(relay.url + f"/check=%23{PAIRED_ID}-%23P0-x.jpg")
+    assert await check.content() == b"false"
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_rejects_upload_without_paired_id(start_server, http_client):
+    relay = await start_relay(start_server, Clock())
+    for name in ("#NHID1234-arm.jpg", "arm.jpg", "#short-#NHID-x.jpg"):
+        code, body = await upload(http_client, relay, name, jpeg_bytes())
+        assert code == 400
+        assert body.startswith(b"Error uploading file - Please reconnect your app.")
+    assert all_files(relay.photos) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_old_reader_gets_original_behaviour(start_server, http_client):
+    relay = await start_relay(start_server, Clock())
+    read = f"{relay.url}/read/{PAIRED_ID}"
+    empty = await http_client.get(read)
+    assert (empty.code, await empty.content()) == (200, b"none")
+    photo = jpeg_bytes()
+    await upload(http_client, relay, APP_NAME, photo)
+    for _ in range(2):  # HEAD never consumes
+        head = await http_client.head(read)
+        assert head.headers.getRawHeaders(b"file-name") == [f"/{PAIRED_ID}/{DELIVERED_AS}".encode()]
+        assert head.headers.getRawHeaders(b"content-type") == [b"image/jpeg"]
+    got = await http_client.get(read + "?t=123")
+    assert await got.content() == photo
+    assert got.headers.getRawHeaders(b"file-name") == [f"/{PAIRED_ID}/{DELIVERED_AS}".encode()]
+    assert got.headers.getRawHeaders(b"x-medimage-receipt") is None
+    after = await http_client.get(read)
+    assert await after.content() == b"none"
+    head = await http_client.head(read)
+    assert head.headers.getRawHeaders(b"file-name") is None
+    check = await http_client.get(relay.url + "/check=" + APP_NAME.replace("#", "%23"))
+    assert await check.content() == b"false"
+    assert all_files(relay.photos) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_acknowledged_read_hides_then_requeues_then_confirms(start_server, http_client):
+    clock = Clock()
+    relay = await start_relay(start_server, clock)
+    read = f"{relay.url}/read/{PAIRED_ID}"
+    photo = jpeg_bytes()
+    await upload(http_client, relay, APP_NAME, photo)
+    ack = {b"X-MedImage-Ack": [b"1"]}
+    first = await http_client.get(read, headers=ack)
+    assert await first.content() == photo
+    receipt = first.headers.getRawHeaders(b"x-medimage-receipt")[0].decode()
+    expected = base64.b64encode(hashlib.sha256(photo).digest())
+    assert first.headers.getRawHeaders(b"digest") == [b"sha-256=" + expected]
+    assert first.headers.getRawHeaders(b"content-digest") == [b"sha-256=:" + expected + b":"]
+    assert first.headers.getRawHeaders(b"x-medimage-relay") == [b"ack, wait"]
+    hidden = await http_client.get(read, headers=ack)
+    assert await hidden.content() == b"none"
+    check = await http_client.get(relay.url + "/check=" + APP_NAME.replace("#", "%23"))
+    assert await check.content() == b"true"  # leased is still on the relay
+    clock.advance(301)  # the lease (5 minutes) runs out
+    again = await http_client.get(read, headers=ack)
+    assert await again.content() == photo
+    # The first receipt still confirms: nobody else leased it since... but
+    # a second lease was made, so only the newest receipt counts.
+    stale = await http_client.delete(f"{read}/{receipt}")
+    assert stale.code == 404
+    newest = again.headers.getRawHeaders(b"x-medimage-receipt")[0].decode()
+    confirmed = await http_client.delete(f"{read}/{newest}")
+    assert (confirmed.code, await confirmed.content()) == (200, b"deleted")
+    assert all_files(relay.photos) == []
+    check = await http_client.get(relay.url + "/check=" + APP_NAME.replace("#", "%23"))
+    assert await check.content() == b"false"
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_is_woken_by_the_upload(start_server, http_client):
+    relay = await start_relay(start_server, Clock())  # the wait never times out by itself
+    answered = []
+    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
+    waiting.addCallback(lambda response: answered.append(response) or response)
+    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # a round trip: the poll is parked
+    await empty.content()
+    assert answered == []
+    photo = jpeg_bytes()
+    await upload(http_client, relay, APP_NAME, photo)
+    response = await waiting
+    assert await response.content() == photo
+
+
+@pytest_twisted.ensureDeferred
+async def test_jsonp_and_bad_reads(start_server, http_client):
+    relay = await start_relay(start_server, Clock())
+    read = f"{relay.url}/read/{PAIRED_ID}"
+    response = await http_client.get(read + "?callback=medImage.got_1")
+    assert await response.content() == b'medImage.got_1("none")'
+    for bad in ("?callback=alert(1)", "?callback=a%3Bb", "?callback=a%20b", "?wait=600", "?wait=abc"):
+        response = await http_client.get(read + bad)
+        assert response.code == 400, bad
+    for bad_id in ("abc%2F..", "..", "abc-def"):
+        response = await http_client.get(f"{relay.url}/read/{bad_id}")
+        assert response.code in (400, 404), bad_id
+
+
+class CutAfterFirstBytes(portforward.ProxyClient):
+    """
+    Relay -> PC direction of a TCP forwarder: the first connection is cut
+    once part of a photo has passed.
+    """
+
+    cuts_left = [1]
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        self.seen = getattr(self, "seen", 0) + len(data)
+        if self.seen > 100_000 and self.cuts_left[0]:
+            self.cuts_left[0] -= 1
+            self.transport.abortConnection()
+            self.peer.transport.abortConnection()
+
+
+class CuttingClientFactory(portforward.ProxyClientFactory):
+    protocol = CutAfterFirstBytes
+
+
+class CuttingServer(portforward.ProxyServer):
+    clientProtocolFactory = CuttingClientFactory
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_cut_mid_body_loses_nothing(start_server, http_client, tmp_path):
+    clock = Clock()
+    relay = await start_relay(start_server, clock)
+    relay_port = int(relay.url.rsplit(":", 1)[1])
+    factory = portforward.ProxyFactory("127.0.0.1", relay_port)
+    factory.protocol = CuttingServer
+    forwarder = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        photo = jpeg_bytes(2_000_000)
+        await upload(http_client, relay, APP_NAME, photo)
+        pc, target = await start_pc(
+            start_server, tmp_path, f"http://127.0.0.1:{forwarder.getHost().port}/read/{PAIRED_ID}")
+        delivered = next_delivery(pc)
+        # The cut photo is leased, so hidden; it comes back when the lease
+        # runs out, and the PC's long poll is woken by that.
+        while not delivered.called:
+            clock.advance(301)
+            await _turn()
+        assert await delivered == DELIVERED_AS
+    finally:
+        await defer.maybeDeferred(forwarder.stopListening)
+    assert CutAfterFirstBytes.cuts_left == [0]
+    assert [p.relative_to(target).as_posix() for p in all_files(target)] == [DELIVERED_AS]
+    assert (target / DELIVERED_AS).read_bytes() == photo
+    assert all_files(pc.data / "tmp") == []
+
+
+async def _turn():
+    """
+    Let the reactor run the network for a moment (the relay clock is fake,
+    the sockets are real).
+    """
+    d = defer.Deferred()
+    reactor.callLater(0.05, d.callback, None)
+    await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_local_write_is_not_acknowledged(start_server, http_client, tmp_path):
+    clock = Clock()
+    relay = await start_relay(start_server, clock)
+    photo = jpeg_bytes()
+    await upload(http_client, relay, APP_NAME, photo)
+    # The PC cannot store into photos/NHID1234: a file stands where that folder must go.
+    blocker = tmp_path / "pc" / "photos" / "NHID1234"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    with capturedLogs() as events:
+        pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}",
+                                    keepMaster=True)
+        while not any("Cannot get photos from the relay" in formatEvent(e) for e in events):
+            await _turn()
+    assert relay.service.state.relay.queue.holds(f"{PAIRED_ID}/{DELIVERED_AS}")  # not acknowledged
+    blocker.unlink()
+    delivered = next_delivery(pc)
+    while not delivered.called:
+        clock.advance(301)
+        await _turn()
+    assert await delivered == DELIVERED_AS
+    assert [p.relative_to(target).as_posix() for p in all_files(target)] == [DELIVERED_AS]
+    assert (target / DELIVERED_AS).read_bytes() == photo
+    assert all_files(relay.photos) == []
+
+
+class WithoutB4(proxy.ProxyClient):
+    """
+    Makes our relay look like an original MedImage relay: no B4 header.
+    """
+
+    def handleHeader(self, key, value):
+        if key.lower() != b"x-medimage-relay":
+            super().handleHeader(key, value)
+
+
+class WithoutB4Factory(proxy.ProxyClientFactory):
+    protocol = WithoutB4
+
+
+class LegacyRelayFront(proxy.ReverseProxyResource):
+    proxyClientFactoryClass = WithoutB4Factory
+
+    def getChild(self, path, request):
+        return LegacyRelayFront(self.host, self.port, self.path + b"/" + path, self.reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pc_polls_a_legacy_relay(start_server, http_client, tmp_path):
+    relay = await start_relay(start_server, Clock())
+    relay_port = int(relay.url.rsplit(":", 1)[1])
+    front = LegacyRelayFront("127.0.0.1", relay_port, b"")
+    listening = reactor.listenTCP(0, server.Site(front), interface="127.0.0.1")
+    try:
+        photos = [jpeg_bytes(seed=i) for i in (4, 5)]
+        for i, photo in enumerate(photos):
+            await upload(http_client, relay, f"#{PAIRED_ID}-#L{i}-y.jpg", photo)
+        pc, target = await start_pc(
+            start_server, tmp_path, f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
+        await next_delivery(pc)
+        if len(all_files(target)) < 2:
+            await next_delivery(pc)
+        assert pc.service.puller._supports_ack is False
+    finally:
+        await defer.maybeDeferred(listening.stopListening)
+    assert [(target / f"L{i}" / "y.jpg").read_bytes() for i in range(2)] == photos
+
+
+class CheckingProxyRequest(proxy.ProxyRequest):
+    seen: list = []
+
+    def process(self):
+        credentials = self.requestHeaders.getRawHeaders(b"proxy-authorization", [b""])[0]
+        self.seen.append((self.method, credentials))
+        if credentials != b"Basic " + base64.b64encode(b"clinic:s3cret pw"):
+            self.setResponseCode(407)
+            self.setHeader(b"proxy-authenticate", b'Basic realm="clinic"')
+            self.finish()
+            return
+        super().process()
+
+
+class CheckingProxy(proxy.Proxy):
+    requestFactory = CheckingProxyRequest
+
+
+@pytest_twisted.ensureDeferred
+async def test_pc_reaches_relay_through_authenticating_web_proxy(start_server, http_client, tmp_path):
+    relay = await start_relay(start_server, Clock())
+    factory = http.HTTPFactory()
+    factory.protocol = CheckingProxy
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        photo = jpeg_bytes()
+        await upload(http_client, relay, APP_NAME, photo)
+        pc, target = await start_pc(
+            start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}",
+            webProxy=f"http://clinic:s3cret%20pw@127.0.0.1:{listening.getHost().port}")
+        assert await next_delivery(pc) == DELIVERED_AS
+    finally:
+        await defer.maybeDeferred(listening.stopListening)
+    assert (target / DELIVERED_AS).read_bytes() == photo
+    expected = b"Basic " + base64.b64encode(b"clinic:s3cret pw")
+    assert CheckingProxyRequest.seen and all(c == expected for _, c in CheckingProxyRequest.seen)
+    assert b"DELETE" in [m for m, _ in CheckingProxyRequest.seen]  # the confirmation went through it too
