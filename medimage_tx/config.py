@@ -14,7 +14,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 MIB = 1024 * 1024
 
@@ -343,12 +343,30 @@ def load_or_create_config(path: Path) -> tuple[Config, bool]:
 
 def save_config(config: Config, **changes: Any) -> Config:
     """
-    Apply C{changes}, validate, and write config.json atomically.  Keys this
-    server does not know are written back unchanged.
+    Apply C{changes}, validate, and write config.json atomically.  The
+    changes go on top of the file as it is on disk now, so an edit made
+    meanwhile (by hand, or by C{python -m medimage_tx pair}) is kept; keys
+    this server does not know are written back unchanged.
     """
-    new = config.updated(**changes)
+    base = config
+    try:
+        base = load_config(config.path)
+    except ConfigError:
+        pass  # unreadable now: write ours
+    new = base.updated(**changes)
     write_json_atomically(new.path, new.raw)
     return new
+
+
+def config_stamp(path: Path) -> Optional[tuple[int, int]]:
+    """
+    What changes when config.json is rewritten: its mtime and size.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def write_json_atomically(path: Path, data: Any) -> None:

@@ -21,10 +21,12 @@ from twisted.web.resource import Resource
 
 from . import __version__
 from .backups import BackupService
-from .config import Config, save_config
+from .config import Config, config_stamp, save_config
 from .errors import Rejected
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
+from .pairing import PairingBook
+from .pairing_web import PairingService, PairPage
 from .relay import ReadResource, Relay
 from .store import PhotoStore
 from .upload import MultipartReceiver, boundary_of
@@ -56,8 +58,10 @@ class ServerState:
     reactor: Any
     backups: Optional[BackupService] = None
     relay: Optional[Relay] = None
+    pairing: Optional[PairingBook] = None
     stats: ServerStats = field(default_factory=ServerStats)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
+    config_stamp: Optional[tuple[int, int]] = None
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
     def in_thread(self, f: Callable, *args: Any):
@@ -69,12 +73,9 @@ class ServerState:
         and make the new config current.
         """
         async with self._config_lock:
-            # Built from the config current now, so no change overwrites another.
             current = self.config
             new = await self.in_thread(lambda: save_config(current, **changes))
-            self.config = new
-        for listener in list(self.config_listeners):
-            listener()
+        self.replace_config(new)
         return new
 
     async def add_transfer(self, size: int) -> None:
@@ -83,8 +84,14 @@ class ServerState:
         """
         async with self._config_lock:
             current = self.config
-            self.config = await self.in_thread(
-                lambda: save_config(current, transfer=current.transfer + size))
+            new = await self.in_thread(lambda: save_config(current, transfer=current.transfer + size))
+        self.replace_config(new)
+
+    def replace_config(self, new: Config) -> None:
+        self.config = new
+        self.config_stamp = config_stamp(new.path)
+        for listener in list(self.config_listeners):
+            listener()
 
 
 class MedImageRequest(server.Request):
@@ -280,6 +287,12 @@ class Root(Resource):
         api.putChild(b"photo", PhotoUpload(state))
         self.putChild(b"api", api)
         self.putChild(b"read", ReadResource(state))
+        if state.pairing is not None:
+            service = PairingService(state.pairing)
+            self.putChild(b"med-genid.php", service)
+            self.putChild(b"pair", service)
+        else:
+            self.putChild(b"pair", PairPage(state))
 
     def getChildWithDefault(self, path: bytes, request):
         if request.method == b"OPTIONS":

@@ -16,9 +16,11 @@ from twisted.python import usage
 
 from . import __version__
 from .backups import BackupService
+from .config_watch import ConfigWatcher
 from .config import ConfigError, Config, load_or_create_config, resolve_path
 from .drives import backup_drive_folders
 from .http_resource import ServerState, make_site
+from .pairing import PairingBook
 from .relay import Relay, RelayPuller
 from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore
@@ -155,7 +157,9 @@ def build_service(
     else:
         store = _make_store(config, data_dir)
     backups = BackupService(store, reactor)
-    state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay)
+    pairing = PairingBook(data_dir / "pairing.json", clock.seconds) if relay else None
+    state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
+                        pairing=pairing)
     site = make_site(state)
     listen_port = config.listenPort if port is None else port
     if interface and ":" in interface:
@@ -165,6 +169,7 @@ def build_service(
     http = HTTPListener(endpoint, site, lambda p: _announce(config, store, p))
     service = MedImageService(state, http)
     backups.setServiceParent(service)
+    ConfigWatcher(state).setServiceParent(service)
     if relay is None and config.allowGettingRemotePhotos:
         # Runs always, idle until readProxy is set (pairing sets it).
         service.puller = RelayPuller(state, reactor, clock)

@@ -1,0 +1,48 @@
+"""
+Pick up edits of config.json made while the server runs (by hand, or by
+`python -m medimage_tx pair`): checked every few seconds, applied without a
+restart where the setting allows it (readProxy, webProxy, allowedTypes, ...).
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+from .config import ConfigError, config_stamp, load_config
+
+CHECK_INTERVAL = 3.0
+
+
+class ConfigWatcher(TimerService):
+    log = Logger()
+
+    def __init__(self, state, interval: float = CHECK_INTERVAL):
+        super().__init__(interval, self.check)
+        self.state = state
+        self._bad_stamp = None
+
+    def startService(self) -> None:
+        if self.state.config_stamp is None:
+            self.state.config_stamp = config_stamp(self.state.config.path)
+        super().startService()
+
+    def check(self):
+        stamp = config_stamp(self.state.config.path)
+        if stamp is None or stamp in (self.state.config_stamp, self._bad_stamp):
+            return None
+        d = self.state.in_thread(load_config, self.state.config.path)
+        d.addCallbacks(self._loaded, self._bad, errbackArgs=(stamp,))
+        # Never let the timer die: TimerService stops for good on an error.
+        d.addErrback(lambda f: self.log.failure("Checking config.json failed", f))
+        return d
+
+    def _loaded(self, config) -> None:
+        self.log.info("config.json changed: using the new settings")
+        self.state.replace_config(config)
+
+    def _bad(self, failure, stamp) -> None:
+        failure.trap(ConfigError)
+        self._bad_stamp = stamp
+        self.log.warn("config.json was changed but cannot be used, keeping the running "
+                      "settings: {error}", error=str(failure.value))
