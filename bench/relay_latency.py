@@ -99,7 +99,7 @@ async def run_mode(reactor, work: Path, mode: str, photos: int, size: int) -> li
     target.mkdir()
     pc, _ = start(work / f"pc-{mode}", {
         "readProxy": f"http://127.0.0.1:{read_port}/read/{PAIRED_ID}", "globalId": PAIRED_ID,
-        "backupTo": [str(target)], "keepMaster": False})
+        "backupTo": [str(target)], "keepMaster": False, "lanMode": False})
     latencies = []
     try:
         for i in range(photos + 1):

@@ -126,10 +126,10 @@ def main() -> None:
     args = parser.parse_args()
     photo = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(int(args.size_mb * 1024 * 1024) - 13) + b"\xff\xd9"
     work = Path(tempfile.mkdtemp(prefix="medimage-bench-", dir=os.environ.get("BENCH_DIR")))
-    config: dict = {}
+    config: dict = {"lanMode": False}  # loopback only
     if args.target != "none":
         (work / "clinic").mkdir()
-        config = {"backupTo": [str(work / "clinic")], "keepMaster": args.target == "copy"}
+        config.update({"backupTo": [str(work / "clinic")], "keepMaster": args.target == "copy"})
     process, port = start_server(work / "data", config)
     try:
         asyncio.run(run_load(port, args.clients, min(args.clients * 2, args.uploads), photo))  # warm-up

@@ -18,6 +18,7 @@ from . import __version__
 from .backups import BackupService
 from .config_watch import ConfigWatcher
 from .config import ConfigError, Config, load_or_create_config, resolve_path
+from .discovery import DiscoveryService
 from .drives import backup_drive_folders
 from .http_resource import ServerState, make_site
 from .pairing import PairingBook
@@ -39,6 +40,10 @@ class Options(usage.Options):
         "phones (and pulls them from a relay), or a relay, as config.json says. "
         "With no config file, a default one is written in the data folder."
     )
+    optFlags = [
+        ["no-lan", None, "LAN mode off: no mDNS, no UDP scan replies, HTTP on 127.0.0.1 "
+                         "unless --interface is given; phones reach this PC through the relay"],
+    ]
     optParameters = [
         ["config", "c", None, "config.json to use [default: DATA/config.json]"],
         ["data", "d", None, f"folder for photos, temporary files and the default config [default: {default_data_dir()}]"],
@@ -118,6 +123,7 @@ class MedImageService(MultiService):
         self.state = state
         self.http = http
         self.puller: Optional[RelayPuller] = None
+        self.discovery: Optional[DiscoveryService] = None
 
 
 def build_service(
@@ -128,6 +134,7 @@ def build_service(
     interface: Optional[str] = None,
     clock: Any = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    no_lan: bool = False,
 ) -> MedImageService:
     """
     Read config and wire the services.  Raises L{ConfigError}.
@@ -161,6 +168,12 @@ def build_service(
     state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
                         pairing=pairing)
     site = make_site(state)
+    lan = config.lanMode and not no_lan and relay is None
+    if not lan and relay is None:
+        interface = interface or "127.0.0.1"
+        log.info("LAN mode is off: no mDNS adverts or UDP scan replies, and HTTP only on "
+                 "{interface}, so phones on the WiFi cannot find this PC; they send through the relay",
+                 interface=interface)
     listen_port = config.listenPort if port is None else port
     if interface and ":" in interface:
         endpoint = TCP6ServerEndpoint(reactor, listen_port, interface=interface)
@@ -170,12 +183,16 @@ def build_service(
     service = MedImageService(state, http)
     backups.setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
+    http.setServiceParent(service)
+    if lan:
+        service.discovery = DiscoveryService(
+            state, reactor, lambda: http.port.getHost().port if http.port else None)
+        service.discovery.setServiceParent(service)
     if relay is None and config.allowGettingRemotePhotos:
         # Runs always, idle until readProxy is set (pairing sets it).
         service.puller = RelayPuller(state, reactor, clock)
         state.config_listeners.append(service.puller.config_changed)
         service.puller.setServiceParent(service)
-    http.setServiceParent(service)
     return service
 
 
@@ -216,7 +233,8 @@ def makeService(options: Options) -> MedImageService:
     data_dir = Path(options["data"]) if options["data"] else default_data_dir()
     config_path = Path(options["config"]) if options["config"] else None
     try:
-        return build_service(reactor, data_dir, config_path, options["port"], options["interface"])
+        return build_service(reactor, data_dir, config_path, options["port"], options["interface"],
+                             no_lan=bool(options["no-lan"]))
     except ConfigError as e:
         # One clear line, no traceback: the server does not start.
         raise SystemExit(f"medimage: {e}")

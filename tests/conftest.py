@@ -92,6 +92,8 @@ def start_server(tmp_path):
 
     async def start(name: str = "pc", clock: Any = None, tune: Any = None, **settings: Any) -> RunningServer:
         data = tmp_path / name
+        # Never advertise on this machine's real network from a test.
+        settings.setdefault("lanMode", False)
         config = write_config(data / "config.json", **settings)
         service = build_service(reactor, data, config, port=0, interface="127.0.0.1", clock=clock)
         if tune is not None:

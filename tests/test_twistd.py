@@ -59,7 +59,8 @@ def spawn_twistd(tmp_path: Path, *args: str) -> Twistd:
     # Run outside the repository so the installed package is what runs.
     reactor.spawnProcess(
         process, str(TWISTD),
-        [str(TWISTD), "--nodaemon", "--pidfile=", "medimage", *args],
+        # --no-lan: never advertise on this machine's real network from a test.
+        [str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", *args],
         env=env, path=str(tmp_path),
     )
     return process
