@@ -5,6 +5,7 @@ Command-line tools beside the server: `python -m medimage_tx pair ...`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,72 @@ def _pair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discover(args: argparse.Namespace) -> int:
+    from twisted.internet import defer, task
+
+    from .client import discover
+
+    async def run(reactor):
+        found = await discover(reactor, args.timeout, args.port)
+        if args.json:
+            print(json.dumps([{"name": f.name, "url": f.url, "fp": f.fp, "how": sorted(f.how)}
+                              for f in found]))
+            return
+        if not found:
+            print("No MedImage server found. Usual causes: the phone's WiFi isolates clients, a "
+                  "firewall blocks UDP 5566 or mDNS (UDP 5353), a VPN, or the server runs with LAN "
+                  "mode off.")
+        for f in found:
+            print(f"{f.name or '-':20} {f.url:28} fp={f.fp or '-':16} found by {'+'.join(sorted(f.how))}")
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    import secrets
+
+    from twisted.internet import defer, task
+    from twisted.web.client import Agent, HTTPConnectionPool
+    from treq.client import HTTPClient
+
+    from .client import SendFailed, app_file_name, matching_server, progress_bar, read_pairing, send_file, udp_scan
+
+    paths = [Path(p) for p in args.files]
+    for path in paths:
+        if not path.is_file():
+            print(f"medimage: {path}: no such file", file=sys.stderr)
+            return 1
+    paired_id, relay = read_pairing(Path(args.paired)) if args.paired else ("", "")
+
+    async def run(reactor):
+        server = args.server
+        if server is None and paired_id:
+            nonce = secrets.token_hex(16)
+            match = matching_server(await udp_scan(reactor, args.port, args.timeout, nonce), paired_id, nonce)
+            server = match.url if match else relay
+            print(f"Sending to {'the paired PC on the LAN' if match else 'the relay'}: {server}")
+        if not server:
+            print("medimage: give --server URL, or --paired FILE with the pairing", file=sys.stderr)
+            raise SystemExit(1)
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        failed = 0
+        for path in paths:
+            name = app_file_name(args.id, path, paired_id=paired_id)
+            try:
+                answer = await send_file(reactor, client, server, path, name, progress=progress_bar())
+            except SendFailed as e:
+                print(f"medimage: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"{path}: sent as {name}: {answer}")
+        if failed:
+            raise SystemExit(1)
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medimage_tx")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,8 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     pair.add_argument("--config", help="config.json of this PC's server [default: ~/MedImage/config.json]")
     pair.add_argument("--country", help="country code sent to the pairing service")
     pair.add_argument("--custom-pairing", help="pairing service URL [default: <relay>/med-genid.php]")
+    find = commands.add_parser("discover", help="list MedImage servers on this LAN, as a phone finds them")
+    find.add_argument("--timeout", type=float, default=3.0, help="seconds to listen [default: 3]")
+    find.add_argument("--port", type=int, default=5566, help="UDP discovery port [default: 5566]")
+    find.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    send = commands.add_parser("send", help="send files the way the MedImage app does")
+    send.add_argument("files", nargs="+", metavar="FILE")
+    send.add_argument("--id", required=True, help='patient id as typed in the app, e.g. "#moles John123"')
+    send.add_argument("--server", help="send straight to this server, e.g. http://192.0.2.10:5566")
+    send.add_argument("--paired", help="pairing file (a PC's config.json, or {\"id\": .., \"relay\": ..}): "
+                                       "send to the PC that proves it holds the id, else to the relay")
+    send.add_argument("--timeout", type=float, default=2.0, help="seconds to look for the paired PC")
+    send.add_argument("--port", type=int, default=5566, help="UDP discovery port [default: 5566]")
     args = parser.parse_args(argv)
-    return _pair(args)
+    return {"pair": _pair, "discover": _discover, "send": _send}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,197 @@
+"""
+LAN discovery rules (PROTOCOL.md B1, B3) and the scan responder on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+
+from conftest import jpeg_bytes
+from medimage_tx.client import app_file_name, matching_server, Found, read_pairing
+from medimage_tx.discovery import DiscoveryService, ScanResponder
+from medimage_tx.identity import fingerprint, proof
+from medimage_tx.lan import (
+    MAX_REPLY, Interface, ReplyLimiter, local_address_for, make_probe, parse_probe, reply_for,
+    usable_interfaces,
+)
+
+Addr = namedtuple("Addr", "family address netmask")
+Stat = namedtuple("Stat", "isup flags")
+PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
+
+
+def test_fingerprint_and_proof_as_protocol_says():
+    import hashlib
+    import hmac
+
+    assert fingerprint(PAIRED_ID) == hashlib.sha256(b"medimage:" + PAIRED_ID.encode()).hexdigest()[:16]
+    assert proof(PAIRED_ID, "ab12") == hmac.new(PAIRED_ID.encode(), b"ab12", hashlib.sha256).hexdigest()
+
+
+def test_interface_filtering():
+    addresses = {
+        "lo": [Addr(socket.AF_INET, "127.0.0.1", "255.0.0.0")],
+        "eth0": [Addr(socket.AF_INET, "192.0.2.10", "255.255.255.0"),
+                 Addr(socket.AF_INET6, "fe80::1", "ffff::")],
+        "wlan0": [Addr(socket.AF_INET, "169.254.3.4", "255.255.0.0")],
+        "docker0": [Addr(socket.AF_INET, "172.17.0.1", "255.255.0.0")],
+        "vEthernet (WSL)": [Addr(socket.AF_INET, "172.20.0.1", "255.255.240.0")],
+        "eth1": [Addr(socket.AF_INET, "198.51.100.7", "255.255.255.0")],
+    }
+    stats = {name: Stat(True, "up,broadcast") for name in addresses}
+    stats["lo"] = Stat(True, "up,loopback")
+    stats["eth1"] = Stat(False, "broadcast")
+    assert usable_interfaces(addresses, stats) == [Interface("eth0", "192.0.2.10", "255.255.255.0")]
+    assert usable_interfaces(addresses, stats, named=["docker0"]) == [
+        Interface("docker0", "172.17.0.1", "255.255.0.0")]
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"not json", b"[]", b'{"medimage": "scan"}', b'{"medimage": "scan", "v": 2}',
+    b'{"medimage": "server", "v": 1}', b'{"medimage": "scan", "v": 1, "nonce": "xyz!"}',
+    b'{"medimage": "scan", "v": 1, "nonce": 5}', b'{"medimage": "scan", "v": 1, "pad": "' + b"a" * 600 + b'"}',
+    b"\xff\xfe", b'{"medimage": "scan", "v": 1, "nonce": "' + b"a" * 65 + b'"}',
+])
+def test_malformed_wrong_version_and_oversize_probes_get_no_reply(data):
+    assert parse_probe(data) is None
+
+
+def test_valid_probe():
+    assert parse_probe(make_probe("00ff")) == "00ff"
+    assert parse_probe(b'{"medimage": "scan", "v": 1}') == ""
+
+
+@given(st.text(max_size=5000), st.text(alphabet="0123456789abcdef", max_size=64))
+def test_reply_is_small_and_never_carries_the_id(name, nonce):
+    reply = reply_for(nonce, name, "http://198.51.100.2:5566", False, PAIRED_ID)
+    assert len(reply) <= MAX_REPLY
+    assert PAIRED_ID.encode() not in reply
+    decoded = json.loads(reply)
+    assert decoded["fp"] == fingerprint(PAIRED_ID)
+    assert decoded.get("proof") == (proof(PAIRED_ID, nonce) if nonce else None)
+
+
+def test_unpaired_reply_has_no_fp_or_proof():
+    decoded = json.loads(reply_for("ab", "PC", "http://198.51.100.2:5566", False, ""))
+    assert decoded["fp"] is None and "proof" not in decoded
+
+
+def test_local_address_is_the_interface_of_the_probe():
+    wifi = Interface("wlan0", "198.51.100.2", "255.255.255.0")
+    wired = Interface("eth0", "203.0.113.5", "255.255.255.0")
+    assert local_address_for("198.51.100.77", [wired, wifi]) == "198.51.100.2"
+    assert local_address_for("203.0.113.9", [wired, wifi]) == "203.0.113.5"
+
+
+def test_reply_limiter():
+    now = [0.0]
+    limiter = ReplyLimiter(lambda: now[0], per_sender=2, in_total=3)
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("b") and not limiter.allow("c")
+    now[0] = 1.5
+    assert limiter.allow("a")
+
+
+def test_matching_server_needs_proof_not_only_fp():
+    nonce = "abcd"
+    copycat = Found("Other PC", "http://198.51.100.3:5566", fingerprint(PAIRED_ID), {"udp"}, proof="00" * 32)
+    real = Found("Our PC", "http://198.51.100.2:5566", fingerprint(PAIRED_ID), {"udp"}, proof(PAIRED_ID, nonce))
+    assert matching_server([copycat, real], PAIRED_ID, nonce) is real
+    assert matching_server([copycat], PAIRED_ID, nonce) is None
+
+
+def test_app_file_name(tmp_path):
+    import time
+
+    when = time.strptime("27 Nov 2026 10:11:12", "%d %b %Y %H:%M:%S")
+    assert app_file_name("#moles John123", Path("x.JPG"), when) == "#moles-John123-27-Nov-2026-10-11-12.jpg"
+    assert app_file_name("#moles John123", Path("x.jpg"), when, PAIRED_ID).startswith(f"#{PAIRED_ID}-#moles-")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"globalId": PAIRED_ID, "readProxy": f"http://r:5566/read/{PAIRED_ID}"}))
+    assert read_pairing(config) == (PAIRED_ID, "http://r:5566")
+
+
+class Collect(DatagramProtocol):
+    def __init__(self):
+        self.replies = []
+        self.got = defer.Deferred()
+
+    def datagramReceived(self, data, address):
+        self.replies.append(json.loads(data))
+        if not self.got.called:
+            self.got.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_scan_responder_answers_once_per_probe_on_loopback(start_server):
+    pc = await start_server(globalId=PAIRED_ID, serverName="Reception PC")
+    http_port = int(pc.url.rsplit(":", 1)[1])
+    discovery = DiscoveryService(pc.service.state, reactor, lambda: http_port,
+                                 interfaces=lambda: [Interface("lo", "127.0.0.1", "255.0.0.0")])
+    discovery.status.interfaces = [Interface("lo", "127.0.0.1", "255.0.0.0")]
+    responder = reactor.listenUDP(0, ScanResponder(discovery), interface="127.0.0.1")
+    phone = Collect()
+    phone_port = reactor.listenUDP(0, phone, interface="127.0.0.1")
+    try:
+        target = ("127.0.0.1", responder.getHost().port)
+        phone_port.write(b"garbage", target)
+        phone_port.write(make_probe("feed"), target)
+        await phone.got
+        # A round trip more, so that a second reply would have arrived.
+        phone.got = defer.Deferred()
+        phone_port.write(make_probe("beef"), target)
+        await phone.got
+    finally:
+        await responder.stopListening()
+        await phone_port.stopListening()
+    assert len(phone.replies) == 2  # one per valid probe, none for garbage
+    first = phone.replies[0]
+    assert first["url"] == f"http://127.0.0.1:{http_port}"
+    assert first["name"] == "Reception PC"
+    assert first["proof"] == proof(PAIRED_ID, "feed")
+    assert discovery.status.probes_answered == 2 and discovery.status.probes_ignored == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_command_delivers_with_app_naming(start_server, tmp_path):
+    from twisted.internet import protocol
+
+    target = tmp_path / "clinic"
+    target.mkdir()
+    pc = await start_server(backupTo=[target.as_posix()])
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_bytes(2_000_000))
+
+    class Run(protocol.ProcessProtocol):
+        output = b""
+        ended = defer.Deferred()
+
+        def outReceived(self, data):
+            self.output += data
+
+        errReceived = outReceived
+
+        def processEnded(self, reason):
+            self.ended.callback(reason.value.exitCode)
+
+    import sys
+
+    run = Run()
+    reactor.spawnProcess(run, sys.executable, [sys.executable, "-m", "medimage_tx", "send", str(photo),
+                                               "--id", "#moles John123", "--server", pc.url],
+                         env=None, path=str(Path(__file__).parent.parent))
+    assert await run.ended == 0, run.output
+    assert b"Received upload successfully!" in run.output
+    assert b"100%" in run.output  # the progress bar of a large file
+    [stored] = list((target / "moles").iterdir())
+    assert stored.name.startswith("John123-") and stored.read_bytes() == photo.read_bytes()
