@@ -201,6 +201,7 @@ class DiscoveryService(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        started = time.monotonic()
         if self._loop.running:
             self._loop.stop()
         waits = []
@@ -213,4 +214,8 @@ class DiscoveryService(Service):
         closing.addTimeout(SHUTDOWN_LIMIT, self.reactor)
         closing.addErrback(lambda f: self.log.warn("LAN discovery: shutdown was cut short"))
         waits.append(closing)
-        return DeferredList(waits)
+        done = DeferredList(waits)
+        done.addCallback(lambda _: self.log.info(
+            "LAN discovery stopped (mDNS goodbye sent) in {ms:.0f} ms",
+            ms=(time.monotonic() - started) * 1000))
+        return done

@@ -59,6 +59,7 @@ class ServerState:
     backups: Optional[BackupService] = None
     relay: Optional[Relay] = None
     pairing: Optional[PairingBook] = None
+    discovery: Any = None  # DiscoveryStatus while LAN discovery runs
     stats: ServerStats = field(default_factory=ServerStats)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
     config_stamp: Optional[tuple[int, int]] = None
@@ -254,6 +255,7 @@ class StatusPage(AsyncResource):
             ("Photos arrive in", str(store.photos)),
             ("Copied to", ", ".join(map(str, store.backup_to)) or "(no backupTo folders)"),
             ("Paired with a relay", "yes" if config.readProxy else "no"),
+            ("LAN discovery", "on (see /discovery)" if self.state.discovery else "off (see /discovery)"),
         ]
         rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
         table = "\n".join(
@@ -263,6 +265,41 @@ class StatusPage(AsyncResource):
             "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>MedImage server</title></head>"
             f"<body><h1>MedImage server</h1><table>\n{table}\n</table></body></html>\n"
         ).encode("utf-8")
+
+
+class DiscoveryPage(AsyncResource):
+    """
+    C{GET /discovery}: what this PC advertises on the LAN, to answer "why
+    can't my phone find the PC".
+    """
+
+    def render_GET(self, request):
+        status = self.state.discovery
+        if status is None:
+            rows = [("LAN mode", "off: no mDNS adverts, no UDP scan replies, HTTP on loopback only. "
+                                 "Phones reach this PC through the relay.")]
+        else:
+            rows = [
+                ("LAN mode", "on"),
+                ("Advertised on", ", ".join(f"{i.name} {i.address}" for i in status.interfaces)
+                 or "no usable interface (is the PC on the network?)"),
+                ("mDNS (_medimage._tcp)", "advertised" if status.mdns_registered else "not advertised"),
+                ("UDP scan port", str(status.udp_port) if status.udp_port else "not listening"),
+                ("Probes answered / ignored", f"{status.probes_answered} / {status.probes_ignored}"),
+                ("Last error", status.last_error or "none"),
+            ]
+        tips = (
+            "<p>If a phone cannot find this PC: check that the phone is on the same WiFi (not a "
+            "guest network with client isolation), that the firewall lets in TCP "
+            f"{html.escape(str(self.state.config.listenPort))}, UDP "
+            f"{html.escape(str(self.state.config.discoveryPort))} and UDP 5353 (mDNS), that no VPN is "
+            "active on the phone or PC, and that the interface listed above is the WiFi/LAN one "
+            "(set <code>discoveryInterfaces</code> in config.json if not).</p>"
+        )
+        table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        body = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>LAN discovery</title></head>"
+                f"<body><h1>LAN discovery</h1><table>\n{table}\n</table>{tips}</body></html>\n")
+        return answer_now(request, Answer(200, body.encode(), b"text/html; charset=utf-8"))
 
 
 class Preflight(Resource):
@@ -283,6 +320,7 @@ class Root(Resource):
         self.state = state
         self.putChild(b"", StatusPage(state))
         self.putChild(b"load", LoadAverage(state))
+        self.putChild(b"discovery", DiscoveryPage(state))
         api = Resource()
         api.putChild(b"photo", PhotoUpload(state))
         self.putChild(b"api", api)

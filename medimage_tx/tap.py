@@ -188,6 +188,7 @@ def build_service(
         service.discovery = DiscoveryService(
             state, reactor, lambda: http.port.getHost().port if http.port else None)
         service.discovery.setServiceParent(service)
+        state.discovery = service.discovery.status
     if relay is None and config.allowGettingRemotePhotos:
         # Runs always, idle until readProxy is set (pairing sets it).
         service.puller = RelayPuller(state, reactor, clock)

@@ -167,6 +167,8 @@ async def test_options_and_other_routes(start_server, http_client):
     home = await http_client.get(server.url + "/")
     assert home.code == 200
     assert b"medimage_tx" in await home.content()
+    discovery = await http_client.get(server.url + "/discovery")
+    assert "LAN mode</th><td>off" in (await discovery.content()).decode()
     load = await http_client.get(server.url + "/load/")
     assert load.code == 200
     assert len(await load.json()) == 3
