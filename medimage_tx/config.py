@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "lanMode": True,
     "discoveryPort": 5566,
     "discoveryInterfaces": [],
+    "relayQuotaBytes": 1024 * MIB,
 }
 
 
@@ -109,6 +110,7 @@ class Config:
     lanMode: bool
     discoveryPort: int
     discoveryInterfaces: tuple[str, ...]
+    relayQuotaBytes: int
 
     @property
     def role(self) -> str:
@@ -279,6 +281,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "lanMode": _bool,
     "discoveryPort": _port,
     "discoveryInterfaces": _strings,
+    "relayQuotaBytes": _positive,
 }
 
 

@@ -16,13 +16,13 @@ from typing import Any, Callable, Optional
 from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web import pages, server
+from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
 from . import __version__
 from .backups import BackupService
 from .config import Config, config_stamp, save_config
-from .errors import Rejected
+from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
 from .pairing import PairingBook
@@ -36,6 +36,9 @@ log = Logger()
 
 RECEIVED = b"Received upload successfully!"
 UPLOAD_READ_SIZE = 256 * 1024
+#: A relay on the internet serves many clinics; one address gets this many
+#: connections at once (a clinic's PCs and phones behind one NAT fit).
+RELAY_CONNECTIONS_PER_ADDRESS = 32
 
 
 @dataclass
@@ -95,22 +98,90 @@ class ServerState:
             listener()
 
 
+@dataclass
+class Limits:
+    """
+    Limits on what one client may make the server hold (issue: hostile input).
+    """
+
+    header_seconds: float = 30.0  # from a request's first line to its last header
+    body_base_seconds: float = 60.0  # plus the body at the slowest rate we wait for:
+    min_body_rate: float = 16 * 1024  # bytes/s (128 kbit/s, a poor 3G upload)
+    small_body: int = 64 * 1024  # the most a non-upload body may carry
+    connections_per_address: Optional[int] = None  # relay: a cap per client address
+
+
+class MedImageChannel(http.HTTPChannel):
+    """
+    HTTP/1.1 with tighter limits than Twisted's defaults: 64 headers, 8 KiB
+    request line, 16 KiB of headers in all; and, where the site says so, a
+    cap on connections per client address.
+    """
+
+    maxHeaders = 64
+    MAX_LENGTH = 8192
+    totalHeadersSize = 16384
+    _counted: Optional[str] = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        site = self.site
+        host = getattr(self.transport.getPeer(), "host", "")
+        cap = site.limits.connections_per_address
+        if cap is not None:
+            if site.connections.get(host, 0) >= cap:
+                self.transport.abortConnection()
+                return
+            site.connections[host] = site.connections.get(host, 0) + 1
+            self._counted = host
+
+    def connectionLost(self, reason) -> None:
+        if self._counted is not None:
+            connections = self.site.connections
+            connections[self._counted] -= 1
+            if connections[self._counted] <= 0:
+                del connections[self._counted]
+            self._counted = None
+        super().connectionLost(reason)
+
+
 class MedImageRequest(server.Request):
     """
     A request whose C{multipart/form-data} body is parsed as it arrives,
     straight into a temporary file next to the photos folder, and whose
-    every answer carries the C{headers} from config.
+    every answer carries the C{headers} from config.  A request that comes
+    in too slowly (slowloris) is cut off.
     """
 
     receiver: Optional[MultipartReceiver] = None
+    body_too_large = False
+    _deadline = None
+
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        self._set_deadline(channel.site.limits.header_seconds)
+
+    def _set_deadline(self, seconds: Optional[float]) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if seconds is not None:
+            self._deadline = self.channel.site.state.reactor.callLater(seconds, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info("Cut off a client that sent its request too slowly")
+        self.channel.transport.abortConnection()
 
     def gotLength(self, length: Optional[int]) -> None:
         state: ServerState = self.channel.site.state
+        limits: Limits = self.channel.site.limits
+        expected = length if length is not None else state.config.maxUploadSize
+        self._set_deadline(limits.body_base_seconds + expected / limits.min_body_rate)
         boundary = boundary_of(self.requestHeaders.getRawHeaders(b"content-type", [b""])[0])
-        if boundary is None or len(boundary) > 200:
-            super().gotLength(length)
-            return
         self.content = BytesIO()
+        if boundary is None or len(boundary) > 200:
+            return  # a small body at most: kept in memory, the rest dropped
         # Read big bodies in bigger pieces: a quarter of the CPU per photo
         # went to handling 64 KiB reads one by one.
         self.channel.transport.bufferSize = UPLOAD_READ_SIZE
@@ -122,8 +193,18 @@ class MedImageRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.receiver is not None:
             self.receiver.write(data)
+        elif self.content.tell() + len(data) <= self.channel.site.limits.small_body:
+            self.content.write(data)
         else:
-            super().handleContentChunk(data)
+            self.body_too_large = True
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._set_deadline(None)  # all in: from here on it is our time, not the client's
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason) -> None:
+        self._set_deadline(None)
+        super().connectionLost(reason)
 
     def _discard_upload(self, result: Any) -> None:
         if self.receiver is not None:
@@ -163,6 +244,10 @@ class PhotoUpload(AsyncResource):
             if relay is not None:
                 paired_id, parts = relay_parts(
                     received.filename, checked_extension(received, config), config)
+                if relay.queue.queued_bytes(paired_id) + received.size > config.relayQuotaBytes:
+                    # Disk-filling protection: the PC must collect first.
+                    raise TryLater("The relay holds too much for this pairing; the PC has not "
+                                   "collected it yet. Try again later.", retry_after=120)
             else:
                 parts = accepted_parts(received, config)
         except Exception:
@@ -345,10 +430,16 @@ class Root(Resource):
 
 class MedImageSite(server.Site):
     requestFactory = MedImageRequest
+    protocol = MedImageChannel
 
-    def __init__(self, state: ServerState):
-        super().__init__(Root(state), parsePOSTFormSubmission=False)
+    def __init__(self, state: ServerState, limits: Optional[Limits] = None):
+        # timeout: a connection idle this long is closed.
+        super().__init__(Root(state), parsePOSTFormSubmission=False, timeout=75)
         self.state = state
+        self.limits = limits or Limits()
+        if state.relay is not None and self.limits.connections_per_address is None:
+            self.limits.connections_per_address = RELAY_CONNECTIONS_PER_ADDRESS
+        self.connections: dict[str, int] = {}
         self.displayTracebacks = False
 
     def log(self, request):

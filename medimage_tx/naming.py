@@ -15,8 +15,8 @@ from typing import Iterable
 
 DEFAULT_STEM = "image"
 
-# Longest folder or stem we keep, in characters (all ASCII by default); leaves
-# room for a "-N" suffix and an extension under the 255-byte name limit.
+# Longest folder or stem we keep, in bytes; leaves room for a "-N" suffix and
+# an extension under the 255-byte name limit.
 MAX_COMPONENT = 200
 
 # Names Windows will not create, with or without an extension.
@@ -69,7 +69,8 @@ def safe_component(word: str) -> str:
     trailing dots or spaces (hidden files, Windows trims them), not a
     reserved Windows device name, not too long.  May return C{""}.
     """
-    word = word.strip(". ")[:MAX_COMPONENT].strip(". ")
+    # At most MAX_COMPONENT bytes: allowedChars may let in multi-byte letters.
+    word = word.strip(". ").encode("utf-8")[:MAX_COMPONENT].decode("utf-8", "ignore").strip(". ")
     if word.split(".")[0].upper() in _WINDOWS_RESERVED:
         word = "_" + word
     return word

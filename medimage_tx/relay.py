@@ -35,6 +35,7 @@ from treq.client import HTTPClient
 
 from .errors import Rejected
 from .identity import fingerprint
+from .paths import inside
 from .naming import DEFAULT_STEM, clean_text, safe_component, strip_extension
 from .relay_queue import RelayQueue
 from .sniff import HEAD_SIZE, choose_type
@@ -149,7 +150,7 @@ class Relay:
 
 
 def remove_photo(photos: Path, relative: str) -> None:
-    path = photos / relative
+    path = inside(photos, relative)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -216,7 +217,7 @@ class ReadResource(Resource):
             photo = relay.queue.lease(paired_id)
             relay.leased()
             digest, content_digest = await self.state.in_thread(
-                sha256_digests, relay.store.photos / photo.relative)
+                sha256_digests, inside(relay.store.photos, photo.relative))
             headers.update({RECEIPT_HEADER: photo.receipt.encode(), b"digest": digest,
                             b"content-digest": content_digest})
             await self._send_file(request, relay, photo, headers)
@@ -237,7 +238,7 @@ class ReadResource(Resource):
         Stream the photo; returns once it is all handed to the connection,
         raises if the reader went away first.
         """
-        f = open(relay.store.photos / photo.relative, "rb")
+        f = open(inside(relay.store.photos, photo.relative), "rb")
         request.setResponseCode(200)
         for name, value in headers.items():
             request.setHeader(name, value)

@@ -137,6 +137,12 @@ class RelayQueue:
         times = [p.leased_until for q in self._queues.values() for p in q if p.leased_until is not None]
         return min(times) if times else None
 
+    def queued_bytes(self, paired_id: str) -> int:
+        """
+        What the relay holds for one id (waiting and leased).
+        """
+        return sum(p.size for p in self._queues.get(paired_id, ()))
+
     def holds(self, relative: str) -> bool:
         """
         Whether the photo is still on the relay (waiting or leased).

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from .config import fsync_folder
-from .errors import TryLater
+from .errors import Rejected, TryLater
 from .naming import with_suffix_number
+from .paths import inside
 from .upload import disk_trouble
 
 #: Hidden folder inside each backup target for copies still being written.
@@ -150,16 +151,16 @@ class PhotoStore:
         (self.photos.joinpath(*parts[:-1])).mkdir(parents=True, exist_ok=True)
         for relative in self._candidates(tuple(parts[:-1]), stem, extension):
             while True:
-                places = [self.photos / relative]
+                places = [inside(self.photos, relative)]
                 if self.backup_to and not self.keep_master:
                     # The staged copy moves on; the target keeps the name.
-                    places.append(self.backup_to[0] / relative)
+                    places.append(inside(self.backup_to[0], relative))
                 existing = [p for p in places if p.exists()]
                 if existing:
                     if all(same_content(p, temp_path) for p in existing):
                         return relative, True
                     break  # a different photo has this name: try the next
-                dest = self.photos / relative
+                dest = places[0]
                 try:
                     link_no_overwrite(temp_path, dest)
                 except FileExistsError:
@@ -190,7 +191,7 @@ class PhotoStore:
         Returns the targets that failed, with the reason; the photo then
         stays staged and marked pending, to be tried again.
         """
-        staged = self.photos / relative
+        staged = inside(self.photos, relative)
         failures = []
         for index, target in enumerate(self.backup_to):
             try:
@@ -263,7 +264,8 @@ class PhotoStore:
             except (OSError, ValueError, KeyError, TypeError):
                 _unlink_quietly(marker)
                 continue
-            if (self.photos / relative).is_file():
+            if isinstance(relative, str) and _is_inside(self.photos, relative) \
+                    and (self.photos / relative).is_file():
                 found.add(relative)
             else:
                 _unlink_quietly(marker)
@@ -300,6 +302,14 @@ class PhotoStore:
         report.temp_files_removed = removed
         return report
 
+
+
+def _is_inside(base: Path, relative: str) -> bool:
+    try:
+        inside(base, relative)
+    except Rejected:
+        return False
+    return True
 
 
 def _unlink_quietly(path: Path) -> None:
