@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "discoveryPort": 5566,
     "discoveryInterfaces": [],
     "relayQuotaBytes": 1024 * MIB,
+    "httpsPort": None,
 }
 
 
@@ -111,6 +112,7 @@ class Config:
     discoveryPort: int
     discoveryInterfaces: tuple[str, ...]
     relayQuotaBytes: int
+    httpsPort: Optional[int]
 
     @property
     def role(self) -> str:
@@ -282,6 +284,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "discoveryPort": _port,
     "discoveryInterfaces": _strings,
     "relayQuotaBytes": _positive,
+    "httpsPort": lambda value: None if value is None else _port(value),
 }
 
 
@@ -299,6 +302,9 @@ def parse_config(raw: Any, path: Path) -> Config:
             values[key] = validate(value)
         except ValueError as e:
             raise ConfigError(f"{path}: key {key!r}: {e}") from None
+    if bool(values["httpsKey"]) != bool(values["httpsCert"]):
+        missing = "httpsCert" if values["httpsKey"] else "httpsKey"
+        raise ConfigError(f"{path}: key {missing!r}: HTTPS needs both httpsKey and httpsCert")
     for key in ("httpsKey", "httpsCert"):
         if values[key]:
             try:

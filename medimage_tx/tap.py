@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -25,6 +25,7 @@ from .pairing import PairingBook
 from .relay import Relay, RelayPuller
 from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore
+from .tls import TLSConfigError, server_tls_options
 
 log = Logger()
 
@@ -124,6 +125,7 @@ class MedImageService(MultiService):
         self.http = http
         self.puller: Optional[RelayPuller] = None
         self.discovery: Optional[DiscoveryService] = None
+        self.https: Optional[HTTPListener] = None
 
 
 def build_service(
@@ -175,18 +177,25 @@ def build_service(
                  "{interface}, so phones on the WiFi cannot find this PC; they send through the relay",
                  interface=interface)
     listen_port = config.listenPort if port is None else port
-    if interface and ":" in interface:
-        endpoint = TCP6ServerEndpoint(reactor, listen_port, interface=interface)
-    else:
-        endpoint = TCP4ServerEndpoint(reactor, listen_port, interface=interface or "")
-    http = HTTPListener(endpoint, site, lambda p: _announce(config, store, p))
+    tls = _tls_options(config)
+    https_only = tls is not None and config.httpsPort is None
+    http = HTTPListener(_endpoint(reactor, listen_port, interface, tls if https_only else None), site,
+                        lambda p: _announce(config, store, p, "https" if https_only else "http"))
     service = MedImageService(state, http)
+    if tls is not None and not https_only:
+        service.https = HTTPListener(_endpoint(reactor, config.httpsPort, interface, tls), site,
+                                     lambda p: _announce(config, store, p, "https"))
     backups.setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
     http.setServiceParent(service)
+    if service.https is not None:
+        service.https.setServiceParent(service)
     if lan:
+        # Phones are pointed at HTTPS when there is HTTPS.
+        advertised = service.https or http
         service.discovery = DiscoveryService(
-            state, reactor, lambda: http.port.getHost().port if http.port else None)
+            state, reactor, lambda: advertised.port.getHost().port if advertised.port else None,
+            scheme=lambda: "https" if tls is not None else "http")
         service.discovery.setServiceParent(service)
         state.discovery = service.discovery.status
     if relay is None and config.allowGettingRemotePhotos:
@@ -216,13 +225,33 @@ def _make_store(config: Config, data_dir: Path) -> PhotoStore:
     return store
 
 
-def _announce(config: Config, store: PhotoStore, port) -> None:
+def _tls_options(config: Config):
+    if not config.httpsKey:
+        return None
+    base = config.path.parent
+    try:
+        return server_tls_options(resolve_path(config.httpsKey, base), resolve_path(config.httpsCert, base))
+    except TLSConfigError as e:
+        raise ConfigError(f"{config.path}: HTTPS (httpsKey/httpsCert): {e}") from None
+
+
+def _endpoint(reactor, port: int, interface: Optional[str], tls):
+    interface = interface or ""
+    if tls is not None:
+        return SSL4ServerEndpoint(reactor, port, tls, interface=interface)
+    if ":" in interface:
+        return TCP6ServerEndpoint(reactor, port, interface=interface)
+    return TCP4ServerEndpoint(reactor, port, interface=interface)
+
+
+def _announce(config: Config, store: PhotoStore, port, scheme: str) -> None:
     address = port.getHost()
     role = "relay" if config.role == "relay" else "clinic PC"
     log.info(
-        "MedImage {role} server {version} listening on port {port} ({host}); "
+        "MedImage {role} server {version} listening on port {port} ({scheme}, {host}); "
         "photos arrive in {photos}{copies}",
-        role=role, version=__version__, port=address.port, host=address.host or "all addresses",
+        role=role, version=__version__, port=address.port, scheme=scheme,
+        host=address.host or "all addresses",
         photos=store.photos,
         copies=(" and are copied to " + ", ".join(map(str, store.backup_to))) if store.backup_to else "",
     )

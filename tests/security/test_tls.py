@@ -1,0 +1,100 @@
+"""
+HTTPS with a certificate the test makes: modern TLS only; bad key or
+certificate files stop the server with one clear line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import socket
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor
+from twisted.internet.ssl import Certificate
+from twisted.internet.threads import deferToThread
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from treq.client import HTTPClient
+
+from conftest import jpeg_bytes, multipart, write_config
+from medimage_tx.config import ConfigError
+
+
+def make_certificate(folder):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medimage test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = folder / "key.pem", folder / "cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_upload_with_trusted_certificate(start_server, tmp_path):
+    key_path, cert_path = make_certificate(tmp_path)
+    server = await start_server(httpsKey=str(key_path), httpsCert=str(cert_path))
+    url = server.url.replace("http://", "https://")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    trust = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert_path.read_bytes()))
+    client = HTTPClient(Agent(reactor, contextFactory=trust, pool=pool))
+    body, content_type = multipart("#NHID1-arm.jpg", jpeg_bytes())
+    response = await client.post(url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
+    assert (response.code, await response.content()) == (200, b"Received upload successfully!")
+
+    port = int(url.rsplit(":", 1)[1])
+
+    def handshake(maximum):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cert_path)
+        context.maximum_version = maximum
+        try:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            context.minimum_version = ssl.TLSVersion.TLSv1
+        except (ssl.SSLError, ValueError):
+            pass
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                return tls.version()
+
+    assert await deferToThread(handshake, ssl.TLSVersion.MAXIMUM_SUPPORTED) in ("TLSv1.2", "TLSv1.3")
+    with pytest.raises(ssl.SSLError):
+        await deferToThread(handshake, ssl.TLSVersion.TLSv1_1)
+
+
+@pytest.mark.parametrize("problem", ["mismatch", "not pem", "only key"])
+def test_bad_key_or_certificate_refuses_to_start(tmp_path, problem):
+    from medimage_tx.tap import build_service
+
+    key_path, cert_path = make_certificate(tmp_path)
+    settings = {"httpsKey": str(key_path), "httpsCert": str(cert_path), "lanMode": False}
+    if problem == "mismatch":
+        other = tmp_path / "other"
+        other.mkdir()
+        settings["httpsKey"] = str(make_certificate(other)[0])
+        expected = "does not belong to the certificate"
+    elif problem == "not pem":
+        cert_path.write_text("hello")
+        expected = "holds no PEM certificate"
+    else:
+        del settings["httpsCert"]
+        expected = "HTTPS needs both httpsKey and httpsCert"
+    config = write_config(tmp_path / "data" / "config.json", **settings)
+    with pytest.raises(ConfigError) as error:
+        build_service(reactor, tmp_path / "data", config, port=0, interface="127.0.0.1")
+    assert expected in str(error.value) and "\n" not in str(error.value)
