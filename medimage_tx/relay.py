@@ -34,7 +34,7 @@ from twisted.web.static import NoRangeStaticProducer
 from treq.client import HTTPClient
 
 from .errors import Rejected
-from .identity import fingerprint
+from .identity import PAIRED_ID, fingerprint
 from .paths import inside
 from .naming import DEFAULT_STEM, clean_text, safe_component, strip_extension
 from .relay_queue import RelayQueue
@@ -50,7 +50,6 @@ RECEIPT_HEADER = b"X-MedImage-Receipt"
 
 MAX_WAIT = 60
 NOTHING = b"none"
-_ID = re.compile(rb"[A-Za-z0-9]{1,64}")
 _CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$]{0,63}){0,3}")
 
 _MIME_BY_EXTENSION = {
@@ -99,7 +98,7 @@ class Relay:
         for path in self.store.photos.rglob("*"):
             relative = path.relative_to(self.store.photos).as_posix()
             paired_id = relative.split("/", 1)[0]
-            if path.is_file() and "/" in relative and _ID.fullmatch(paired_id.encode()):
+            if path.is_file() and "/" in relative and PAIRED_ID.fullmatch(paired_id):
                 stat = path.stat()
                 found.append((stat.st_mtime_ns, relative, paired_id, stat.st_size))
         for _, relative, paired_id, size in sorted(found):
@@ -188,8 +187,8 @@ class ReadResource(Resource):
 
     async def _read(self, request, relay: Relay):
         path = [p for p in request.postpath if p]
-        if not path or not _ID.fullmatch(path[0]) or len(path) > 2:
-            raise Rejected("Expected /read/<id> with letters and digits only")
+        if not path or not PAIRED_ID.fullmatch(path[0].decode("latin-1")) or len(path) > 2:
+            raise Rejected("Expected /read/<id>: a paired id is 16 to 20 letters and digits")
         paired_id = path[0].decode()
         if request.method == b"DELETE":
             if len(path) != 2:

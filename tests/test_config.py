@@ -56,7 +56,8 @@ def test_reads_original_config_and_keeps_unknown_keys(tmp_path):
     ('{"allowedTypes": [{"extension": ".pdf"}]}', "key 'allowedTypes'"),
     ('{"allowedChars": "a-"}', None),
     ('{"allowedChars": "z-a"}', "key 'allowedChars'"),
-    ('{"httpsKey": "missing/key.pem"}', "key 'httpsKey': cannot read 'missing/key.pem'"),
+    ('{"httpsKey": "missing/key.pem", "httpsCert": "c.pem"}', "key 'httpsKey': cannot read 'missing/key.pem'"),
+    ('{"httpsKey": "missing/key.pem"}', "key 'httpsCert': HTTPS needs both"),
     ('[1, 2]', "expected a JSON object"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, text, expected):
