@@ -1,0 +1,126 @@
+"""
+Slow clients, a relay filling up, and a full disk: refused or cut off, never
+a crash, nothing half-written, and recovery on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
+
+from conftest import all_files, jpeg_bytes, multipart
+
+PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
+
+
+class Slow(protocol.Protocol):
+    def __init__(self, first: bytes):
+        self.first = first
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.first)
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+async def upload(client, server, name, content):
+    body, content_type = multipart(name, content)
+    response = await client.post(server.url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
+    return response.code, await response.content(), response
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowloris_headers_and_body_are_cut_off(start_server, http_client):
+    server = await start_server()
+    limits = server.service.http.factory.limits
+    limits.header_seconds = 0.3
+    limits.body_base_seconds = 0.3
+    port = int(server.url.rsplit(":", 1)[1])
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    # Headers that never end, and a body that never comes.
+    headers_forever = Slow(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+    body_forever = Slow(b"POST /api/photo HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                        b"boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n")
+    await connectProtocol(endpoint, headers_forever)
+    await connectProtocol(endpoint, body_forever)
+    await defer.gatherResults([headers_forever.closed, body_forever.closed])
+    # Others are still served, and nothing was left behind.
+    assert (await http_client.get(server.url + "/")).code == 200
+    assert all_files(server.data / "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_quota_per_pairing_answers_503(start_server, http_client):
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False, relayQuotaBytes=50_000)
+    for i in range(2):
+        code, _, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x{i}.jpg", jpeg_bytes(20_000, seed=i + 1))
+        assert code == 200
+    code, body, response = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
+    assert code == 503 and b"holds too much" in body
+    assert response.headers.getRawHeaders(b"retry-after") == [b"120"]
+    other_pairing = "AnotherPairingId0001"
+    code, _, _ = await upload(http_client, relay, f"#{other_pairing}-#P-x.jpg", jpeg_bytes(20_000, seed=4))
+    assert code == 200  # the quota is per pairing
+    taken = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
+    await taken.content()
+    code, _, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
+    assert code == 200  # room again once the PC collected one
+    assert all_files(relay.data / "tmp") == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = f"cannot mount a tmpfs (needs root): {result.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(f"the disk-full test must run in CI: {reason}")
+        pytest.skip(reason)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_disk_full_answers_503_and_recovers(tiny_disk, tmp_path, http_client):
+    from medimage_tx.tap import build_service
+    from conftest import write_config
+
+    config = write_config(tmp_path / "config.json", lanMode=False, maxUploadSize=4_000_000)
+    service = build_service(reactor, tiny_disk, config, port=0, interface="127.0.0.1")
+    service.startService()
+    try:
+        port = await service.http.listening
+        url = f"http://127.0.0.1:{port.getHost().port}"
+
+        class Server:
+            pass
+
+        server = Server()
+        server.url = url
+        code, body, response = await upload(http_client, server, "#BIG-x.jpg", jpeg_bytes(2_000_000))
+        assert code == 503, body
+        assert response.headers.getRawHeaders(b"retry-after") == [b"30"]
+        assert b"cannot store the photo right now" in body
+        assert all_files(tiny_disk / "tmp") == []
+        assert all_files(tiny_disk / "photos") == []
+        # Space is there for a small one: the server recovered on its own.
+        small = jpeg_bytes(100_000)
+        code, body, _ = await upload(http_client, server, "#SMALL-x.jpg", small)
+        assert code == 200, body
+        assert (tiny_disk / "photos" / "SMALL" / "x.jpg").read_bytes() == small
+    finally:
+        await service.stopService()
