@@ -61,6 +61,8 @@ class BackupService(Service):
                 "file(s), copied {copied} staged photo(s) to the target folders",
                 removed=report.temp_files_removed, copied=report.photos_backed_up,
             )
+        else:
+            self.log.info("Start-up check done: nothing left over from before")
         self._note_report(report)
 
     def _note_report(self, report: RecoveryReport) -> None:

@@ -451,13 +451,16 @@ class RelayPuller(Service):
             await confirm.content()
             if confirm.code not in (200, 404):
                 raise RelayUnavailable(f"the relay answered {confirm.code} to a confirmation")
+        if stored is not None:
+            self.log.info("Received {path} from the relay ({size} bytes){again}", path=stored.relative,
+                          size=received.size, again=" (already stored)" if stored.duplicate else "")
         try:
             await self.state.add_transfer(received.size)
         except Exception:
             self.log.failure("Could not save the transfer count in config.json")
         if stored is not None:
             for notify in list(self.delivered):
-                notify(stored)
+                notify(stored.relative)
         return True
 
     async def _download(self, response) -> "_Download":
@@ -470,7 +473,7 @@ class RelayPuller(Service):
             raise
         return download
 
-    async def _store(self, download: "_Download", file_name: str, config) -> Optional[str]:
+    async def _store(self, download: "_Download", file_name: str, config):
         folders, name = photo_parts(file_name, config.allowedChars)
         allowed = choose_type(download.head, has_nul=download.has_nul,
                               named_extension=os.path.splitext(name)[1].lower(),
@@ -489,9 +492,7 @@ class RelayPuller(Service):
         if not stored.duplicate:
             self.state.stats.photos_received += 1
         self.state.stats.bytes_received += download.size
-        self.log.info("Received {path} from the relay ({size} bytes){again}", path=stored.relative,
-                      size=download.size, again=" (already stored)" if stored.duplicate else "")
-        return stored.relative
+        return stored
 
 
 class _Download:
