@@ -17,7 +17,6 @@ def _pair(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_or_create_config, save_config
     from .pairing import CODE_LIFETIME, BadPairingAnswer
     from .pairing_web import one_off_client, pairing_url_for, request_code
-    from .relay import proxy_headers
     from .tap import default_data_dir
 
     config_path = Path(args.config) if args.config else default_data_dir() / "config.json"
@@ -33,8 +32,7 @@ def _pair(args: argparse.Namespace) -> int:
         client = one_off_client(reactor, config.webProxy)
         try:
             issued = await request_code(client, pairing_url, config.globalId, relay,
-                                        args.country or config.raw.get("countryCode", ""),
-                                        proxy_headers(config.webProxy))
+                                        args.country or config.raw.get("countryCode", ""))
         except BadPairingAnswer as e:
             print(f"medimage: the pairing service gave an unusable answer: {e}", file=sys.stderr)
             raise SystemExit(1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
@@ -22,7 +22,7 @@ from treq.client import HTTPClient
 from twisted.web.client import HTTPConnectionPool
 
 from .identity import fingerprint
-from .relay import make_agent, proxy_headers
+from .relay import make_agent
 from .pairing import (
     CODE_LIFETIME, BadPairingAnswer, IssuedCode, PairingBook, issue_answer, parse_issue_answer,
     redeem_answer,
@@ -68,7 +68,7 @@ class PairingService(Resource):
 
 
 async def request_code(client: HTTPClient, pairing_url: str, guid: str, proxy_server: str,
-                       country: str, headers: Optional[dict] = None) -> IssuedCode:
+                       country: str) -> IssuedCode:
     """
     Ask a pairing service for a code.
 
@@ -78,7 +78,6 @@ async def request_code(client: HTTPClient, pairing_url: str, guid: str, proxy_se
     response = await client.post(
         pairing_url,
         data={"guid": guid, "proxyServer": proxy_server, "country": country},
-        headers=headers or {},
     )
     body = (await response.content()).decode("utf-8", "replace")
     if response.code != 200:
@@ -121,7 +120,7 @@ class PairPage(Resource):
         country = arg(b"country") or config.raw.get("countryCode", "")
         try:
             issued = await request_code(one_off_client(self.state.reactor, config.webProxy), pairing_url, config.globalId,
-                                        proxy_server, country, proxy_headers(config.webProxy))
+                                        proxy_server, country)
         except BadPairingAnswer as e:
             return page(502, "The pairing service gave an answer this server cannot use",
                         f"<p>{html.escape(str(e))}</p><p>Nothing was changed.</p>")

@@ -29,13 +29,17 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ProxyAgent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.static import NoRangeStaticProducer
 from treq.client import HTTPClient
+from zope.interface import implementer
 
 from .errors import Rejected
 from .identity import PAIRED_ID, fingerprint
 from .paths import inside
+from .proxy_tunnel import TunnellingEndpointFactory
 from .naming import DEFAULT_STEM, clean_text, safe_component, strip_extension
 from .relay_queue import RelayQueue
 from .sniff import HEAD_SIZE, choose_type
@@ -298,23 +302,55 @@ def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str):
     """
     An agent that goes direct, or through the clinic's HTTP proxy.
     """
-    if not web_proxy:
-        return Agent(reactor, pool=pool)
+    return WebProxyAgent(reactor, pool, web_proxy) if web_proxy else Agent(reactor, pool=pool)
+
+
+def proxy_authorization(web_proxy: str) -> Optional[bytes]:
+    """
+    The Basic C{Proxy-Authorization} value for C{http://user:pass@host:port}.
+    """
     proxy = urlsplit(web_proxy)
-    endpoint = HostnameEndpoint(reactor, proxy.hostname, proxy.port or 80)
-    return ProxyAgent(endpoint, reactor, pool=pool)
-
-
-def proxy_headers(web_proxy: str) -> dict[bytes, list[bytes]]:
-    proxy = urlsplit(web_proxy) if web_proxy else None
-    if proxy is None or proxy.username is None:
-        return {}
+    if proxy.username is None:
+        return None
     credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
-    return {b"Proxy-Authorization": [b"Basic " + base64.b64encode(credentials)]}
+    return b"Basic " + base64.b64encode(credentials)
+
+
+@implementer(IAgent)
+class WebProxyAgent:
+    """
+    Through the clinic's HTTP proxy: http:// requests are proxied as usual
+    (credentials in each request), https:// ones go through a CONNECT tunnel
+    (credentials to the proxy only, never inside the tunnel to the relay).
+    """
+
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool, web_proxy: str):
+        proxy = urlsplit(web_proxy)
+        host, port = proxy.hostname, proxy.port or 80
+        self.auth = proxy_authorization(web_proxy)
+        self.plain = ProxyAgent(HostnameEndpoint(reactor, host, port), reactor, pool=pool)
+        self.tunnelled = Agent.usingEndpointFactory(
+            reactor, TunnellingEndpointFactory(reactor, host, port, self.auth), pool=pool)
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        if uri.startswith(b"https://"):
+            return self.tunnelled.request(method, uri, headers, bodyProducer)
+        headers = headers.copy() if headers is not None else Headers()
+        if self.auth:
+            headers.setRawHeaders(b"proxy-authorization", [self.auth])
+        return self.plain.request(method, uri, headers, bodyProducer)
 
 
 class RelayUnavailable(Exception):
     pass
+
+
+def backoff_delay(failures: int, start: float, maximum: float) -> float:
+    """
+    Capped exponential backoff; the exponent is capped too, so an outage of
+    days cannot overflow it.
+    """
+    return min(maximum, start * 2 ** min(failures - 1, 30))
 
 
 class RelayPuller(Service):
@@ -396,7 +432,7 @@ class RelayPuller(Service):
                     return  # cancelled for a new config; the new loop runs
                 failures += 1
                 self._note_outage(e)
-                delay = min(self.backoff_max, self.backoff_start * 2 ** (failures - 1))
+                delay = backoff_delay(failures, self.backoff_start, self.backoff_max)
                 await deferLater(self.clock, delay * random.uniform(0.5, 1.0))
                 continue
             failures = 0
@@ -419,10 +455,9 @@ class RelayPuller(Service):
 
     async def _pull_once(self, config) -> bool:
         client = self._client(config)
-        headers = proxy_headers(config.webProxy)
         url = config.readProxy
         if not self._supports_ack:
-            head = await client.head(url, headers=headers)
+            head = await client.head(url)
             await head.content()
             _expect_ok(head)
             self._supports_ack = head.headers.getRawHeaders(RELAY_FEATURES) is not None
@@ -432,10 +467,10 @@ class RelayPuller(Service):
             separator = "&" if "?" in url else "?"
             response = await client.get(
                 f"{url}{separator}wait={self.long_poll}",
-                headers={**headers, ACK_HEADER: [b"1"]},
+                headers={ACK_HEADER: [b"1"]},
             )
         else:
-            response = await client.get(url, headers=headers)
+            response = await client.get(url)
         _expect_ok(response)
         if response.headers.getRawHeaders(RELAY_FEATURES) is None:
             self._supports_ack = False
@@ -447,7 +482,7 @@ class RelayPuller(Service):
         stored = await self._store(received, file_name, config)
         receipt = _header(response, RECEIPT_HEADER)
         if receipt is not None:
-            confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}", headers=headers)
+            confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}")
             await confirm.content()
             if confirm.code not in (200, 404):
                 raise RelayUnavailable(f"the relay answered {confirm.code} to a confirmation")

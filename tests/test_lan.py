@@ -132,12 +132,14 @@ class Collect(DatagramProtocol):
             self.got.callback(None)
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest_twisted.ensureDeferred
-async def test_scan_responder_answers_once_per_probe_on_loopback(start_server):
+async def test_scan_responder_answers_once_per_probe_on_loopback(start_server, scheme):
     pc = await start_server(globalId=PAIRED_ID, serverName="Reception PC")
     http_port = int(pc.url.rsplit(":", 1)[1])
     discovery = DiscoveryService(pc.service.state, reactor, lambda: http_port,
-                                 interfaces=lambda: [Interface("lo", "127.0.0.1", "255.0.0.0")])
+                                 interfaces=lambda: [Interface("lo", "127.0.0.1", "255.0.0.0")],
+                                 scheme=lambda: scheme)
     discovery.status.interfaces = [Interface("lo", "127.0.0.1", "255.0.0.0")]
     responder = reactor.listenUDP(0, ScanResponder(discovery), interface="127.0.0.1")
     phone = Collect()
@@ -156,7 +158,8 @@ async def test_scan_responder_answers_once_per_probe_on_loopback(start_server):
         await phone_port.stopListening()
     assert len(phone.replies) == 2  # one per valid probe, none for garbage
     first = phone.replies[0]
-    assert first["url"] == f"http://127.0.0.1:{http_port}"
+    assert first["url"] == f"{scheme}://127.0.0.1:{http_port}"
+    assert first["tls"] is (scheme == "https")
     assert first["name"] == "Reception PC"
     assert first["proof"] == proof(PAIRED_ID, "feed")
     assert discovery.status.probes_answered == 2 and discovery.status.probes_ignored == 1

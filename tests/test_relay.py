@@ -9,7 +9,11 @@ import base64
 import hashlib
 
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.ssl import Certificate
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from treq.client import HTTPClient
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols import portforward
@@ -365,3 +369,102 @@ async def test_pc_reaches_relay_through_authenticating_web_proxy(start_server, h
     expected = b"Basic " + base64.b64encode(b"clinic:s3cret pw")
     assert CheckingProxyRequest.seen and all(c == expected for _, c in CheckingProxyRequest.seen)
     assert b"DELETE" in [m for m, _ in CheckingProxyRequest.seen]  # the confirmation went through it too
+
+
+class ConnectProxy(protocol.Protocol):
+    """
+    A clinic's proxy that only allows CONNECT with the right credentials,
+    then splices bytes both ways.
+    """
+
+    seen: list = []
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.upstream = None
+
+    def dataReceived(self, data):
+        if self.upstream is not None:
+            self.upstream.transport.write(data)
+            return
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            return
+        head, rest = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        method, target = lines[0].split(b" ")[:2]
+        auth = next((l.split(b":", 1)[1].strip() for l in lines[1:]
+                     if l.lower().startswith(b"proxy-authorization:")), b"")
+        self.seen.append((method, auth))
+        if method != b"CONNECT" or auth != b"Basic " + base64.b64encode(b"clinic:s3cret pw"):
+            self.transport.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+            self.transport.loseConnection()
+            return
+        host, port = target.rsplit(b":", 1)
+        self.transport.pauseProducing()
+        upstream = Upstream(self)
+        d = connectProtocol(TCP4ClientEndpoint(reactor, host.decode(), int(port)), upstream)
+
+        def connected(_):
+            self.upstream = upstream
+            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                upstream.transport.write(rest)
+            self.transport.resumeProducing()
+
+        d.addCallback(connected)
+
+    def connectionLost(self, reason):
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+
+
+class Upstream(protocol.Protocol):
+    def __init__(self, client):
+        self.client = client
+
+    def dataReceived(self, data):
+        self.client.transport.write(data)
+
+    def connectionLost(self, reason):
+        self.client.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pc_reaches_https_relay_through_connect_tunnel(start_server, http_client, tmp_path, monkeypatch):
+    from security.test_tls import make_certificate
+
+    key_path, cert_path = make_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # the PC trusts the test's certificate
+    relay = await start_relay_with(start_server, httpsKey=str(key_path), httpsCert=str(cert_path))
+    relay_url = relay.url.replace("http://", "https://")
+    listening = reactor.listenTCP(0, protocol.Factory.forProtocol(ConnectProxy), interface="127.0.0.1")
+    ConnectProxy.seen = []
+    try:
+        photo = jpeg_bytes()
+        trust = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert_path.read_bytes()))
+        phone = HTTPClient(Agent(reactor, contextFactory=trust, pool=HTTPConnectionPool(reactor, persistent=False)))
+        body, content_type = multipart(APP_NAME, photo)
+        uploaded = await phone.post(relay_url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
+        assert uploaded.code == 200
+        await uploaded.content()
+        pc, target = await start_pc(
+            start_server, tmp_path, f"{relay_url}/read/{PAIRED_ID}",
+            webProxy=f"http://clinic:s3cret%20pw@127.0.0.1:{listening.getHost().port}")
+        assert await next_delivery(pc) == DELIVERED_AS
+    finally:
+        await defer.maybeDeferred(listening.stopListening)
+    assert (target / DELIVERED_AS).read_bytes() == photo
+    assert ConnectProxy.seen and all(m == b"CONNECT" for m, _ in ConnectProxy.seen)
+
+
+async def start_relay_with(start_server, **settings):
+    return await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                              allowGettingRemotePhotos=False, **settings)
+
+
+def test_backoff_is_capped_even_after_days_of_failures():
+    from medimage_tx.relay import backoff_delay
+
+    assert [backoff_delay(n, 1.0, 60.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+    assert backoff_delay(100_000, 1.0, 60.0) == 60.0
