@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 
 from conftest import jpeg_bytes
+from processes import spawn
 from medimage_tx.client import app_file_name, matching_server, Found, read_pairing
 from medimage_tx.discovery import DiscoveryService, ScanResponder
 from medimage_tx.identity import fingerprint, proof
@@ -167,32 +169,14 @@ async def test_scan_responder_answers_once_per_probe_on_loopback(start_server, s
 
 @pytest_twisted.ensureDeferred
 async def test_send_command_delivers_with_app_naming(start_server, tmp_path):
-    from twisted.internet import protocol
-
     target = tmp_path / "clinic"
     target.mkdir()
     pc = await start_server(backupTo=[target.as_posix()])
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(jpeg_bytes(2_000_000))
 
-    class Run(protocol.ProcessProtocol):
-        output = b""
-        ended = defer.Deferred()
-
-        def outReceived(self, data):
-            self.output += data
-
-        errReceived = outReceived
-
-        def processEnded(self, reason):
-            self.ended.callback(reason.value.exitCode)
-
-    import sys
-
-    run = Run()
-    reactor.spawnProcess(run, sys.executable, [sys.executable, "-m", "medimage_tx", "send", str(photo),
-                                               "--id", "#moles John123", "--server", pc.url],
-                         env=None, path=str(Path(__file__).parent.parent))
+    run = spawn([sys.executable, "-m", "medimage_tx", "send", str(photo), "--id", "#moles John123",
+                 "--server", pc.url], str(Path(__file__).parent.parent), env=None)
     assert await run.ended == 0, run.output
     assert b"Received upload successfully!" in run.output
     assert b"100%" in run.output  # the progress bar of a large file

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
 
 from conftest import jpeg_bytes
+from processes import WatchedProcess, spawn
 from medimage_tx.identity import fingerprint
 
 REPO = Path(__file__).parent.parent
@@ -105,50 +105,11 @@ def lan():
         assert network.prefix not in leftovers
 
 
-class Process(protocol.ProcessProtocol):
-    """
-    A process whose output is searched for lines as they arrive.
-    """
-
-    def __init__(self):
-        self.output = b""
-        self.ended = defer.Deferred()
-        self._waiting: list[tuple[re.Pattern, defer.Deferred]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        for pattern, d in list(self._waiting):
-            match = pattern.search(self.output)
-            if match:
-                self._waiting.remove((pattern, d))
-                d.callback(match)
-
-    errReceived = outReceived
-
-    def wait_for(self, pattern: bytes) -> defer.Deferred:
-        compiled = re.compile(pattern)
-        match = compiled.search(self.output)
-        if match:
-            return defer.succeed(match)
-        d = defer.Deferred()
-        self._waiting.append((compiled, d))
-        return d
-
-    def processEnded(self, reason) -> None:
-        for _, d in self._waiting:
-            d.errback(RuntimeError(self.output.decode(errors="replace")[-2000:]))
-        self._waiting.clear()
-        self.ended.callback(reason.value.exitCode)
+def run_in(namespace: str, *argv: str) -> WatchedProcess:
+    return spawn([shutil.which("ip"), "netns", "exec", namespace, *argv], str(REPO), env=dict(os.environ))
 
 
-def run_in(namespace: str, *argv: str) -> Process:
-    process = Process()
-    args = ["ip", "netns", "exec", namespace, *argv]
-    reactor.spawnProcess(process, shutil.which("ip"), args, env=dict(os.environ), path=str(REPO))
-    return process
-
-
-async def start_pc(lan: VirtualLan, tmp_path: Path, host: str, paired_id: str, *extra: str) -> tuple[Process, Path]:
+async def start_pc(lan: VirtualLan, tmp_path: Path, host: str, paired_id: str, *extra: str) -> tuple[WatchedProcess, Path]:
     data = tmp_path / host
     target = data / "clinic"
     target.mkdir(parents=True, exist_ok=True)
@@ -163,7 +124,7 @@ async def start_pc(lan: VirtualLan, tmp_path: Path, host: str, paired_id: str, *
     return process, target
 
 
-async def stop(process: Process) -> None:
+async def stop(process: WatchedProcess) -> None:
     if not process.ended.called:
         process.transport.signalProcess(signal.SIGTERM)
     await process.ended

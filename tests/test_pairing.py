@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+
 from twisted.internet.task import Clock
 
 from conftest import jpeg_bytes, multipart
@@ -20,7 +20,10 @@ from medimage_tx.pairing import (
     CODE_ALPHABET, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS, NOMATCH, BadPairingAnswer, PairingBook,
     guess_odds, parse_issue_answer, redeem_answer,
 )
+from processes import spawn
 from test_relay import fast_retries, next_delivery
+
+REPO = str(Path(__file__).parent.parent)
 
 
 def book(tmp_path, clock) -> PairingBook:
@@ -171,31 +174,14 @@ async def test_pair_page_errors_leave_config_untouched(start_server, http_client
     assert (pc.data / "config.json").read_text() == before
 
 
-class Collect(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = b""
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
-
-
 @pytest_twisted.ensureDeferred
 async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path):
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False)
     pc = await start_server("headless", tune=fast_retries)
     config_path = pc.data / "config.json"
-    process = Collect()
-    reactor.spawnProcess(process, sys.executable,
-                         [sys.executable, "-m", "medimage_tx", "pair", "--relay", relay.url,
-                          "--config", str(config_path)],
-                         env=None, path=str(Path(__file__).parent.parent))
+    process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--relay", relay.url,
+                     "--config", str(config_path)], REPO, env=None)
     assert await process.ended == 0, process.output
     code = re.search(rb"Pairing code: ([A-Z0-9]{4})", process.output).group(1).decode()
     paired_id = json.loads(config_path.read_text())["globalId"]
@@ -214,11 +200,8 @@ async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path
     assert upload.code == 200
     assert await delivered == "P9/leg.jpg"
 
-    process = Collect()
-    reactor.spawnProcess(process, sys.executable,
-                         [sys.executable, "-m", "medimage_tx", "pair", "--relay", "http://127.0.0.1:9",
-                          "--config", str(config_path)],
-                         env=None, path=str(Path(__file__).parent.parent))
+    process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--relay", "http://127.0.0.1:9",
+                     "--config", str(config_path)], REPO, env=None)
     assert await process.ended == 1
     assert process.output.decode().strip().startswith("medimage: cannot reach the pairing service")
     assert json.loads(config_path.read_text())["globalId"] == paired_id

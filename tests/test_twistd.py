@@ -4,17 +4,15 @@ The real `twistd -n medimage` process, from the installed package.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
 
 from conftest import jpeg_bytes, multipart, write_config
+from processes import WatchedProcess, spawn
 
 TWISTD = Path(sys.executable).parent / "twistd"
 
@@ -23,47 +21,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Twistd(protocol.ProcessProtocol):
-    """
-    Collects output; fires C{listening} with the port from the start-up
-    line and C{ended} with the exit code.
-    """
-
-    def __init__(self):
-        self.output = b""
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        match = re.search(rb"listening on port (\d+)", self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")))
-            self.listening.addErrback(lambda f: None)
-        # twistd ends itself with the signal it was stopped by, after a clean
-        # shutdown, so the status is either an exit code or that signal.
-        self.ended.callback(reason.value.exitCode if reason.value.signal is None else -reason.value.signal)
-
-
-def spawn_twistd(tmp_path: Path, *args: str) -> Twistd:
-    from twisted.internet import reactor
-
-    process = Twistd()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def spawn_twistd(tmp_path: Path, *args: str) -> WatchedProcess:
+    # --no-lan: never advertise on this machine's real network from a test.
     # Run outside the repository so the installed package is what runs.
-    reactor.spawnProcess(
-        process, str(TWISTD),
-        # --no-lan: never advertise on this machine's real network from a test.
-        [str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", *args],
-        env=env, path=str(tmp_path),
-    )
-    return process
+    return spawn([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", *args], str(tmp_path))
 
 
 @pytest_twisted.ensureDeferred
@@ -74,7 +35,7 @@ async def test_twistd_runs_receives_and_stops_cleanly(tmp_path, http_client):
     write_config(data / "config.json", backupTo=[target.as_posix()])
     process = spawn_twistd(tmp_path, "--data", str(data), "--port", "0", "--interface", "127.0.0.1")
     try:
-        port = await process.listening
+        port = await process.port()
         photo = jpeg_bytes(200_000)
         body, content_type = multipart("#NHID1234-arm-27-Nov-2026-10-11-12.jpg", photo)
         response = await http_client.post(
@@ -95,7 +56,7 @@ async def test_twistd_runs_receives_and_stops_cleanly(tmp_path, http_client):
 async def test_twistd_writes_default_config_on_first_start(tmp_path):
     data = tmp_path / "fresh"
     process = spawn_twistd(tmp_path, "--data", str(data), "--port", "0", "--interface", "127.0.0.1")
-    await process.listening
+    await process.port()
     process.transport.signalProcess(signal.SIGTERM)
     assert await process.ended == -signal.SIGTERM
     assert (data / "config.json").exists()

@@ -17,66 +17,25 @@ import sys
 from pathlib import Path
 
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from conftest import jpeg_bytes, multipart, write_config
+from processes import WatchedProcess, spawn
 
 TWISTD = Path(sys.executable).parent / "twistd"
 KILLS = int(os.environ.get('MEDIMAGE_KILLS', 30))
 PAIRED_ID = "CrashTestPairing001"
 
 
-class ServerProcess(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = b""
-        self.listening = defer.Deferred()
-        self.ended = defer.Deferred()
-        self._patterns: list[tuple[re.Pattern, int, defer.Deferred]] = []
-
-    def outReceived(self, data):
-        self.output += data
-        match = re.search(rb"listening on port (\d+)", self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-        for entry in list(self._patterns):
-            pattern, count, d = entry
-            if len(pattern.findall(self.output)) >= count:
-                self._patterns.remove(entry)
-                d.callback(None)
-
-    errReceived = outReceived
-
-    def wait_for(self, pattern: bytes, count: int = 1) -> defer.Deferred:
-        d = defer.Deferred()
-        self._patterns.append((re.compile(pattern), count, d))
-        self.outReceived(b"")
-        return d
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")[-3000:]))
-            self.listening.addErrback(lambda f: None)
-        for _, _, d in self._patterns:
-            d.errback(RuntimeError("ended"))
-            d.addErrback(lambda f: None)
-        self.ended.callback(None)
+def spawn_server(data: Path, port: int) -> WatchedProcess:
+    return spawn([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", "--data", str(data),
+                  "--port", str(port), "--interface", "127.0.0.1"], str(data))
 
 
-def spawn(data: Path, port: int) -> ServerProcess:
-    process = ServerProcess()
-    reactor.spawnProcess(
-        process, str(TWISTD),
-        [str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", "--data", str(data),
-         "--port", str(port), "--interface", "127.0.0.1"],
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, path=str(data),
-    )
-    return process
-
-
-async def kill9(process: ServerProcess) -> None:
+async def kill9(process: WatchedProcess) -> None:
     if not process.ended.called:
         process.transport.signalProcess(signal.SIGKILL)
     await process.ended
@@ -108,7 +67,7 @@ def visible_partials(*folders: Path) -> list[Path]:
 
 
 async def upload_through_kills(rng: random.Random, photos: dict[str, bytes], start, url_of, client,
-                               kills: int) -> tuple[set[str], int, ServerProcess]:
+                               kills: int) -> tuple[set[str], int, WatchedProcess]:
     """
     Keep uploading the photos without a 200 yet, four at a time, killing
     the server at a random moment in each round until C{kills} kills are
@@ -149,15 +108,15 @@ async def test_pc_server_killed_at_random_loses_no_acknowledged_photo(tmp_path):
     client = HTTPClient(Agent(reactor, pool=pool))
 
     async def start():
-        process = spawn(data, port)
-        await process.listening
+        process = spawn_server(data, port)
+        await process.port()
         return process
 
     acknowledged, kills, last = await upload_through_kills(
         rng, photos, start, lambda: f"http://127.0.0.1:{port}", client, KILLS)
     await kill9(last)
-    final = spawn(data, port)
-    await final.listening
+    final = spawn_server(data, port)
+    await final.port()
     await final.wait_for(rb"Recovered after restart|Start-up check done")
     final.transport.signalProcess(signal.SIGTERM)
     await final.ended
@@ -191,12 +150,12 @@ async def test_relay_killed_at_random_loses_no_acknowledged_photo(tmp_path):
               for i in range(40)}
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = HTTPClient(Agent(reactor, pool=pool))
-    pc = spawn(pc_data, pc_port)
-    await pc.listening
+    pc = spawn_server(pc_data, pc_port)
+    await pc.port()
     try:
         async def start():
-            process = spawn(relay_data, relay_port)
-            await process.listening
+            process = spawn_server(relay_data, relay_port)
+            await process.port()
             return process
 
         acknowledged, kills, relay = await upload_through_kills(

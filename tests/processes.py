@@ -1,0 +1,67 @@
+"""
+Real processes in tests: output collected as it comes, lines awaited as
+Deferreds (never by sleeping), the exit status as a Deferred.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+from twisted.internet import defer, protocol
+
+
+class WatchedProcess(protocol.ProcessProtocol):
+    """
+    @ivar ended: fires with the exit code, or minus the signal that ended it.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self._waiting: list[tuple[re.Pattern, int, defer.Deferred]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for entry in list(self._waiting):
+            pattern, count, d = entry
+            matches = list(pattern.finditer(self.output))
+            if len(matches) >= count:
+                self._waiting.remove(entry)
+                d.callback(matches[count - 1])
+
+    errReceived = outReceived
+
+    def wait_for(self, pattern: bytes, count: int = 1) -> defer.Deferred:
+        """
+        Fires with the C{count}th match of C{pattern} in the output; fails
+        if the process ends first.
+        """
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((re.compile(pattern), count, d))
+        self.outReceived(b"")
+        return d
+
+    async def port(self) -> int:
+        """
+        The port from the server's start-up line.
+        """
+        return int((await self.wait_for(rb"listening on port (\d+)")).group(1))
+
+    def processEnded(self, reason) -> None:
+        waiting, self._waiting = self._waiting, []
+        for _, _, d in waiting:
+            d.errback(RuntimeError("the process ended first:\n" + self.output.decode(errors="replace")[-3000:]))
+        status = reason.value
+        self.ended.callback(status.exitCode if status.signal is None else -status.signal)
+
+
+def spawn(argv: list[str], path: str, env: Optional[dict] = None) -> WatchedProcess:
+    from twisted.internet import reactor
+
+    process = WatchedProcess()
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    reactor.spawnProcess(process, argv[0], argv, env=env, path=path)
+    return process
