@@ -66,10 +66,22 @@ class ServerState:
     stats: ServerStats = field(default_factory=ServerStats)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
     config_stamp: Optional[tuple[int, int]] = None
+    #: The add-on hook point: each is called with the photo's path relative
+    #: to the photos folder (and to each backupTo folder) once it is stored,
+    #: whether it came straight from a phone or through the relay.
+    photo_hooks: list[Callable[[str], Any]] = field(default_factory=list)
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
     def in_thread(self, f: Callable, *args: Any):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    def photo_stored(self, relative: str) -> None:
+        for hook in list(self.photo_hooks):
+            try:
+                hook(relative)
+            except Exception:
+                # An add-on's trouble never costs the phone its answer.
+                log.failure("An add-on failed on a new photo")
 
     async def save_config(self, **changes: Any) -> Config:
         """
@@ -271,6 +283,8 @@ class PhotoUpload(AsyncResource):
             self.state.stats.bytes_received += received.size
         if self.state.backups is not None:
             self.state.backups.note(stored.backup_failures, succeeded=store.backup_to)
+        if not stored.duplicate:
+            self.state.photo_stored(stored.relative)
         log.info(
             "Received {path} ({size} bytes) in {ms:.0f} ms{again}",
             path=stored.relative, size=received.size,

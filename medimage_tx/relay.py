@@ -526,6 +526,7 @@ class RelayPuller(Service):
             self.state.backups.note(stored.backup_failures, succeeded=self.state.store.backup_to)
         if not stored.duplicate:
             self.state.stats.photos_received += 1
+            self.state.photo_stored(stored.relative)
         self.state.stats.bytes_received += download.size
         return stored
 

@@ -98,3 +98,19 @@ def test_bad_key_or_certificate_refuses_to_start(tmp_path, problem):
     with pytest.raises(ConfigError) as error:
         build_service(reactor, tmp_path / "data", config, port=0, interface="127.0.0.1")
     assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_and_https_at_once(start_server, tmp_path, http_client):
+    key_path, cert_path = make_certificate(tmp_path)
+    server = await start_server(httpsKey=str(key_path), httpsCert=str(cert_path), httpsPort=0)
+    plain = await http_client.get(server.url + "/")
+    assert plain.code == 200
+    await plain.content()
+    https_port = server.service.https.port.getHost().port
+    assert https_port != int(server.url.rsplit(":", 1)[1])
+    trust = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert_path.read_bytes()))
+    client = HTTPClient(Agent(reactor, contextFactory=trust, pool=HTTPConnectionPool(reactor, persistent=False)))
+    secure = await client.get(f"https://127.0.0.1:{https_port}/")
+    assert secure.code == 200
+    await secure.content()
