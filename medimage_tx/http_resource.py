@@ -29,7 +29,7 @@ from .pairing import PairingBook
 from .pairing_web import PairingService, PairPage
 from .relay import ReadResource, Relay
 from .store import PhotoStore
-from .upload import MultipartReceiver, boundary_of
+from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
 from .web import NOT_READABLE, Answer, answer_now, render_async
 
 log = Logger()
@@ -188,7 +188,10 @@ class MedImageRequest(server.Request):
     def gotLength(self, length: Optional[int]) -> None:
         state: ServerState = self.channel.site.state
         limits: Limits = self.channel.site.limits
-        expected = length if length is not None else state.config.maxUploadSize
+        # Time for the body at the slowest rate we accept, for no more than
+        # the largest body we would take: a huge declared length buys nothing.
+        largest = state.config.maxUploadSize + ENVELOPE_ALLOWANCE
+        expected = min(length if length is not None else largest, largest)
         self._set_deadline(limits.body_base_seconds + expected / limits.min_body_rate)
         boundary = boundary_of(self.requestHeaders.getRawHeaders(b"content-type", [b""])[0])
         self.content = BytesIO()

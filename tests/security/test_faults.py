@@ -124,3 +124,19 @@ async def test_disk_full_answers_503_and_recovers(tiny_disk, tmp_path, http_clie
         assert (tiny_disk / "photos" / "SMALL" / "x.jpg").read_bytes() == small
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_huge_declared_body_gets_no_more_time_than_the_largest_upload(start_server):
+    server = await start_server(maxUploadSize=100_000)
+    limits = server.service.http.factory.limits
+    limits.body_base_seconds = 0.2
+    limits.min_body_rate = 1_000_000  # the largest upload may take 0.2 s + 0.16 s
+    port = int(server.url.rsplit(":", 1)[1])
+    liar = Slow(b"POST /api/photo HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000000000\r\n\r\n--b\r\n")
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), liar)
+    # Cut off after the largest upload's time, not the 100000 s its length would buy
+    # (the timeout only turns a hang into a failure).
+    await liar.closed.addTimeout(10, reactor)
+    assert liar.transport.disconnected
