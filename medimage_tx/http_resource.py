@@ -1,36 +1,29 @@
 """
-The HTTP side of the PC server: routes, streaming uploads, and the one place
-where domain errors become HTTP answers.
+The HTTP side: the site and its limits, the streaming request, and the
+routes (uploads, checks, pages, relay reads, pairing).
 """
 
 from __future__ import annotations
 
-import html
-import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from twisted.internet.defer import DeferredLock
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
-from . import __version__
-from .backups import BackupService
-from .config import Config, config_stamp, save_config
 from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
-from .pairing import PairingBook
 from .pairing_web import PairingService, PairPage
-from .relay import ReadResource, Relay
-from .store import PhotoStore
+from .relay import ReadResource
 from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
-from .web import NOT_READABLE, Answer, answer_now, render_async
+from .pages import DiscoveryPage, LoadAverage, StatusPage
+from .state import ServerState
+from .web import NOT_READABLE, Answer, StateResource, answer_now, render_async
 
 log = Logger()
 
@@ -39,75 +32,6 @@ UPLOAD_READ_SIZE = 256 * 1024
 #: A relay on the internet serves many clinics; one address gets this many
 #: connections at once (a clinic's PCs and phones behind one NAT fit).
 RELAY_CONNECTIONS_PER_ADDRESS = 32
-
-
-@dataclass
-class ServerStats:
-    photos_received: int = 0
-    bytes_received: int = 0
-    started: float = field(default_factory=time.time)
-
-
-@dataclass
-class ServerState:
-    """
-    What the resources share.  C{config} is replaced, not mutated, when it
-    changes (pairing, the transfer count), so each request reads the
-    current one; C{config_listeners} are called after each change.
-    """
-
-    config: Config
-    store: PhotoStore
-    reactor: Any
-    backups: Optional[BackupService] = None
-    relay: Optional[Relay] = None
-    pairing: Optional[PairingBook] = None
-    discovery: Any = None  # DiscoveryStatus while LAN discovery runs
-    stats: ServerStats = field(default_factory=ServerStats)
-    config_listeners: list[Callable[[], None]] = field(default_factory=list)
-    config_stamp: Optional[tuple[int, int]] = None
-    #: The add-on hook point: each is called with the photo's path relative
-    #: to the photos folder (and to each backupTo folder) once it is stored,
-    #: whether it came straight from a phone or through the relay.
-    photo_hooks: list[Callable[[str], Any]] = field(default_factory=list)
-    _config_lock: DeferredLock = field(default_factory=DeferredLock)
-
-    def in_thread(self, f: Callable, *args: Any):
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
-
-    def photo_stored(self, relative: str) -> None:
-        for hook in list(self.photo_hooks):
-            try:
-                hook(relative)
-            except Exception:
-                # An add-on's trouble never costs the phone its answer.
-                log.failure("An add-on failed on a new photo")
-
-    async def save_config(self, **changes: Any) -> Config:
-        """
-        Change config.json (atomically, in a thread, one change at a time)
-        and make the new config current.
-        """
-        async with self._config_lock:
-            current = self.config
-            new = await self.in_thread(lambda: save_config(current, **changes))
-        self.replace_config(new)
-        return new
-
-    async def add_transfer(self, size: int) -> None:
-        """
-        Count bytes downloaded from the relay in config.json's C{transfer}.
-        """
-        async with self._config_lock:
-            current = self.config
-            new = await self.in_thread(lambda: save_config(current, transfer=current.transfer + size))
-        self.replace_config(new)
-
-    def replace_config(self, new: Config) -> None:
-        self.config = new
-        self.config_stamp = config_stamp(new.path)
-        for listener in list(self.config_listeners):
-            listener()
 
 
 @dataclass
@@ -231,15 +155,7 @@ class MedImageRequest(server.Request):
         super().process()
 
 
-class AsyncResource(Resource):
-    isLeaf = True
-
-    def __init__(self, state: ServerState):
-        super().__init__()
-        self.state = state
-
-
-class PhotoUpload(AsyncResource):
+class PhotoUpload(StateResource):
     """
     C{POST /api/photo} (PROTOCOL.md A1).
     """
@@ -297,7 +213,7 @@ class PhotoUpload(AsyncResource):
         return Answer(200, RECEIVED)
 
 
-class Check(AsyncResource):
+class Check(StateResource):
     """
     C{GET /check=<name>} (PROTOCOL.md A3): only a relay holds photos that
     wait to be read.
@@ -314,94 +230,6 @@ class Check(AsyncResource):
         relative = relay_check_path(self.name.decode("utf-8", "replace"), self.state.config)
         waiting = relative is not None and relay.queue.holds(relative)
         return answer_now(request, Answer(200, b"true" if waiting else b"false"))
-
-
-class LoadAverage(AsyncResource):
-    """
-    C{GET /load/}: the 1, 5 and 15 minute load averages as a JSON array.
-    """
-
-    def render_GET(self, request):
-        body = json.dumps([round(x, 2) for x in _load_average()]).encode()
-        return answer_now(request, Answer(200, body, b"application/json"))
-
-
-def _load_average() -> tuple[float, float, float]:
-    try:
-        return os.getloadavg()
-    except (AttributeError, OSError):
-        import psutil
-
-        return psutil.getloadavg()
-
-
-class StatusPage(AsyncResource):
-    """
-    C{GET /}: a plain page saying what this server is and does.  Old apps
-    find a WiFi server by this page answering 200.
-    """
-
-    def render_GET(self, request):
-        return answer_now(request, Answer(200, self.page(), b"text/html; charset=utf-8"))
-
-    def page(self) -> bytes:
-        config, stats, store = self.state.config, self.state.stats, self.state.store
-        failing = self.state.backups.failing if self.state.backups else {}
-        rows = [
-            ("Version", f"medimage_tx {__version__}"),
-            ("Role", "Relay (proxy server)" if config.role == "relay" else "Clinic PC server"),
-            ("Server name", config.serverName),
-            ("Photos received since start", str(stats.photos_received)),
-            ("Bytes received since start", str(stats.bytes_received)),
-            ("Bytes transferred from the relay", str(config.transfer)),
-            ("Photos arrive in", str(store.photos)),
-            ("Copied to", ", ".join(map(str, store.backup_to)) or "(no backupTo folders)"),
-            ("Paired with a relay", "yes" if config.readProxy else "no"),
-            ("LAN discovery", "on (see /discovery)" if self.state.discovery else "off (see /discovery)"),
-        ]
-        rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
-        table = "\n".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
-        )
-        return (
-            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>MedImage server</title></head>"
-            f"<body><h1>MedImage server</h1><table>\n{table}\n</table></body></html>\n"
-        ).encode("utf-8")
-
-
-class DiscoveryPage(AsyncResource):
-    """
-    C{GET /discovery}: what this PC advertises on the LAN, to answer "why
-    can't my phone find the PC".
-    """
-
-    def render_GET(self, request):
-        status = self.state.discovery
-        if status is None:
-            rows = [("LAN mode", "off: no mDNS adverts, no UDP scan replies, HTTP on loopback only. "
-                                 "Phones reach this PC through the relay.")]
-        else:
-            rows = [
-                ("LAN mode", "on"),
-                ("Advertised on", ", ".join(f"{i.name} {i.address}" for i in status.interfaces)
-                 or "no usable interface (is the PC on the network?)"),
-                ("mDNS (_medimage._tcp)", "advertised" if status.mdns_registered else "not advertised"),
-                ("UDP scan port", str(status.udp_port) if status.udp_port else "not listening"),
-                ("Probes answered / ignored", f"{status.probes_answered} / {status.probes_ignored}"),
-                ("Last error", status.last_error or "none"),
-            ]
-        tips = (
-            "<p>If a phone cannot find this PC: check that the phone is on the same WiFi (not a "
-            "guest network with client isolation), that the firewall lets in TCP "
-            f"{html.escape(str(self.state.config.listenPort))}, UDP "
-            f"{html.escape(str(self.state.config.discoveryPort))} and UDP 5353 (mDNS), that no VPN is "
-            "active on the phone or PC, and that the interface listed above is the WiFi/LAN one "
-            "(set <code>discoveryInterfaces</code> in config.json if not).</p>"
-        )
-        table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-        body = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>LAN discovery</title></head>"
-                f"<body><h1>LAN discovery</h1><table>\n{table}\n</table>{tips}</body></html>\n")
-        return answer_now(request, Answer(200, body.encode(), b"text/html; charset=utf-8"))
 
 
 class Preflight(Resource):

@@ -27,7 +27,7 @@ from .pairing import (
     CODE_LIFETIME, BadPairingAnswer, IssuedCode, PairingBook, issue_answer, parse_issue_answer,
     redeem_answer,
 )
-from .web import Answer, answer_now, render_async
+from .web import Answer, answer_now, html_page, render_async
 
 log = Logger()
 
@@ -113,7 +113,7 @@ class PairPage(Resource):
 
         proxy_server = arg(b"proxyServer") or _relay_of(config.readProxy)
         if not proxy_server.startswith(("http://", "https://")):
-            return page(400, "Pairing needs the relay's address",
+            return html_page(400, "Pairing needs the relay's address",
                         "<p>Open <code>/pair?proxyServer=https://your-relay:5566</code>.</p>")
         proxy_server = proxy_server.rstrip("/")
         pairing_url = pairing_url_for(proxy_server, arg(b"customPairing"))
@@ -122,17 +122,17 @@ class PairPage(Resource):
             issued = await request_code(one_off_client(self.state.reactor, config.webProxy), pairing_url, config.globalId,
                                         proxy_server, country)
         except BadPairingAnswer as e:
-            return page(502, "The pairing service gave an answer this server cannot use",
+            return html_page(502, "The pairing service gave an answer this server cannot use",
                         f"<p>{html.escape(str(e))}</p><p>Nothing was changed.</p>")
         except Exception as e:
-            return page(502, "Cannot reach the pairing service",
+            return html_page(502, "Cannot reach the pairing service",
                         f"<p>{html.escape(pairing_url)}: {html.escape(str(e) or type(e).__name__)}</p>"
                         "<p>Check the relay address and this PC's internet connection "
                         "(and <code>webProxy</code>). Nothing was changed.</p>")
         await self.state.save_config(globalId=issued.paired_id, readProxy=issued.read_proxy)
         log.info("Paired with a relay; phones can use the code for an hour")
         expires = time.strftime("%H:%M", time.localtime(time.time() + CODE_LIFETIME))
-        return page(200, "Pair a phone", (
+        return html_page(200, "Pair a phone", (
             f"<p style='font-size:6em;letter-spacing:0.2em;font-family:monospace'>"
             f"{html.escape(issued.code)}</p>"
             f"<p>This code works until {expires} (one hour), for any number of phones.</p>"
@@ -151,12 +151,3 @@ def one_off_client(reactor: Any, web_proxy: str) -> HTTPClient:
 
 def _relay_of(read_proxy: str) -> str:
     return read_proxy.split("/read/")[0] if "/read/" in read_proxy else ""
-
-
-def page(code: int, title: str, body_html: str) -> Answer:
-    document = (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
-        f"{body_html}</body></html>\n"
-    )
-    return Answer(code, document.encode("utf-8"), b"text/html; charset=utf-8")

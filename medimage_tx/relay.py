@@ -231,7 +231,9 @@ class ReadResource(Resource):
             except BaseException:
                 relay.queue.give_back(photo)
                 raise
-            await self.state.in_thread(remove_photo, relay.store.photos, photo.relative)
+            # In the same turn as the answer's end, so nobody can see the
+            # photo after it was sent (an unlink and rmdir take microseconds).
+            remove_photo(relay.store.photos, photo.relative)
         self.log.info("Relay: sent a photo for {fp} ({size} bytes{how})", fp=fingerprint(paired_id),
                       size=photo.size, how=", awaiting confirmation" if photo.receipt else "")
         return None

@@ -20,7 +20,8 @@ from .config_watch import ConfigWatcher
 from .config import ConfigError, Config, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
 from .drives import backup_drive_folders
-from .http_resource import ServerState, make_site
+from .http_resource import make_site
+from .state import ServerState
 from .pairing import PairingBook
 from .relay import Relay, RelayPuller
 from .relay_queue import DEFAULT_LEASE_SECONDS

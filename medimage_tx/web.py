@@ -5,6 +5,8 @@ where domain errors become HTTP answers, and async rendering.
 
 from __future__ import annotations
 
+import html
+
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -12,6 +14,7 @@ from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.resource import Resource
 
 from .errors import Rejected, TryLater
 
@@ -91,3 +94,30 @@ def answer_now(request, answer: Answer) -> bytes:
     return answer.body
 
 
+class StateResource(Resource):
+    """
+    A leaf resource that reads the server's shared state.
+    """
+
+    isLeaf = True
+
+    def __init__(self, state: Any):
+        super().__init__()
+        self.state = state
+
+
+def table_html(rows: list[tuple[str, str]]) -> str:
+    cells = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table>\n{cells}\n</table>"
+
+
+def html_page(code: int, title: str, body_html: str) -> Answer:
+    """
+    A small HTML page; C{body_html} must already be escaped.
+    """
+    document = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
+        f"{body_html}</body></html>\n"
+    )
+    return Answer(code, document.encode("utf-8"), b"text/html; charset=utf-8")

@@ -1,0 +1,91 @@
+"""
+The plain pages: C{/} (status), C{/discovery}, C{/load/}.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+
+from . import __version__
+from .web import Answer, StateResource, answer_now, html_page, table_html
+
+
+class LoadAverage(StateResource):
+    """
+    C{GET /load/}: the 1, 5 and 15 minute load averages as a JSON array.
+    """
+
+    def render_GET(self, request):
+        body = json.dumps([round(x, 2) for x in _load_average()]).encode()
+        return answer_now(request, Answer(200, body, b"application/json"))
+
+
+def _load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        import psutil
+
+        return psutil.getloadavg()
+
+
+class StatusPage(StateResource):
+    """
+    C{GET /}: a plain page saying what this server is and does.  Old apps
+    find a WiFi server by this page answering 200.
+    """
+
+    def render_GET(self, request):
+        return answer_now(request, self.page())
+
+    def page(self) -> Answer:
+        config, stats, store = self.state.config, self.state.stats, self.state.store
+        failing = self.state.backups.failing if self.state.backups else {}
+        rows = [
+            ("Version", f"medimage_tx {__version__}"),
+            ("Role", "Relay (proxy server)" if config.role == "relay" else "Clinic PC server"),
+            ("Server name", config.serverName),
+            ("Photos received since start", str(stats.photos_received)),
+            ("Bytes received since start", str(stats.bytes_received)),
+            ("Bytes transferred from the relay", str(config.transfer)),
+            ("Photos arrive in", str(store.photos)),
+            ("Copied to", ", ".join(map(str, store.backup_to)) or "(no backupTo folders)"),
+            ("Paired with a relay", "yes" if config.readProxy else "no"),
+            ("LAN discovery", "on (see /discovery)" if self.state.discovery else "off (see /discovery)"),
+        ]
+        rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
+        return html_page(200, "MedImage server", table_html(rows))
+
+
+class DiscoveryPage(StateResource):
+    """
+    C{GET /discovery}: what this PC advertises on the LAN, to answer "why
+    can't my phone find the PC".
+    """
+
+    def render_GET(self, request):
+        status = self.state.discovery
+        if status is None:
+            rows = [("LAN mode", "off: no mDNS adverts, no UDP scan replies, HTTP on loopback only. "
+                                 "Phones reach this PC through the relay.")]
+        else:
+            rows = [
+                ("LAN mode", "on"),
+                ("Advertised on", ", ".join(f"{i.name} {i.address}" for i in status.interfaces)
+                 or "no usable interface (is the PC on the network?)"),
+                ("mDNS (_medimage._tcp)", "advertised" if status.mdns_registered else "not advertised"),
+                ("UDP scan port", str(status.udp_port) if status.udp_port else "not listening"),
+                ("Probes answered / ignored", f"{status.probes_answered} / {status.probes_ignored}"),
+                ("Last error", status.last_error or "none"),
+            ]
+        tips = (
+            "<p>If a phone cannot find this PC: check that the phone is on the same WiFi (not a "
+            "guest network with client isolation), that the firewall lets in TCP "
+            f"{html.escape(str(self.state.config.listenPort))}, UDP "
+            f"{html.escape(str(self.state.config.discoveryPort))} and UDP 5353 (mDNS), that no VPN is "
+            "active on the phone or PC, and that the interface listed above is the WiFi/LAN one "
+            "(set <code>discoveryInterfaces</code> in config.json if not).</p>"
+        )
+        return answer_now(request, html_page(200, "LAN discovery", table_html(rows) + tips))

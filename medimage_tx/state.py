@@ -1,0 +1,88 @@
+"""
+What the server's parts share while it runs: the current config (replaced,
+never mutated), the store, the relay queue, counters and hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import DeferredLock
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from .config import Config, config_stamp, save_config
+from .store import PhotoStore
+
+log = Logger()
+
+
+@dataclass
+class ServerStats:
+    photos_received: int = 0
+    bytes_received: int = 0
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class ServerState:
+    """
+    What the resources share.  C{config} is replaced, not mutated, when it
+    changes (pairing, the transfer count), so each request reads the
+    current one; C{config_listeners} are called after each change.
+    """
+
+    config: Config
+    store: PhotoStore
+    reactor: Any
+    backups: Any = None  # BackupService
+    relay: Any = None  # Relay, on a relay
+    pairing: Any = None  # PairingBook, on a relay
+    discovery: Any = None  # DiscoveryStatus while LAN discovery runs
+    stats: ServerStats = field(default_factory=ServerStats)
+    config_listeners: list[Callable[[], None]] = field(default_factory=list)
+    config_stamp: Optional[tuple[int, int]] = None
+    #: The add-on hook point: each is called with the photo's path relative
+    #: to the photos folder (and to each backupTo folder) once it is stored,
+    #: whether it came straight from a phone or through the relay.
+    photo_hooks: list[Callable[[str], Any]] = field(default_factory=list)
+    _config_lock: DeferredLock = field(default_factory=DeferredLock)
+
+    def in_thread(self, f: Callable, *args: Any):
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    def photo_stored(self, relative: str) -> None:
+        for hook in list(self.photo_hooks):
+            try:
+                hook(relative)
+            except Exception:
+                # An add-on's trouble never costs the phone its answer.
+                log.failure("An add-on failed on a new photo")
+
+    async def save_config(self, **changes: Any) -> Config:
+        """
+        Change config.json (atomically, in a thread, one change at a time)
+        and make the new config current.
+        """
+        async with self._config_lock:
+            current = self.config
+            new = await self.in_thread(lambda: save_config(current, **changes))
+        self.replace_config(new)
+        return new
+
+    async def add_transfer(self, size: int) -> None:
+        """
+        Count bytes downloaded from the relay in config.json's C{transfer}.
+        """
+        async with self._config_lock:
+            current = self.config
+            new = await self.in_thread(lambda: save_config(current, transfer=current.transfer + size))
+        self.replace_config(new)
+
+    def replace_config(self, new: Config) -> None:
+        self.config = new
+        self.config_stamp = config_stamp(new.path)
+        for listener in list(self.config_listeners):
+            listener()
