@@ -335,6 +335,18 @@ async def test_pc_polls_a_legacy_relay(start_server, http_client, tmp_path):
     assert [(target / f"L{i}" / "y.jpg").read_bytes() for i in range(2)] == photos
 
 
+async def deliver_through_proxy(start_server, tmp_path, read_url: str, proxy_port):
+    """
+    Start a PC whose webProxy is the test's proxy (user clinic, password
+    "s3cret pw") and wait for its first photo; returns its target folder.
+    """
+    pc, target = await start_pc(
+        start_server, tmp_path, read_url,
+        webProxy=f"http://clinic:s3cret%20pw@127.0.0.1:{proxy_port.getHost().port}")
+    assert await next_delivery(pc) == DELIVERED_AS
+    return target
+
+
 class CheckingProxyRequest(proxy.ProxyRequest):
     seen: list = []
 
@@ -362,10 +374,7 @@ async def test_pc_reaches_relay_through_authenticating_web_proxy(start_server, h
     try:
         photo = jpeg_bytes()
         await upload(http_client, relay, APP_NAME, photo)
-        pc, target = await start_pc(
-            start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}",
-            webProxy=f"http://clinic:s3cret%20pw@127.0.0.1:{listening.getHost().port}")
-        assert await next_delivery(pc) == DELIVERED_AS
+        target = await deliver_through_proxy(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}", listening)
     finally:
         await defer.maybeDeferred(listening.stopListening)
     assert (target / DELIVERED_AS).read_bytes() == photo
@@ -451,10 +460,7 @@ async def test_pc_reaches_https_relay_through_connect_tunnel(start_server, http_
         uploaded = await phone.post(relay_url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
         assert uploaded.code == 200
         await uploaded.content()
-        pc, target = await start_pc(
-            start_server, tmp_path, f"{relay_url}/read/{PAIRED_ID}",
-            webProxy=f"http://clinic:s3cret%20pw@127.0.0.1:{listening.getHost().port}")
-        assert await next_delivery(pc) == DELIVERED_AS
+        target = await deliver_through_proxy(start_server, tmp_path, f"{relay_url}/read/{PAIRED_ID}", listening)
     finally:
         await defer.maybeDeferred(listening.stopListening)
     assert (target / DELIVERED_AS).read_bytes() == photo

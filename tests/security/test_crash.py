@@ -35,6 +35,17 @@ def spawn_server(data: Path, port: int) -> WatchedProcess:
                   "--port", str(port), "--interface", "127.0.0.1"], str(data))
 
 
+def starter(data: Path, port: int):
+    """
+    What upload_through_kills calls to (re)start the server under test.
+    """
+    async def start() -> WatchedProcess:
+        process = spawn_server(data, port)
+        await process.port()
+        return process
+    return start
+
+
 async def kill9(process: WatchedProcess) -> None:
     if not process.ended.called:
         process.transport.signalProcess(signal.SIGKILL)
@@ -107,13 +118,8 @@ async def test_pc_server_killed_at_random_loses_no_acknowledged_photo(tmp_path):
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = HTTPClient(Agent(reactor, pool=pool))
 
-    async def start():
-        process = spawn_server(data, port)
-        await process.port()
-        return process
-
     acknowledged, kills, last = await upload_through_kills(
-        rng, photos, start, lambda: f"http://127.0.0.1:{port}", client, KILLS)
+        rng, photos, starter(data, port), lambda: f"http://127.0.0.1:{port}", client, KILLS)
     await kill9(last)
     final = spawn_server(data, port)
     await final.port()
@@ -153,13 +159,8 @@ async def test_relay_killed_at_random_loses_no_acknowledged_photo(tmp_path):
     pc = spawn_server(pc_data, pc_port)
     await pc.port()
     try:
-        async def start():
-            process = spawn_server(relay_data, relay_port)
-            await process.port()
-            return process
-
         acknowledged, kills, relay = await upload_through_kills(
-            rng, photos, start, lambda: f"http://127.0.0.1:{relay_port}", client, KILLS)
+            rng, photos, starter(relay_data, relay_port), lambda: f"http://127.0.0.1:{relay_port}", client, KILLS)
         # Let the PC collect everything from the last relay run.
         collected = pc.wait_for(rb"Received R\d/photo-\d+(-\d+)?\.jpg from the relay", count=len(photos))
         try:
