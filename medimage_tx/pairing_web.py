@@ -22,7 +22,7 @@ from treq.client import HTTPClient
 from twisted.web.client import HTTPConnectionPool
 
 from .identity import fingerprint
-from .relay import make_agent
+from .proxy_tunnel import make_agent
 from .pairing import (
     CODE_LIFETIME, BadPairingAnswer, IssuedCode, PairingBook, issue_answer, parse_issue_answer,
     redeem_answer,

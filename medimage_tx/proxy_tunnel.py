@@ -1,5 +1,6 @@
 """
-HTTPS through the clinic's HTTP proxy: an HTTP CONNECT tunnel (with Basic
+Outgoing requests through the clinic's HTTP proxy (C{webProxy}): L{make_agent}
+picks direct or proxied.  HTTPS goes through an HTTP CONNECT tunnel (with Basic
 proxy authentication), then TLS to the relay inside it.  Twisted's
 ProxyAgent only speaks plain-HTTP proxying, which would send an https://
 relay's traffic to the proxy unencrypted; this endpoint does it properly.
@@ -7,14 +8,17 @@ relay's traffic to the proxy unencrypted; this endpoint does it properly.
 
 from __future__ import annotations
 
-from typing import Optional
+import base64
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.client import BrowserLikePolicyForHTTPS
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ProxyAgent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
 MAX_PROXY_ANSWER = 16 * 1024
@@ -107,3 +111,46 @@ class TunnellingEndpointFactory:
     def endpointForURI(self, uri):
         tunnel = TunnelEndpoint(self.proxy, uri.host, uri.port, self.auth)
         return wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), tunnel)
+
+
+def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str):
+    """
+    An agent that goes direct, or through the clinic's HTTP proxy.
+    """
+    return WebProxyAgent(reactor, pool, web_proxy) if web_proxy else Agent(reactor, pool=pool)
+
+
+def proxy_authorization(web_proxy: str) -> Optional[bytes]:
+    """
+    The Basic C{Proxy-Authorization} value for C{http://user:pass@host:port}.
+    """
+    proxy = urlsplit(web_proxy)
+    if proxy.username is None:
+        return None
+    credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+    return b"Basic " + base64.b64encode(credentials)
+
+
+@implementer(IAgent)
+class WebProxyAgent:
+    """
+    Through the clinic's HTTP proxy: http:// requests are proxied as usual
+    (credentials in each request), https:// ones go through a CONNECT tunnel
+    (credentials to the proxy only, never inside the tunnel to the relay).
+    """
+
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool, web_proxy: str):
+        proxy = urlsplit(web_proxy)
+        host, port = proxy.hostname, proxy.port or 80
+        self.auth = proxy_authorization(web_proxy)
+        self.plain = ProxyAgent(HostnameEndpoint(reactor, host, port), reactor, pool=pool)
+        self.tunnelled = Agent.usingEndpointFactory(
+            reactor, TunnellingEndpointFactory(reactor, host, port, self.auth), pool=pool)
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        if uri.startswith(b"https://"):
+            return self.tunnelled.request(method, uri, headers, bodyProducer)
+        headers = headers.copy() if headers is not None else Headers()
+        if self.auth:
+            headers.setRawHeaders(b"proxy-authorization", [self.auth])
+        return self.plain.request(method, uri, headers, bodyProducer)

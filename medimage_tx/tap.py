@@ -23,7 +23,8 @@ from .drives import backup_drive_folders
 from .http_resource import make_site
 from .state import ServerState
 from .pairing import PairingBook
-from .relay import Relay, RelayPuller
+from .puller import RelayPuller
+from .relay import Relay
 from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore
 from .tls import TLSConfigError, server_tls_options

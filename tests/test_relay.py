@@ -473,7 +473,7 @@ async def start_relay_with(start_server, **settings):
 
 
 def test_backoff_is_capped_even_after_days_of_failures():
-    from medimage_tx.relay import backoff_delay
+    from medimage_tx.puller import backoff_delay
 
     assert [backoff_delay(n, 1.0, 60.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
     assert backoff_delay(100_000, 1.0, 60.0) == 60.0
