@@ -32,7 +32,7 @@ def _pair(args: argparse.Namespace) -> int:
         client = one_off_client(reactor, config.webProxy)
         try:
             issued = await request_code(client, pairing_url, config.globalId, relay,
-                                        args.country or config.raw.get("countryCode", ""))
+                                        args.country or (config.raw.get("countryCode") or ""))
         except BadPairingAnswer as e:
             print(f"medimage: the pairing service gave an unusable answer: {e}", file=sys.stderr)
             raise SystemExit(1)

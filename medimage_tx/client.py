@@ -224,12 +224,22 @@ class SendFailed(Exception):
     pass
 
 
+def should_retry(code: int) -> bool:
+    """
+    Whether an answer means "not stored, send it again later": any 2xx but
+    C{200} (C{206} is how servers tell legacy Android apps to retry), C{429}
+    and every 5xx (C{507} disk full, C{500}, and C{503} from older servers).
+    """
+    return (200 < code < 300) or code == 429 or code >= 500
+
+
 async def send_file(reactor, client, server_url: str, path: Path, file_name: str,
                     attempts: int = 6, progress: Optional[Callable[[int, int], None]] = None) -> str:
     """
-    Upload as the app does; retry with backoff on 503 and network errors.
-    Returns the server's answer; raises L{SendFailed} on a 400 or when all
-    attempts failed.
+    Upload as the app does; retry with backoff (or after C{Retry-After})
+    on every "not stored, try later" answer (L{should_retry}) and on network
+    errors.  Returns the server's answer; raises L{SendFailed} on a refusal
+    (C{400}) or when all attempts failed.
     """
     delay = 1.0
     for attempt in range(1, attempts + 1):
@@ -249,8 +259,9 @@ async def send_file(reactor, client, server_url: str, path: Path, file_name: str
             code = response.code
             if code == 200:
                 return answer
-            if code != 503:
-                raise SendFailed(f"{server_url} refused {file_name}: {code} {answer}")
+            if not should_retry(code):
+                raise SendFailed(f"{server_url} refused {file_name}: {code} "
+                                 f"{response.phrase.decode('latin-1')}: {answer}")
             retry_after = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         finally:
             body.close()

@@ -35,6 +35,18 @@ DEFAULT_ALLOWED_CHARS = "a-zA-Z0-9#._-"
 
 JPEG_TYPE = {"extension": ".jpg", "mime": "image/jpeg"}
 
+#: With no allowedTypes key: the original server's built-in list (bin/server.js).
+ORIGINAL_DEFAULT_TYPES = [
+    dict(JPEG_TYPE),
+    {"extension": ".pdf", "mime": "application/pdf"},
+    {"extension": ".mp4", "mime": "video/mp4"},
+    {"extension": ".mp3", "mime": "audio/mpeg"},
+    {"extension": ".m4v", "mime": "video/mp4"},
+    {"extension": ".m4a", "mime": "audio/m4a"},
+    {"extension": ".csv", "mime": "text/csv"},
+    {"extension": ".json", "mime": "application/json"},
+]
+
 #: The values a fresh install starts with.  The original's keys first, then ours.
 DEFAULTS: dict[str, Any] = {
     "listenPort": 5566,
@@ -50,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "httpsCert": "",
     "lockDown": False,
     "basicAuthent": "changeme",
-    "allowedTypes": [dict(JPEG_TYPE)],
+    "allowedTypes": [dict(t) for t in ORIGINAL_DEFAULT_TYPES],
     "allowedChars": DEFAULT_ALLOWED_CHARS,
     "maxUploadSize": 16 * MIB,
     "headers": dict(DEFAULT_HEADERS),
@@ -133,6 +145,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _port(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # the original hands listenPort to Node as it is: "5566" works there
     if not _is_int(value) or not 0 <= value <= 65535:
         raise ValueError(f"expected a port number from 0 to 65535, got {value!r}")
     return value
@@ -169,10 +183,9 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 
 def _folders(value: Any) -> tuple[str, ...]:
-    folders = _strings(value)
-    if any(not f.strip() for f in folders):
-        raise ValueError("contains an empty folder name")
-    return folders
+    # An empty entry means "no folder" to the original (it skips copying
+    # when the first is ""); never a folder here either.
+    return tuple(f for f in _strings(value) if f.strip())
 
 
 def _global_id(value: Any) -> str:
@@ -207,7 +220,7 @@ def _allowed_types(value: Any) -> tuple[AllowedType, ...]:
 def _allowed_chars(value: Any) -> str:
     text = _string(value)
     if not text:
-        raise ValueError("must not be empty")
+        return DEFAULT_ALLOWED_CHARS  # the original: an empty value is not set
     try:
         re.compile(f"[{text}]")
     except re.error as e:
@@ -216,6 +229,8 @@ def _allowed_chars(value: Any) -> str:
 
 
 def _headers(value: Any) -> dict[str, str]:
+    if isinstance(value, list):
+        value = _header_list(value)
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
@@ -224,6 +239,20 @@ def _headers(value: Any) -> dict[str, str]:
         if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k) or "\n" in v or "\r" in v:
             raise ValueError(f"header {k!r} is not a valid HTTP header")
     return dict(value)
+
+
+def _header_list(entries: list) -> dict[str, str]:
+    """
+    The original's list form, C{[{"header": name, "value": text}, ...]}, as
+    a mapping (the file keeps its own form: only C{raw} is ever saved).
+    """
+    headers = {}
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("header"), str)
+                and isinstance(entry.get("value"), str)):
+            raise ValueError(f'each entry needs "header" and "value" strings, got {entry!r}')
+        headers[entry["header"]] = entry["value"]
+    return headers
 
 
 def check_readable(configured: str, base: Path) -> None:
@@ -290,14 +319,17 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
 
 def parse_config(raw: Any, path: Path) -> Config:
     """
-    Validate a decoded config.json.  Missing keys take their defaults; the
-    first bad key raises L{ConfigError}.
+    Validate a decoded config.json.  Missing keys, and keys set to C{null}
+    (the original's "not set", as in its shipped files), take their
+    defaults; the first bad key raises L{ConfigError}.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     values = {}
     for key, validate in _VALIDATORS.items():
-        value = raw.get(key, DEFAULTS[key])
+        value = raw.get(key)
+        if value is None:
+            value = DEFAULTS[key]
         try:
             values[key] = validate(value)
         except ValueError as e:

@@ -1,22 +1,46 @@
 """
-The two ways a request can fail that a phone understands (PROTOCOL.md A1).
-Domain code raises these; http_resource.py maps them to answers in one place.
+The two ways a request can fail that a phone understands (docs/protocol.md,
+"Answers the apps understand").  Domain code raises these; web.py turns them
+into answers in one place, for the app family that sent the request.
 """
+
+from __future__ import annotations
+
+import errno
 
 
 class Rejected(Exception):
     """
-    Permanent: the app must stop retrying.  Answered C{400} with
-    C{str(error)}, one line, as the body.
+    Permanent: the upload will never be stored as it is.  C{str(error)} is
+    the one-line reason.
     """
 
 
 class TryLater(Exception):
     """
-    Transient trouble (disk full, target folder unreachable): answered
-    C{503} with C{Retry-After}, so the phone keeps its photo and retries.
+    Transient trouble on our side: the phone keeps its photo and retries.
+
+    @ivar status: the HTTP status for clients that read it (never C{503}:
+        the browser app takes that for "invalid URL").
+    @ivar phrase: a short reason phrase a doctor can read (the browser app
+        shows only that).
     """
 
-    def __init__(self, reason: str, retry_after: int = 30):
+    def __init__(self, reason: str, retry_after: int = 30, status: int = 500,
+                 phrase: str = "The server cannot store the photo now; it stays on the phone"):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status
+        self.phrase = phrase
+
+
+def disk_trouble(error: OSError) -> TryLater:
+    """
+    Any trouble writing on the server's side (disk full, permissions, a
+    vanished folder) is the server's, not the photo's: the phone retries.
+    """
+    reason = f"The server cannot store the photo right now: {error.strerror}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TryLater(reason, status=507,
+                        phrase="The clinic computer's disk is full; the photo stays on the phone")
+    return TryLater(reason)

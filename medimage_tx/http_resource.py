@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
+from .app_families import app_family
 from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
@@ -161,7 +162,8 @@ class PhotoUpload(StateResource):
     """
 
     def render_POST(self, request: MedImageRequest):
-        return render_async(request, self.receive)
+        content_type = request.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
+        return render_async(request, self.receive, family=app_family(content_type))
 
     async def receive(self, request: MedImageRequest) -> Answer:
         started = time.monotonic()
@@ -178,7 +180,9 @@ class PhotoUpload(StateResource):
                 if relay.queue.queued_bytes(paired_id) + received.size > config.relayQuotaBytes:
                     # Disk-filling protection: the PC must collect first.
                     raise TryLater("The relay holds too much for this pairing; the PC has not "
-                                   "collected it yet. Try again later.", retry_after=120)
+                                   "collected it yet. Try again later.", retry_after=120, status=429,
+                                   phrase="Too many photos wait for your clinic's computer; "
+                                          "the photo stays on the phone")
             else:
                 parts = accepted_parts(received, config)
         except Exception:

@@ -117,7 +117,7 @@ class PairPage(Resource):
                         "<p>Open <code>/pair?proxyServer=https://your-relay:5566</code>.</p>")
         proxy_server = proxy_server.rstrip("/")
         pairing_url = pairing_url_for(proxy_server, arg(b"customPairing"))
-        country = arg(b"country") or config.raw.get("countryCode", "")
+        country = arg(b"country") or (config.raw.get("countryCode") or "")
         try:
             issued = await request_code(one_off_client(self.state.reactor, config.webProxy), pairing_url, config.globalId,
                                         proxy_server, country)

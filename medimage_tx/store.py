@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from .config import fsync_folder
-from .errors import Rejected, TryLater
+from .errors import Rejected, TryLater, disk_trouble
 from .naming import with_suffix_number
 from .paths import inside
-from .upload import disk_trouble
 
 #: Hidden folder inside each backup target for copies still being written.
 INCOMING = ".medimage-incoming"

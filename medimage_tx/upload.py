@@ -18,7 +18,7 @@ from typing import Optional
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from .errors import Rejected, TryLater
+from .errors import Rejected, disk_trouble
 from .sniff import HEAD_SIZE
 
 FILE_FIELD = "file1"
@@ -238,11 +238,3 @@ class MultipartReceiver:
         while chunk:
             written = os.write(self._fd, chunk)
             chunk = chunk[written:]
-
-
-def disk_trouble(error: OSError) -> TryLater:
-    """
-    Any trouble writing on the server's side (disk full, permissions, a
-    vanished folder) is the server's, not the photo's: the phone retries.
-    """
-    return TryLater(f"The server cannot store the photo right now: {error.strerror}")

@@ -6,9 +6,10 @@ where domain errors become HTTP answers, and async rendering.
 from __future__ import annotations
 
 import html
-
+import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.logger import Logger
@@ -16,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from .app_families import AppFamily
 from .errors import Rejected, TryLater
 
 log = Logger()
@@ -30,9 +32,10 @@ class Answer:
     body: bytes
     content_type: bytes = b"text/plain; charset=utf-8"
     headers: dict[bytes, bytes] = field(default_factory=dict)
+    phrase: Optional[bytes] = None  # the HTTP reason phrase; Twisted's when None
 
     def send(self, request: server.Request) -> None:
-        request.setResponseCode(self.code)
+        request.setResponseCode(self.code, self.phrase)
         request.setHeader(b"content-type", self.content_type)
         request.setHeader(b"content-length", b"%d" % len(self.body))
         for name, value in self.headers.items():
@@ -45,23 +48,64 @@ def one_line(text: str) -> bytes:
     return " ".join(text.split()).encode("utf-8")
 
 
-def answer_for_failure(failure: Failure) -> Answer:
+#: The longest reason phrase we send: apps show it whole.
+PHRASE_LIMIT = 120
+
+
+def reason_phrase(text: str) -> bytes:
     """
-    The one place where errors become HTTP answers.
+    C{text} as an HTTP reason phrase: one line, printable ASCII (latin-1
+    safe on every client), at most L{PHRASE_LIMIT} characters.
+    """
+    line = re.sub(r"[^\x20-\x7e]", "?", " ".join(text.split()))
+    if len(line) > PHRASE_LIMIT:
+        line = line[: PHRASE_LIMIT - 3].rsplit(" ", 1)[0] + "..."
+    return line.encode("ascii")
+
+
+def _keep_and_retry(reason: str, retry_after: int) -> Answer:
+    """
+    For legacy Android: a 2xx other than 200 whose body does not contain
+    "200" makes it keep the photo and send it again (the original answers
+    206 the same way); any status of 400 or more would delete the photo.
+    """
+    body = json.dumps({"stored": False, "error": reason})
+    if "200" in body:
+        body = json.dumps({"stored": False, "error": "The photo was not stored; sending it again."})
+    return Answer(206, body.encode("utf-8"), b"application/json",
+                  headers={b"retry-after": b"%d" % retry_after})
+
+
+def answer_for_failure(failure: Failure, family: AppFamily = AppFamily.STANDARD) -> Answer:
+    """
+    The one place where errors become HTTP answers, in the form the app
+    C{family} that sent the request reads as "not stored, keep the photo"
+    (app_families.py).
     """
     if failure.check(Rejected):
-        return Answer(400, one_line(str(failure.value)))
-    if failure.check(TryLater):
-        retry_after = b"%d" % failure.value.retry_after
-        return Answer(503, one_line(str(failure.value)), headers={b"retry-after": retry_after})
-    log.failure("Unexpected error while answering a request", failure)
-    return Answer(500, b"Internal server error")
+        reason, retry_after = str(failure.value), 30
+        standard = Answer(400, one_line(reason), phrase=reason_phrase(reason))
+    elif failure.check(TryLater):
+        error = failure.value
+        reason, retry_after = str(error), error.retry_after
+        standard = Answer(error.status, one_line(reason), phrase=reason_phrase(error.phrase),
+                          headers={b"retry-after": b"%d" % retry_after})
+    else:
+        log.failure("Unexpected error while answering a request", failure)
+        reason, retry_after = "Internal server error", 30
+        standard = Answer(500, b"Internal server error", headers={b"retry-after": b"30"},
+                          phrase=b"Server error; the photo stays on the phone")
+    if family is AppFamily.LEGACY_ANDROID:
+        return _keep_and_retry(reason, retry_after)
+    return standard
 
 
-def render_async(request: server.Request, handler: Callable[..., Awaitable[Answer]], *args: Any):
+def render_async(request: server.Request, handler: Callable[..., Awaitable[Answer]], *args: Any,
+                 family: AppFamily = AppFamily.STANDARD):
     """
     Run an async handler the klein way: cancel it when the client goes
-    away, never write after a disconnect, answer every error.
+    away, never write after a disconnect, answer every error (in the form
+    the app C{family} understands).
     """
     d = ensureDeferred(handler(request, *args))
     gone = []
@@ -78,7 +122,7 @@ def render_async(request: server.Request, handler: Callable[..., Awaitable[Answe
         if isinstance(result, Failure):
             if result.check(CancelledError):
                 return
-            result = answer_for_failure(result)
+            result = answer_for_failure(result, family)
         result.send(request)
 
     d.addBoth(answer)
@@ -87,7 +131,7 @@ def render_async(request: server.Request, handler: Callable[..., Awaitable[Answe
 
 
 def answer_now(request, answer: Answer) -> bytes:
-    request.setResponseCode(answer.code)
+    request.setResponseCode(answer.code, answer.phrase)
     request.setHeader(b"content-type", answer.content_type)
     for name, value in answer.headers.items():
         request.setHeader(name, value)

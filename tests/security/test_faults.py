@@ -58,15 +58,16 @@ async def test_slowloris_headers_and_body_are_cut_off(start_server, http_client)
 
 
 @pytest_twisted.ensureDeferred
-async def test_relay_quota_per_pairing_answers_503(start_server, http_client):
+async def test_relay_quota_per_pairing_answers_429(start_server, http_client):
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False, relayQuotaBytes=50_000)
     for i in range(2):
         code, _, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x{i}.jpg", jpeg_bytes(20_000, seed=i + 1))
         assert code == 200
     code, body, response = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
-    assert code == 503 and b"holds too much" in body
+    assert code == 429 and b"holds too much" in body
     assert response.headers.getRawHeaders(b"retry-after") == [b"120"]
+    assert b"photo stays on the phone" in response.phrase
     other_pairing = "AnotherPairingId0001"
     code, _, _ = await upload(http_client, relay, f"#{other_pairing}-#P-x.jpg", jpeg_bytes(20_000, seed=4))
     assert code == 200  # the quota is per pairing
@@ -95,7 +96,7 @@ def tiny_disk(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_disk_full_answers_503_and_recovers(tiny_disk, tmp_path, http_client):
+async def test_disk_full_answers_507_and_recovers(tiny_disk, tmp_path, http_client):
     from medimage_tx.tap import build_service
     from conftest import write_config
 
@@ -112,8 +113,9 @@ async def test_disk_full_answers_503_and_recovers(tiny_disk, tmp_path, http_clie
         server = Server()
         server.url = url
         code, body, response = await upload(http_client, server, "#BIG-x.jpg", jpeg_bytes(2_000_000))
-        assert code == 503, body
+        assert code == 507, body
         assert response.headers.getRawHeaders(b"retry-after") == [b"30"]
+        assert b"disk is full" in response.phrase
         assert b"cannot store the photo right now" in body
         assert all_files(tiny_disk / "tmp") == []
         assert all_files(tiny_disk / "photos") == []
