@@ -129,10 +129,13 @@ def choose_type(
     if "image/jpeg" in mimes:
         return JPEG
     if mimes:
-        for allowed in allowed_types:
-            if allowed.mime in mimes:
+        matching = [allowed for allowed in allowed_types if allowed.mime in mimes]
+        # Several entries may share a type (.mp4 and .m4v are both video/mp4):
+        # the one the phone named wins.
+        for allowed in matching:
+            if allowed.extension == named_extension:
                 return allowed
-        return None
+        return matching[0] if matching else None
     for allowed in allowed_types:
         if allowed.extension != named_extension or not _is_text_type(allowed):
             continue

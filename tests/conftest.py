@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,26 @@ def start_server(tmp_path):
     yield start
     for service in started:
         pytest_twisted.blockon(service.stopService())
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """
+    A 1 MiB tmpfs: a real full disk (needs root; must run in CI).
+    """
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = f"cannot mount a tmpfs (needs root): {result.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(f"the disk-full test must run in CI: {reason}")
+        pytest.skip(reason)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 @pytest.fixture

@@ -5,10 +5,6 @@ a crash, nothing half-written, and recovery on its own.
 
 from __future__ import annotations
 
-import os
-import subprocess
-
-import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -76,23 +72,6 @@ async def test_relay_quota_per_pairing_answers_429(start_server, http_client):
     code, _, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
     assert code == 200  # room again once the PC collected one
     assert all_files(relay.data / "tmp") == []
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = f"cannot mount a tmpfs (needs root): {result.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(f"the disk-full test must run in CI: {reason}")
-        pytest.skip(reason)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,173 @@
+"""
+Every upload that was not stored gets, for each app family (told by its
+multipart boundary), the answer that family keeps the photo on
+(app_families.py; docs/protocol.md "Answers the apps understand"):
+
+- legacy Android (+++++): never 400 or more; 206 with a body without "200";
+- legacy iOS and the browser app: never a 2xx and never 503; try-later as a
+  4xx/5xx with Retry-After, refusals 400; a short readable reason phrase.
+
+Real servers on loopback; the full disk is a real tmpfs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from conftest import all_files, jpeg_bytes, multipart, write_config
+
+PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
+
+FAMILIES = {
+    "legacy Android": "+++++",
+    "legacy iOS": "+++++org.apache.cordova.formBoundary",
+    "browser app": "----WebKitFormBoundaryq2Y7bX9kLm3ZpT0a",
+}
+
+
+async def post(client, url: str, body: bytes, boundary: str):
+    response = await client.post(
+        url + "/api/photo", data=body,
+        headers={b"Content-Type": [f"multipart/form-data; boundary={boundary}".encode()]})
+    return response, await response.content()
+
+
+def kept_by(family: str, response, body: bytes, permanent: bool) -> None:
+    """
+    Assert that C{family}'s app keeps the photo (and sends it again) on
+    this answer.
+    """
+    code, phrase = response.code, response.phrase
+    if family == "legacy Android":
+        assert code == 206, (code, body)
+        assert b"200" not in body
+        assert json.loads(body)["stored"] is False
+        return
+    assert not 200 <= code < 300 and code != 503, (code, body)
+    assert phrase and len(phrase) <= 120 and phrase.decode("ascii").isprintable()
+    if permanent:
+        assert code == 400
+        assert phrase.decode("ascii") in body.decode("utf-8")  # the one-line reason, in both
+    else:
+        assert code in (429, 500, 507)
+        assert response.headers.getRawHeaders(b"retry-after")[0].isdigit()
+        assert b"photo stays on the phone" in phrase
+
+
+def upload_body(name: str, content: bytes, boundary: str) -> bytes:
+    return multipart(name, content, boundary=boundary)[0]
+
+
+def nothing_stored(data) -> None:
+    assert all_files(data / "photos") == []
+    assert all_files(data / "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("outcome", ["too large", "wrong type", "bad body"])
+async def test_pc_refusals_keep_the_photo_for_every_family(start_server, http_client, outcome):
+    server = await start_server(maxUploadSize=50_000,
+                                allowedTypes=[{"extension": ".jpg", "mime": "image/jpeg"}])
+    for family, boundary in FAMILIES.items():
+        if outcome == "too large":
+            body = upload_body("#P-big.jpg", jpeg_bytes(80_000), boundary)
+        elif outcome == "wrong type":
+            body = upload_body("#P-scan.pdf", b"%PDF-1.4\n" + b"x" * 1000, boundary)
+        else:  # ends before its closing boundary
+            body = upload_body("#P-cut.jpg", jpeg_bytes(5_000), boundary)[:-20]
+        response, answer = await post(http_client, server.url, body, boundary)
+        kept_by(family, response, answer, permanent=True)
+    nothing_stored(server.data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_without_id_keeps_the_photo_for_every_family(start_server, http_client):
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False)
+    for family, boundary in FAMILIES.items():
+        body = upload_body("#NHID1234-arm.jpg", jpeg_bytes(5_000), boundary)
+        response, answer = await post(http_client, relay.url, body, boundary)
+        kept_by(family, response, answer, permanent=True)
+        if family == "browser app":
+            assert response.phrase.startswith(b"Error uploading file - Please reconnect your app.")
+    nothing_stored(relay.data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_quota_keeps_the_photo_for_every_family(start_server, http_client):
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False, relayQuotaBytes=30_000)
+    first = upload_body(f"#{PAIRED_ID}-#P-first.jpg", jpeg_bytes(20_000), FAMILIES["browser app"])
+    response, _ = await post(http_client, relay.url, first, FAMILIES["browser app"])
+    assert response.code == 200
+    for family, boundary in FAMILIES.items():
+        body = upload_body(f"#{PAIRED_ID}-#P-{len(family)}.jpg", jpeg_bytes(20_000), boundary)
+        response, answer = await post(http_client, relay.url, body, boundary)
+        kept_by(family, response, answer, permanent=False)
+        if family == "browser app":
+            assert response.code == 429
+    assert [p.name for p in all_files(relay.data / "photos")] == ["first.jpg"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_keeps_the_photo_for_every_family(tiny_disk, tmp_path, http_client):
+    from twisted.internet import reactor
+
+    from medimage_tx.tap import build_service
+
+    config = write_config(tmp_path / "config.json", lanMode=False, maxUploadSize=4_000_000)
+    service = build_service(reactor, tiny_disk, config, port=0, interface="127.0.0.1")
+    service.startService()
+    try:
+        port = await service.http.listening
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        for family, boundary in FAMILIES.items():
+            body = upload_body("#BIG-x.jpg", jpeg_bytes(2_000_000), boundary)
+            response, answer = await post(http_client, url, body, boundary)
+            kept_by(family, response, answer, permanent=False)
+            if family == "browser app":
+                assert response.code == 507
+        nothing_stored(tiny_disk)
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_photo_is_200_for_every_family(start_server, http_client):
+    server = await start_server()
+    for family, boundary in FAMILIES.items():
+        photo = jpeg_bytes(10_000)
+        response, answer = await post(http_client, server.url,
+                                      upload_body(f"#P-{len(family)}.jpg", photo, boundary), boundary)
+        assert (response.code, answer) == (200, b"Received upload successfully!")
+        assert (server.photos / "P" / f"{len(family)}.jpg").read_bytes() == photo
+
+
+def test_legacy_android_body_never_contains_200():
+    from twisted.python.failure import Failure
+
+    from medimage_tx.app_families import AppFamily
+    from medimage_tx.errors import Rejected
+    from medimage_tx.web import answer_for_failure
+
+    answer = answer_for_failure(Failure(Rejected("Upload too large: the limit is 2000000 bytes")),
+                                AppFamily.LEGACY_ANDROID)
+    assert answer.code == 206 and b"200" not in answer.body
+
+
+@pytest.mark.parametrize("content_type, family", [
+    (b"multipart/form-data; boundary=+++++", "LEGACY_ANDROID"),
+    (b'multipart/form-data; boundary="+++++"', "LEGACY_ANDROID"),
+    (b"multipart/form-data; boundary=+++++org.apache.cordova.formBoundary", "LEGACY_IOS"),
+    (b"multipart/form-data; boundary=----WebKitFormBoundaryq2Y7bX9kLm3ZpT0a", "STANDARD"),
+    (b"multipart/form-data; boundary=++++++", "STANDARD"),
+    (b"text/plain", "STANDARD"),
+])
+def test_app_family_by_boundary(content_type, family):
+    from medimage_tx.app_families import AppFamily, app_family
+
+    assert app_family(content_type) is AppFamily[family]
