@@ -17,6 +17,8 @@ from typing import Any, Optional
 import pytest
 import pytest_twisted
 
+pytest_plugins = ["postgres_fixtures"]
+
 
 def jpeg_bytes(size: int = 20_000, seed: int = 0) -> bytes:
     """

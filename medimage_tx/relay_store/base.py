@@ -1,0 +1,60 @@
+"""
+What the relay's stores have in common: what they hand back, and the error
+for a store that cannot be used at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Optional
+
+
+class RelayStoreUnavailable(Exception):
+    """
+    The configured store cannot be used; C{str(error)} is one line.
+    """
+
+
+@dataclass
+class QueuedPhoto:
+    paired_id: str
+    relative: str  # "<id>/<folders>/<name>"
+    size: int
+    receipt: Optional[str] = None
+
+    @property
+    def file_name(self) -> str:
+        """
+        The C{file-name} header value of PROTOCOL.md A4.
+        """
+        return "/" + self.relative
+
+
+@dataclass
+class Delivery:
+    """
+    A photo handed out for sending: its SHA-256 and a way to read it.
+    """
+
+    photo: QueuedPhoto
+    sha256: bytes
+    body: Optional[bytes] = None
+    opener: Optional[Callable[[], BinaryIO]] = None
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.body) if self.body is not None else self.opener()
+
+    @property
+    def digest_headers(self) -> tuple[bytes, bytes]:
+        """
+        The C{Digest} and C{Content-Digest} header values.
+        """
+        encoded = base64.b64encode(self.sha256)
+        return b"sha-256=" + encoded, b"sha-256=:" + encoded + b":"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    stem, dot, extension = name.rpartition(".")
+    return (stem, "." + extension) if dot and stem else (name, "")

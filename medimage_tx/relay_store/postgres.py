@@ -1,0 +1,403 @@
+"""
+The relay store in PostgreSQL, shared by every relay node that names the
+same C{relayStore} (docs/relay-cluster.md).
+
+The queue, leases, receipts, photo bytes, pairing codes and failed
+redemptions are rows; every change is one transaction, committed before
+the node answers.  Leases use C{SELECT ... FOR UPDATE SKIP LOCKED}, so two
+nodes never hand out the same photo.  A commit that makes a photo readable
+sends C{NOTIFY medimage_relay, '<id>'}; each node listens on one connection
+and wakes its own long polls (no connection or thread per poll).
+
+psycopg 3 is blocking: every query runs in this store's thread pool, never
+on the reactor thread.  While the database cannot be reached, calls raise
+L{TryLater} (the phone and the PC retry), and the connections come back by
+themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ..errors import TryLater
+from ..identity import PAIRED_ID
+from ..naming import with_suffix_number
+from ..pairing import (
+    CODE_ALPHABET, CODE_LENGTH, CODE_LIFETIME, FAILURE_WINDOW, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS,
+    Pairing, new_id, normalise_code,
+)
+from . import schema
+from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, split_name
+
+CHANNEL = "medimage_relay"
+#: How often each node looks for leases that ran out (on nodes that died,
+#: too) and wakes the long polls waiting for them.
+SWEEP_SECONDS = 5.0
+CONNECT_TIMEOUT = 5
+#: A call waits this long for a free connection before answering try-later.
+POOL_TIMEOUT = 3.0
+RETRY_AFTER = 10
+
+log = Logger()
+
+
+def redacted(url: str) -> str:
+    """
+    The URL without its password, for messages and logs.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def check_database(url: str) -> tuple[int, int]:
+    """
+    At start: connect, and create or upgrade the schema.  Returns the
+    schema versions before and after.
+
+    @raise RelayStoreUnavailable: with one line saying why.
+    """
+    try:
+        with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
+            return schema.upgrade(conn)
+    except schema.SchemaTooNew as e:
+        raise RelayStoreUnavailable(f"relayStore {redacted(url)}: {e}") from None
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise RelayStoreUnavailable(
+            f"relayStore {redacted(url)}: cannot use the database: {reason}") from None
+
+
+@dataclass
+class _Lease:
+    row: int
+    receipt: str
+
+
+class PostgresRelayStore:
+    """
+    @param now: the clock, as a function returning seconds (tests pass a
+        fake one; in production every node's clock is NTP time).
+    @param on_available: called on the reactor thread with an id whenever a
+        photo may have become readable for it, on any node.
+    """
+
+    name = "postgresql"
+
+    def __init__(self, url: str, reactor: Any, clock: Any, lease_seconds: float,
+                 threads: int = 8, sweep_seconds: float = SWEEP_SECONDS):
+        self.url = url
+        self.reactor = reactor
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self.sweep_seconds = sweep_seconds
+        self.on_available: Callable[[Optional[str]], None] = lambda paired_id: None
+        self._threads = ThreadPool(minthreads=0, maxthreads=threads, name="relay-store")
+        self._pool: Optional[psycopg_pool.ConnectionPool] = None
+        self._listener: Optional[_Listener] = None
+        self._sweep_call = None
+        self._unavailable = False
+
+    # Life cycle
+
+    def start(self) -> None:
+        self._threads.start()
+        self._pool = psycopg_pool.ConnectionPool(
+            self.url, min_size=1, max_size=self._threads.max, open=False, timeout=POOL_TIMEOUT,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT, "autocommit": True},
+            check=psycopg_pool.ConnectionPool.check_connection,
+            name="medimage-relay")
+        self._pool.open(wait=False)
+        self._listener = _Listener(self.url, self.reactor, self._notified)
+        self._listener.start()
+        self._schedule_sweep()
+
+    def stop(self) -> Deferred:
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+
+        def close() -> None:
+            if listener is not None:
+                listener.stop()
+            if pool is not None:
+                pool.close(timeout=5)
+
+        from twisted.internet.threads import deferToThread
+
+        d = deferToThread(close)
+        d.addBoth(lambda result: (self._threads.stop(), result)[1])
+        return d
+
+    def _notified(self, paired_id: Optional[str]) -> None:
+        self.on_available(paired_id)
+
+    # Calls: each runs in one transaction, in the thread pool.
+
+    def _call(self, work: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self.reactor, self._threads, self._in_transaction, work, *args)
+
+    def _in_transaction(self, work: Callable[..., Any], *args: Any) -> Any:
+        pool = self._pool
+        if pool is None:
+            raise TryLater("The relay is stopping; try again later.", retry_after=RETRY_AFTER)
+        try:
+            with pool.connection() as conn:
+                with conn.transaction():
+                    result = work(conn, *args)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError) as e:
+            if not self._unavailable:
+                self._unavailable = True
+                log.warn("Relay store: the database cannot be reached ({reason}); answering "
+                         "try-later until it is back", reason=" ".join(str(e).split())[:200])
+            raise TryLater("The relay's database cannot be reached; try again later.",
+                           retry_after=RETRY_AFTER) from None
+        if self._unavailable:
+            self._unavailable = False
+            log.info("Relay store: the database can be reached again")
+        return result
+
+    # The queue
+
+    def put(self, paired_id: str, parts: Sequence[str], temp_path: Path, fd: Optional[int],
+            size: int, quota: int) -> Deferred:
+        """
+        Store a received photo (the temporary file is removed) and queue it;
+        fires with C{(relative, duplicate)} once committed.
+
+        @raise TryLater: the id holds C{quota} bytes already, or the
+            database cannot be reached.
+        """
+        return self._call(self._put, paired_id, tuple(parts), temp_path, fd, size, quota,
+                          self.clock.seconds())
+
+    def _put(self, conn, paired_id, parts, temp_path: Path, fd, size, quota, now):
+        try:
+            if fd is not None:
+                os.close(fd)
+            body = temp_path.read_bytes()
+        finally:
+            temp_path.unlink(missing_ok=True)
+        digest = hashlib.sha256(body).digest()
+        # One upload at a time per id: the quota check and the insert agree.
+        conn.execute("SELECT pg_advisory_xact_lock(1, hashtext(%s))", (paired_id,))
+        held = conn.execute("SELECT coalesce(sum(size), 0) FROM relay_photos WHERE paired_id = %s",
+                            (paired_id,)).fetchone()[0]
+        stem, extension = split_name(parts[-1])
+        for number in range(100000):
+            relative = "/".join(parts[:-1] + (with_suffix_number(stem, number) + extension,))
+            same = conn.execute("SELECT sha256 = %s FROM relay_photos WHERE relative = %s",
+                                (digest, relative)).fetchone()
+            if same is None:
+                break
+            if same[0]:
+                return relative, True
+        else:
+            raise TryLater("Too many different photos with this name")
+        if held + len(body) > quota:
+            raise TryLater("The relay holds too much for this pairing; the PC has not "
+                           "collected it yet. Try again later.", retry_after=120)
+        conn.execute(
+            "INSERT INTO relay_photos (paired_id, relative, size, sha256, body, queued_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (paired_id, relative, len(body), digest, body, now))
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, paired_id))
+        return relative, False
+
+    def peek(self, paired_id: str) -> Deferred:
+        """
+        Fires with the oldest readable L{QueuedPhoto} for the id, or None.
+        """
+        return self._call(self._peek, paired_id, self.clock.seconds())
+
+    @staticmethod
+    def _peek(conn, paired_id, now):
+        row = conn.execute(
+            "SELECT relative, size FROM relay_photos WHERE paired_id = %s "
+            "AND (leased_until IS NULL OR leased_until <= %s) ORDER BY id LIMIT 1",
+            (paired_id, now)).fetchone()
+        return QueuedPhoto(paired_id, row[0], row[1]) if row else None
+
+    def lease(self, paired_id: str) -> Deferred:
+        """
+        Lease the oldest readable photo; fires with a L{Delivery} (with its
+        receipt and bytes) or None.
+        """
+        return self._call(self._lease, paired_id, self.clock.seconds(), self.lease_seconds)
+
+    @staticmethod
+    def _lease(conn, paired_id, now, seconds):
+        receipt = secrets.token_urlsafe(18)
+        row = conn.execute(
+            "UPDATE relay_photos SET receipt = %s, leased_until = %s WHERE id = ("
+            "  SELECT id FROM relay_photos WHERE paired_id = %s"
+            "  AND (leased_until IS NULL OR leased_until <= %s)"
+            "  ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ") RETURNING relative, size, sha256, body",
+            (receipt, now + seconds, paired_id, now)).fetchone()
+        if row is None:
+            return None
+        return Delivery(QueuedPhoto(paired_id, row[0], row[1], receipt), row[2], bytes(row[3]))
+
+    def release(self, delivery: Delivery) -> Deferred:
+        """
+        Make a leased photo readable again at once (its sending failed).
+        """
+        return self._call(self._release, delivery.photo)
+
+    @staticmethod
+    def _release(conn, photo: QueuedPhoto):
+        conn.execute("UPDATE relay_photos SET leased_until = NULL, receipt = NULL "
+                     "WHERE relative = %s AND receipt = %s", (photo.relative, photo.receipt))
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, photo.paired_id))
+
+    def confirm(self, paired_id: str, receipt: str) -> Deferred:
+        """
+        Remove the photo the receipt was given for; fires with its
+        L{QueuedPhoto}, or None for an unknown (or superseded) receipt.
+        """
+        return self._call(self._confirm, paired_id, receipt)
+
+    @staticmethod
+    def _confirm(conn, paired_id, receipt):
+        row = conn.execute(
+            "DELETE FROM relay_photos WHERE paired_id = %s AND receipt = %s RETURNING relative, size",
+            (paired_id, receipt)).fetchone()
+        return QueuedPhoto(paired_id, row[0], row[1], receipt) if row else None
+
+    def holds(self, relative: str) -> Deferred:
+        """
+        Fires with whether the photo is on the relay (waiting or leased).
+        """
+        return self._call(lambda conn: conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM relay_photos WHERE relative = %s)", (relative,)
+        ).fetchone()[0])
+
+    def queued_bytes(self, paired_id: str) -> Deferred:
+        return self._call(lambda conn: conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM relay_photos WHERE paired_id = %s", (paired_id,)
+        ).fetchone()[0])
+
+    # Leases that ran out, here or on a node that died
+
+    def _schedule_sweep(self) -> None:
+        self._sweep_call = self.clock.callLater(self.sweep_seconds, self._sweep)
+
+    def _sweep(self) -> None:
+        d = self._call(self._expire_leases, self.clock.seconds())
+        d.addErrback(lambda failure: None if failure.check(TryLater) else
+                     log.failure("Relay store: the lease sweep failed", failure))
+        d.addBoth(lambda _: self._schedule_sweep() if self._pool is not None else None)
+
+    @staticmethod
+    def _expire_leases(conn, now):
+        # The receipt stays: it confirms until someone else leases the photo.
+        ids = [row[0] for row in conn.execute(
+            "UPDATE relay_photos SET leased_until = NULL WHERE leased_until <= %s "
+            "RETURNING paired_id", (now,))]
+        for paired_id in set(ids):
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, paired_id))
+        return len(ids)
+
+
+class _Listener:
+    """
+    One connection per node that C{LISTEN}s for new photos, in one thread;
+    reconnects by itself.  While it was away notifications may have been
+    missed, so after (re)connecting it wakes every waiter (C{None}).
+    """
+
+    def __init__(self, url: str, reactor: Any, notify: Callable[[Optional[str]], None]):
+        self.url = url
+        self.reactor = reactor
+        self.notify = notify
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay-store-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                     keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                                     keepalives_count=3) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.reactor.callFromThread(self.notify, None)
+                    while not self._stopping.is_set():
+                        for notice in conn.notifies(timeout=0.25):
+                            self.reactor.callFromThread(self.notify, notice.payload)
+            except psycopg.Error:
+                self._stopping.wait(0.5)
+
+
+class PostgresPairingBook:
+    """
+    Pairing codes and the guess limits (L{medimage_tx.pairing}) in the
+    shared database: a code issued on one node redeems on any, and the
+    limits count failures on all nodes together.  Calls fire Deferreds.
+    """
+
+    def __init__(self, store: PostgresRelayStore):
+        self.store = store
+
+    def issue(self, guid: str, proxy_server: str, country: str) -> Deferred:
+        return self.store._call(self._issue, guid, proxy_server, country, self.store.clock.seconds())
+
+    @staticmethod
+    def _issue(conn, guid, proxy_server, country, now):
+        conn.execute("DELETE FROM pairing_codes WHERE expires <= %s", (now,))
+        paired_id = guid if PAIRED_ID.fullmatch(guid or "") else new_id()
+        while True:
+            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+            inserted = conn.execute(
+                "INSERT INTO pairing_codes (code, paired_id, proxy_server, country, expires) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (code) DO NOTHING RETURNING code",
+                (code, paired_id, proxy_server, country, now + CODE_LIFETIME)).fetchone()
+            if inserted is not None:
+                return Pairing(code, paired_id, proxy_server, country, now + CODE_LIFETIME)
+
+    def redeem(self, code: str, address: str) -> Deferred:
+        return self.store._call(self._redeem, normalise_code(code), address, self.store.clock.seconds())
+
+    @staticmethod
+    def _redeem(conn, code, address, now):
+        # Redemptions are rare: one at a time over all nodes keeps the
+        # counting exact.
+        conn.execute("SELECT pg_advisory_xact_lock(2, 0)")
+        cutoff = now - FAILURE_WINDOW
+        conn.execute("DELETE FROM pairing_failures WHERE at <= %s", (cutoff,))
+        total, mine = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE address = %s) FROM pairing_failures",
+            (address,)).fetchone()
+        allowed = mine < FAILURES_PER_ADDRESS and total < FAILURES_IN_TOTAL
+        row = conn.execute(
+            "SELECT code, paired_id, proxy_server, country, expires FROM pairing_codes "
+            "WHERE code = %s AND expires > %s", (code, now)).fetchone()
+        if allowed and row is not None:
+            return Pairing(*row)
+        conn.execute("INSERT INTO pairing_failures (address, at) VALUES (%s, %s)", (address, now))
+        return None
