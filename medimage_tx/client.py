@@ -1,7 +1,7 @@
 """
 A client that acts like the phone app: finds servers on the LAN (UDP scan
 and mDNS) and sends files with the app's naming, to the paired PC when it is
-on the LAN, else through the relay.  Used by `python -m medimage_tx
+on the LAN, else through the relay.  Used by `medimage-tx
 discover|send`; makes LAN discovery testable by hand and gives desktop
 software a sender.
 """

@@ -386,7 +386,7 @@ def save_config(config: Config, **changes: Any) -> Config:
     """
     Apply C{changes}, validate, and write config.json atomically.  The
     changes go on top of the file as it is on disk now, so an edit made
-    meanwhile (by hand, or by C{python -m medimage_tx pair}) is kept; keys
+    meanwhile (by hand, or by C{medimage-tx pair}) is kept; keys
     this server does not know are written back unchanged.
     """
     base = config

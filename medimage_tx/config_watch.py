@@ -1,6 +1,6 @@
 """
 Pick up edits of config.json made while the server runs (by hand, or by
-`python -m medimage_tx pair`): checked every few seconds, applied without a
+`medimage-tx pair`): checked every few seconds, applied without a
 restart where the setting allows it (readProxy, webProxy, allowedTypes, ...).
 """
 

@@ -6,7 +6,7 @@ C{/pair/code}: C{POST} issues a code, C{GET ?compare=<CODE>} redeems one.
 
 PC: L{PairPage} at C{GET /pair?proxyServer=<relay>}: asks the relay for a
 code, stores C{globalId} and C{readProxy}, and shows the code.
-L{request_code} is shared with the C{python -m medimage_tx pair} command.
+L{request_code} is shared with the C{medimage-tx pair} command.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Nothing else in the package knows about command-line options.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,6 +71,32 @@ class Options(usage.Options):
         self["port"] = port
 
     opt_p = opt_port
+
+    def data_dir(self) -> Path:
+        return Path(self["data"]).expanduser().absolute() if self["data"] else default_data_dir()
+
+    def postOptions(self) -> None:
+        # twistd's own defaults, where they would make several servers on one
+        # machine collide or hide the files: the pid file and the daemon's
+        # log go in the data folder, and a daemon keeps the umask it was
+        # started with (twistd's daemon default of 077 would make photos
+        # unreadable to the practice software).
+        runner = getattr(self, "parent", None)
+        if runner is None:
+            return
+        if runner.get("pidfile") == "twistd.pid":
+            runner["pidfile"] = str(self.data_dir() / "twistd.pid")
+        daemon = "nodaemon" in runner and not runner["nodaemon"]
+        if daemon and runner.get("logfile") is None and not runner.get("syslog"):
+            runner["logfile"] = str(self.data_dir() / "medimage.log")
+        if daemon and "umask" in runner and runner["umask"] is None:
+            runner["umask"] = _current_umask()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class HTTPListener(Service):

@@ -1,0 +1,3 @@
+"""
+The subcommands of `medimage-tx`, one module each (see L{medimage_tx.cli}).
+"""
