@@ -6,6 +6,7 @@ Nothing else in the package knows about command-line options.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
@@ -99,19 +100,64 @@ def _current_umask() -> int:
     return mask
 
 
+class StartupFailed(SystemExit, Exception):
+    """
+    The server cannot start: one line for stderr, exit status 1.
+
+    A L{SystemExit} so the foreground process ends with just the line; an
+    L{Exception} too, because twistd reports only those from a daemon's
+    start to the launching process (anything else leaves it waiting forever).
+    """
+
+
+def listen_problem(port: int, interface: str) -> Optional[str]:
+    """
+    Why a TCP listen on C{port} would fail now (a port in use, a port this
+    user may not open), or None.  Checked before twistd daemonizes, so the
+    launching process itself reports it.
+    """
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":  # as Twisted's listeners do; on Windows it would allow double binds
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface, port))
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        probe.close()
+    return None
+
+
 class HTTPListener(Service):
     """
     Listens on an endpoint; fails the start, loudly, if it cannot.
 
     @ivar listening: fires with the listening port.
+    @ivar address: the port and interface asked for, for messages.
     """
 
-    def __init__(self, endpoint, factory, on_listening=None):
+    def __init__(self, endpoint, factory, on_listening=None, address: tuple[int, str] = (0, "")):
         self.endpoint = endpoint
         self.factory = factory
         self.on_listening = on_listening
+        self.address = address
         self.port = None
         self.listening: Deferred = Deferred()
+
+    def describe(self) -> str:
+        port, interface = self.address
+        return f"port {port} ({interface or 'all addresses'})"
+
+    def check(self) -> None:
+        """
+        @raise StartupFailed: the port cannot be listened on.
+        """
+        problem = listen_problem(*self.address)
+        if problem:
+            raise StartupFailed(_listen_failure(self.describe(), problem))
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -128,7 +174,9 @@ class HTTPListener(Service):
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listened, failed.append)
         if failed:
-            raise SystemExit(f"medimage: cannot listen: {failed[0].getErrorMessage()}")
+            reason = failed[0].value
+            reason = getattr(reason, "socketError", None) or reason
+            raise StartupFailed(_listen_failure(self.describe(), getattr(reason, "strerror", None) or str(reason)))
 
     def _listened(self, port) -> None:
         self.port = port
@@ -143,6 +191,11 @@ class HTTPListener(Service):
             return port.stopListening()
 
 
+def _listen_failure(where: str, problem: str) -> str:
+    return (f"medimage: cannot listen on {where}: {problem} (another MedImage server running? "
+            f"stop it, or give this one another --port / listenPort)")
+
+
 class MedImageService(MultiService):
     """
     The whole server.  Tests build it with L{build_service} and start it.
@@ -155,6 +208,14 @@ class MedImageService(MultiService):
         self.puller: Optional[RelayPuller] = None
         self.discovery: Optional[DiscoveryService] = None
         self.https: Optional[HTTPListener] = None
+
+    def check_listeners(self) -> None:
+        """
+        @raise StartupFailed: a port it needs cannot be listened on.
+        """
+        for listener in (self.http, self.https):
+            if listener is not None:
+                listener.check()
 
 
 def build_service(
@@ -209,11 +270,13 @@ def build_service(
     tls = _tls_options(config)
     https_only = tls is not None and config.httpsPort is None
     http = HTTPListener(_endpoint(reactor, listen_port, interface, tls if https_only else None), site,
-                        lambda p: _announce(config, store, p, "https" if https_only else "http"))
+                        lambda p: _announce(config, store, p, "https" if https_only else "http"),
+                        address=(listen_port, interface or ""))
     service = MedImageService(state, http)
     if tls is not None and not https_only:
         service.https = HTTPListener(_endpoint(reactor, config.httpsPort, interface, tls), site,
-                                     lambda p: _announce(config, store, p, "https"))
+                                     lambda p: _announce(config, store, p, "https"),
+                                     address=(config.httpsPort, interface or ""))
     backups.setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
     http.setServiceParent(service)
@@ -292,8 +355,11 @@ def makeService(options: Options) -> MedImageService:
     data_dir = Path(options["data"]) if options["data"] else default_data_dir()
     config_path = Path(options["config"]) if options["config"] else None
     try:
-        return build_service(reactor, data_dir, config_path, options["port"], options["interface"],
-                             no_lan=bool(options["no-lan"]))
+        service = build_service(reactor, data_dir, config_path, options["port"], options["interface"],
+                                no_lan=bool(options["no-lan"]))
     except ConfigError as e:
         # One clear line, no traceback: the server does not start.
-        raise SystemExit(f"medimage: {e}")
+        raise StartupFailed(f"medimage: {e}")
+    # Before twistd daemonizes: the launching process reports it.
+    service.check_listeners()
+    return service

@@ -19,6 +19,7 @@ class WatchedProcess(protocol.ProcessProtocol):
 
     def __init__(self):
         self.output = b""
+        self.errors = b""  # stderr alone (it is in output too)
         self.ended: defer.Deferred = defer.Deferred()
         self._waiting: list[tuple[re.Pattern, int, defer.Deferred]] = []
 
@@ -31,7 +32,9 @@ class WatchedProcess(protocol.ProcessProtocol):
                 self._waiting.remove(entry)
                 d.callback(matches[count - 1])
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+        self.outReceived(data)
 
     def wait_for(self, pattern: bytes, count: int = 1) -> defer.Deferred:
         """
@@ -48,6 +51,17 @@ class WatchedProcess(protocol.ProcessProtocol):
         The port from the server's start-up line.
         """
         return int((await self.wait_for(rb"listening on port (\d+)")).group(1))
+
+    def ended_within(self, seconds: float) -> defer.Deferred:
+        """
+        The exit status, or a failure (L{defer.TimeoutError}) if the process
+        runs longer than C{seconds}.
+        """
+        from twisted.internet import reactor
+
+        watched: defer.Deferred = defer.Deferred()
+        self.ended.addBoth(lambda status: (watched.called or watched.callback(status), status)[1])
+        return watched.addTimeout(seconds, reactor)
 
     def processEnded(self, reason) -> None:
         waiting, self._waiting = self._waiting, []

@@ -1,0 +1,130 @@
+"""
+Start-up failures end the real twistd process at once, in the foreground and
+as a daemon: one line on stderr, a non-zero exit, no pid file left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from conftest import write_config
+from processes import spawn
+
+TWISTD = Path(sys.executable).parent / "twistd"
+pytestmark = pytest.mark.skipif(not TWISTD.exists(), reason=f"no twistd beside {sys.executable}: use `make test`")
+
+# Generous for a loaded machine; a hang (the old daemon behaviour) is what fails.
+START_LIMIT = 30.0
+
+
+@pytest.fixture
+def busy_port():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+def _kill_daemon_left(pidfile: Path) -> None:
+    # Only if the test failed: a daemon that did start must not outlive it.
+    if pidfile.exists():
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+async def _start_fails(tmp_path: Path, daemon: bool, *server_args: str) -> str:
+    data = tmp_path / "data"
+    mode = [] if daemon else ["--nodaemon"]
+    process = spawn([str(TWISTD), *mode, "medimage", "--no-lan", "--data", str(data), *server_args], str(tmp_path))
+    try:
+        status = await process.ended_within(START_LIMIT)
+    finally:
+        if not process.ended.called:
+            process.transport.signalProcess(signal.SIGKILL)
+        _kill_daemon_left(data / "twistd.pid")
+    assert status == 1, process.output
+    assert not (data / "twistd.pid").exists()
+    assert not (tmp_path / "twistd.pid").exists()
+    lines = process.errors.decode().strip().splitlines()
+    assert len(lines) == 1, process.errors
+    return lines[0]
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "nodaemon"])
+@pytest_twisted.ensureDeferred
+async def test_busy_port_ends_the_start_with_one_line(tmp_path, busy_port, daemon):
+    line = await _start_fails(tmp_path, daemon, "--port", str(busy_port), "--interface", "127.0.0.1")
+    assert line.startswith(f"medimage: cannot listen on port {busy_port} (127.0.0.1): Address already in use")
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "nodaemon"])
+@pytest_twisted.ensureDeferred
+async def test_unusable_config_ends_the_start_with_one_line(tmp_path, daemon):
+    config = write_config(tmp_path / "data" / "config.json", maxUploadSize="big")
+    line = await _start_fails(tmp_path, daemon, "--port", "0")
+    assert line.startswith(f"medimage: {config}: key 'maxUploadSize'")
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "nodaemon"])
+@pytest_twisted.ensureDeferred
+async def test_unreadable_certificate_ends_the_start_with_one_line(tmp_path, daemon):
+    (tmp_path / "key.pem").write_text("not a key")
+    config = write_config(tmp_path / "data" / "config.json", httpsKey=str(tmp_path / "key.pem"),
+                          httpsCert=str(tmp_path / "missing.pem"))
+    line = await _start_fails(tmp_path, daemon, "--port", "0")
+    assert line.startswith(f"medimage: {config}: ")
+    assert "missing.pem" in line and line.endswith("No such file or directory")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_starts_writes_its_pid_in_the_data_folder_and_stops(tmp_path):
+    data = tmp_path / "data"
+    process = spawn([str(TWISTD), "medimage", "--no-lan", "--data", str(data), "--port", "0",
+                     "--interface", "127.0.0.1"], str(tmp_path))
+    pidfile = data / "twistd.pid"
+    try:
+        assert await process.ended_within(START_LIMIT) == 0, process.output
+        assert process.errors == b""
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+        log = data / "medimage.log"
+        for _ in range(300):  # the daemon is not our child: watch its pid file go, bounded
+            if not pidfile.exists():
+                break
+            await _pause(0.1)
+        assert not pidfile.exists()
+        assert b"Server Shut Down." in log.read_bytes()
+        assert b"listening on port" in log.read_bytes()
+    finally:
+        _kill_daemon_left(pidfile)
+
+
+def _pause(seconds: float):
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def test_a_port_taken_after_the_check_still_fails_as_twistd_reports_daemon_errors(tmp_path, busy_port):
+    # The check before daemonizing can race another program; then the listen
+    # itself fails, with an exception twistd hands back to the launcher.
+    from twisted.internet import reactor
+
+    from medimage_tx.tap import StartupFailed, build_service
+
+    service = build_service(reactor, tmp_path / "data", port=busy_port, interface="127.0.0.1", no_lan=True)
+    with pytest.raises(StartupFailed) as failed:
+        service.http.privilegedStartService()
+    assert isinstance(failed.value, Exception)
+    assert str(failed.value).startswith(
+        f"medimage: cannot listen on port {busy_port} (127.0.0.1): Address already in use")
