@@ -16,6 +16,8 @@ from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
 from .app_families import app_family
+from .admin import Access
+from .admin.login import GetSession, LoginPage, LogoutPage
 from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
@@ -24,7 +26,7 @@ from .relay import ReadResource
 from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
 from .pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
-from .web import NOT_READABLE, Answer, StateResource, answer_now, render_async
+from .web import NOT_READABLE, Answer, StateResource, add_config_headers, answer_now, render_async
 
 log = Logger()
 
@@ -85,9 +87,8 @@ class MedImageChannel(http.HTTPChannel):
 class MedImageRequest(server.Request):
     """
     A request whose C{multipart/form-data} body is parsed as it arrives,
-    straight into a temporary file next to the photos folder, and whose
-    every answer carries the C{headers} from config.  A request that comes
-    in too slowly (slowloris) is cut off.
+    straight into a temporary file next to the photos folder.  A request
+    that comes in too slowly (slowloris) is cut off.
     """
 
     receiver: Optional[MultipartReceiver] = None
@@ -149,11 +150,6 @@ class MedImageRequest(server.Request):
     def _discard_upload(self, result: Any) -> None:
         if self.receiver is not None:
             self.receiver.discard()
-
-    def process(self) -> None:
-        for name, value in self.channel.site.state.config.headers.items():
-            self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        super().process()
 
 
 class PhotoUpload(StateResource):
@@ -238,7 +234,9 @@ class Check(StateResource):
 
 class Preflight(Resource):
     """
-    C{OPTIONS} on any path: 200, with the config headers (CORS).
+    C{OPTIONS} on any path: 200; with the config headers (CORS) on the
+    routes the apps call, without them (so a browser refuses the
+    cross-origin request) on the PC's own pages.
     """
 
     isLeaf = True
@@ -246,6 +244,15 @@ class Preflight(Resource):
     def render(self, request):
         request.setHeader(b"content-length", b"0")
         return b""
+
+
+#: The first path segments of the routes the apps call cross-origin: they
+#: carry the config headers.  C{/} decides for itself (L{StatusPage}).
+APP_ROUTES = (b"api", b"read")
+
+
+def is_app_route(segment: bytes) -> bool:
+    return segment in APP_ROUTES or segment.startswith(b"check=")
 
 
 class Root(Resource):
@@ -259,6 +266,13 @@ class Root(Resource):
         api.putChild(b"photo", PhotoUpload(state))
         self.putChild(b"api", api)
         self.putChild(b"read", ReadResource(state))
+        admin = Resource()
+        admin.putChild(b"login", LoginPage(state))
+        admin.putChild(b"logout", LogoutPage(state))
+        self.putChild(b"admin", admin)
+        addon = Resource()  # the original's basic-authentication add-on URL
+        addon.putChild(b"get-session", GetSession(state))
+        self.putChild(b"addon", addon)
         if state.pairing is not None:
             service = PairingService(state.pairing)
             self.putChild(b"med-genid.php", service)
@@ -267,6 +281,9 @@ class Root(Resource):
             self.putChild(b"pair", PairPage(state))
 
     def getChildWithDefault(self, path: bytes, request):
+        app_route = is_app_route(path)
+        if app_route or (request.method == b"OPTIONS" and path == b""):
+            add_config_headers(request, self.state.config.headers)
         if request.method == b"OPTIONS":
             return Preflight()
         return super().getChildWithDefault(path, request)
@@ -281,7 +298,10 @@ class MedImageSite(server.Site):
     requestFactory = MedImageRequest
     protocol = MedImageChannel
 
-    def __init__(self, state: ServerState, limits: Optional[Limits] = None):
+    def __init__(self, state: ServerState, limits: Optional[Limits] = None,
+                 interface: Optional[str] = None):
+        if state.access is None:
+            state.access = Access(state, listen_address=interface)
         # timeout: a connection idle this long is closed.
         super().__init__(Root(state), parsePOSTFormSubmission=False, timeout=75)
         self.state = state
@@ -297,5 +317,9 @@ class MedImageSite(server.Site):
         pass
 
 
-def make_site(state: ServerState) -> MedImageSite:
-    return MedImageSite(state)
+def make_site(state: ServerState, interface: Optional[str] = None) -> MedImageSite:
+    """
+    @param interface: the address the server listens on (one of its own
+        names for the C{Host} check).
+    """
+    return MedImageSite(state, interface=interface)

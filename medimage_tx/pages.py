@@ -9,7 +9,8 @@ import json
 import os
 
 from . import __version__
-from .web import Answer, StateResource, answer_now, html_page, table_html
+from .admin import AdminResource, set_admin_headers
+from .web import Answer, StateResource, add_config_headers, answer_now, html_page, table_html
 
 
 class LoadAverage(StateResource):
@@ -31,16 +32,31 @@ def _load_average() -> tuple[float, float, float]:
         return psutil.getloadavg()
 
 
+#: What the apps' LAN scan (and any other site's page) gets of C{GET /}: a
+#: 200 with a non-empty body is all the scan needs; nothing about the PC.
+SHORT_STATUS = html_page(200, "MedImage", (
+    "<p>MedImage server.</p><p>Clinic staff: open this page on the PC itself, or "
+    "<a href='/admin/login'>sign in</a>, to see its status.</p>"))
+
+
 class StatusPage(StateResource):
     """
-    C{GET /}: a plain page saying what this server is and does.  Old apps
-    find a WiFi server by this page answering 200.
+    C{GET /}: the full status page for the PC's admin (the PC itself, or a
+    password session, through one of its own names, from its own pages);
+    for everyone else, above all the apps' cross-origin LAN scan, a short
+    answer with the config headers that reveals nothing.  Old apps find a
+    WiFi server by this page answering 200.
     """
 
     def render_GET(self, request):
-        return answer_now(request, self.page())
+        access = self.state.access
+        if access.cross_origin(request) or not access.is_admin(request):
+            add_config_headers(request, self.state.config.headers)
+            return answer_now(request, SHORT_STATUS)
+        set_admin_headers(request)
+        return answer_now(request, self.page(admin_links(request, access)))
 
-    def page(self) -> Answer:
+    def page(self, links_html: str = "") -> Answer:
         config, stats, store = self.state.config, self.state.stats, self.state.store
         failing = self.state.backups.failing if self.state.backups else {}
         rows = [
@@ -56,13 +72,26 @@ class StatusPage(StateResource):
             ("LAN discovery", "on (see /discovery)" if self.state.discovery else "off (see /discovery)"),
         ]
         rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
-        return html_page(200, "MedImage server", table_html(rows))
+        return html_page(200, "MedImage server", table_html(rows) + links_html)
 
 
-class DiscoveryPage(StateResource):
+def admin_links(request, access) -> str:
+    """
+    Where the admin goes from the status page; signing out for a session.
+    """
+    links = ("<p><a href='/pair'>Pair phones through a relay</a> &middot; "
+             "<a href='/discovery'>LAN discovery</a></p>")
+    if access.signed_in(request):
+        links += ("<form method='post' action='/admin/logout'>" + access.csrf_field(request)
+                  + "<button type='submit'>Sign out</button></form>")
+    return links
+
+
+class DiscoveryPage(AdminResource):
     """
     C{GET /discovery}: what this PC advertises on the LAN, to answer "why
-    can't my phone find the PC".
+    can't my phone find the PC".  For the admin only: it names the PC's
+    interfaces and addresses.
     """
 
     def render_GET(self, request):

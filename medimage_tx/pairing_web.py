@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from treq.client import HTTPClient
 from twisted.web.client import HTTPConnectionPool
 
+from .admin import AdminResource
 from .identity import fingerprint
 from .proxy_tunnel import make_agent
 from .pairing import (
@@ -89,17 +90,12 @@ def pairing_url_for(proxy_server: str, custom: str = "") -> str:
     return custom or proxy_server.rstrip("/") + "/med-genid.php"
 
 
-class PairPage(Resource):
+class PairPage(AdminResource):
     """
     C{GET /pair?proxyServer=<relay URL>[&country=..][&customPairing=..]} on a
-    clinic PC.  Works in lockDown mode too: it is how clinics add phones.
+    clinic PC, for its admin only.  Works in lockDown mode too: it is how
+    clinics add phones.
     """
-
-    isLeaf = True
-
-    def __init__(self, state: Any):
-        super().__init__()
-        self.state = state
 
     def render_GET(self, request):
         return render_async(request, self._pair)

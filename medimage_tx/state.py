@@ -41,6 +41,7 @@ class ServerState:
     relay: Any = None  # Relay, on a relay
     pairing: Any = None  # PairingBook, on a relay
     discovery: Any = None  # DiscoveryStatus while LAN discovery runs
+    access: Any = None  # admin.Access: who may see and change the PC's own pages
     stats: ServerStats = field(default_factory=ServerStats)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
     config_stamp: Optional[tuple[int, int]] = None

@@ -259,13 +259,13 @@ def build_service(
     pairing = PairingBook(data_dir / "pairing.json", clock.seconds) if relay else None
     state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
                         pairing=pairing)
-    site = make_site(state)
     lan = config.lanMode and not no_lan and relay is None
     if not lan and relay is None:
         interface = interface or "127.0.0.1"
         log.info("LAN mode is off: no mDNS adverts or UDP scan replies, and HTTP only on "
                  "{interface}, so phones on the WiFi cannot find this PC; they send through the relay",
                  interface=interface)
+    site = make_site(state, interface)
     listen_port = config.listenPort if port is None else port
     tls = _tls_options(config)
     https_only = tls is not None and config.httpsPort is None

@@ -44,6 +44,15 @@ class Answer:
         request.finish()
 
 
+def add_config_headers(request: server.Request, headers: dict[str, str]) -> None:
+    """
+    The config C{headers} (CORS by default): only on the routes the apps
+    call (PROTOCOL.md A1), never on the PC's own pages.
+    """
+    for name, value in headers.items():
+        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+
 def one_line(text: str) -> bytes:
     return " ".join(text.split()).encode("utf-8")
 

@@ -103,8 +103,8 @@ def test_documented_odds():
     assert len(CODE_ALPHABET) ** 4 == 923_521
     assert guess_odds() == pytest.approx(100 / 923_521)
     assert guess_odds() < 1.1e-4
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert "923,521" in readme and "1 in 9,235" in readme
+    protocol = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    assert "923,521" in protocol and "1 in 9,235" in protocol
 
 
 @pytest.mark.parametrize("answer", ["", "nomatch", "ABCD", "ABCD short https://r", "ABCD uPSE4UWHmJ8XqFUqvf ftp://x"])
