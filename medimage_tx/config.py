@@ -77,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "discoveryInterfaces": [],
     "relayQuotaBytes": 1024 * MIB,
     "httpsPort": None,
+    "fileMode": None,
+    "relayCA": "",
 }
 
 
@@ -125,6 +127,8 @@ class Config:
     discoveryInterfaces: tuple[str, ...]
     relayQuotaBytes: int
     httpsPort: Optional[int]
+    fileMode: Optional[int]
+    relayCA: str
 
     @property
     def role(self) -> str:
@@ -290,6 +294,17 @@ def _url(value: Any) -> str:
     return text
 
 
+def _file_mode(value: Any) -> Optional[int]:
+    # Octal as people write it for chmod ("0644"); JSON has no octal numbers.
+    text = _string(value).strip()
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        raise ValueError(f'expected an octal mode like "0644", or null for the umask\'s, got {value!r}')
+    mode = int(text, 8)
+    if not mode & 0o400:
+        raise ValueError(f"{text} would leave this server unable to read its own photos")
+    return mode
+
+
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "listenPort": _port,
     "backupTo": _folders,
@@ -314,6 +329,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "discoveryInterfaces": _strings,
     "relayQuotaBytes": _positive,
     "httpsPort": lambda value: None if value is None else _port(value),
+    "fileMode": lambda value: None if value is None else _file_mode(value),
+    "relayCA": _string,
 }
 
 
@@ -337,7 +354,7 @@ def parse_config(raw: Any, path: Path) -> Config:
     if bool(values["httpsKey"]) != bool(values["httpsCert"]):
         missing = "httpsCert" if values["httpsKey"] else "httpsKey"
         raise ConfigError(f"{path}: key {missing!r}: HTTPS needs both httpsKey and httpsCert")
-    for key in ("httpsKey", "httpsCert"):
+    for key in ("httpsKey", "httpsCert", "relayCA"):
         if values[key]:
             try:
                 check_readable(values[key], path.parent)

@@ -31,6 +31,30 @@ from .paths import inside
 INCOMING = ".medimage-incoming"
 
 
+def process_umask() -> int:
+    """
+    This process's umask, without changing it where the OS can tell
+    (changing it, even for a moment, races other threads creating files).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def folder_mode_for(file_mode: int) -> int:
+    """
+    A folder mode that lets in whoever may read the files: x beside each r.
+    """
+    return file_mode | (file_mode & 0o444) >> 2
+
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -100,15 +124,39 @@ class PhotoStore:
     @param data_dir: holds C{photos/}, C{tmp/} and C{pending/}.
     @param backup_to: target folders in order; the first is the clinic's.
     @param keep_master: keep the staged copy once all copies are made.
+    @param file_mode: the mode of stored photos and copies (config's
+        C{fileMode}); None gives what the umask gives a new file (0644 under
+        022), as the original did, so practice software running as another
+        user, or a share, can read them.  Folders the store creates then
+        get the matching mode; with None, the umask's.
     """
 
-    def __init__(self, data_dir: Path, backup_to: Sequence[Path], keep_master: bool):
+    def __init__(self, data_dir: Path, backup_to: Sequence[Path], keep_master: bool,
+                 file_mode: Optional[int] = None):
         self.data_dir = data_dir
         self.photos = data_dir / "photos"
         self.temp = data_dir / "tmp"
         self.pending = data_dir / "pending"
         self.backup_to = tuple(backup_to)
         self.keep_master = keep_master
+        self.file_mode = file_mode if file_mode is not None else 0o666 & ~process_umask()
+        self.folder_mode = None if file_mode is None else folder_mode_for(file_mode)
+
+    def _make_folders(self, folder: Path) -> None:
+        """
+        C{mkdir -p}, giving the folders it creates L{folder_mode}.
+        """
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # made meanwhile by another thread: theirs to set
+            if self.folder_mode is not None:
+                os.chmod(folder, self.folder_mode)
 
     def prepare(self) -> None:
         for folder in (self.photos, self.temp, self.pending):
@@ -132,6 +180,8 @@ class PhotoStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            # Temporary files are private (mkstemp: 0600); the photo is not.
+            os.chmod(temp_path, self.file_mode)
             relative, duplicate = self._link_into_photos(temp_path, parts)
         except OSError as e:
             raise disk_trouble(e) from None
@@ -147,7 +197,7 @@ class PhotoStore:
 
     def _link_into_photos(self, temp_path: Path, parts: Sequence[str]) -> tuple[str, bool]:
         stem, extension = _split_name(parts[-1])
-        (self.photos.joinpath(*parts[:-1])).mkdir(parents=True, exist_ok=True)
+        self._make_folders(self.photos.joinpath(*parts[:-1]))
         for relative in self._candidates(tuple(parts[:-1]), stem, extension):
             while True:
                 places = [inside(self.photos, relative)]
@@ -217,7 +267,7 @@ class PhotoStore:
         folders, name = relative.rpartition("/")[0], relative.rpartition("/")[2]
         stem, extension = _split_name(name)
         dest_folder = target / folders if folders else target
-        dest_folder.mkdir(parents=True, exist_ok=True)
+        self._make_folders(dest_folder)
         same_fs = move and os.stat(target).st_dev == os.stat(self.photos).st_dev
         for number in range(100000):
             dest = dest_folder / (with_suffix_number(stem, number) + extension)
@@ -245,6 +295,7 @@ class PhotoStore:
         temp = Path(name)
         try:
             shutil.copyfile(source, temp)
+            os.chmod(temp, self.file_mode)
             _fsync_file(temp)
             link_no_overwrite(temp, dest)
         finally:

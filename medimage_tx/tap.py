@@ -28,7 +28,7 @@ from .pairing import PairingBook
 from .puller import RelayPuller
 from .relay import Relay
 from .relay_queue import DEFAULT_LEASE_SECONDS
-from .store import PhotoStore
+from .store import PhotoStore, process_umask
 from .tls import TLSConfigError, server_tls_options
 
 log = Logger()
@@ -91,13 +91,7 @@ class Options(usage.Options):
         if daemon and runner.get("logfile") is None and not runner.get("syslog"):
             runner["logfile"] = str(self.data_dir() / "medimage.log")
         if daemon and "umask" in runner and runner["umask"] is None:
-            runner["umask"] = _current_umask()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+            runner["umask"] = process_umask()
 
 
 class StartupFailed(SystemExit, Exception):
@@ -301,7 +295,7 @@ def build_service(
 def _make_store(config: Config, data_dir: Path) -> PhotoStore:
     base = config.path.parent
     targets = [resolve_path(folder, base) for folder in config.backupTo]
-    store = PhotoStore(data_dir, targets, config.keepMaster)
+    store = PhotoStore(data_dir, targets, config.keepMaster, config.fileMode)
     try:
         store.prepare()
     except OSError as e:

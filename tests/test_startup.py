@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 
-from conftest import write_config
+from conftest import jpeg_bytes, multipart, write_config
 from processes import spawn
 
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -87,26 +88,46 @@ async def test_unreadable_certificate_ends_the_start_with_one_line(tmp_path, dae
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_daemon_starts_writes_its_pid_in_the_data_folder_and_stops(tmp_path):
-    data = tmp_path / "data"
-    process = spawn([str(TWISTD), "medimage", "--no-lan", "--data", str(data), "--port", "0",
-                     "--interface", "127.0.0.1"], str(tmp_path))
+async def test_a_daemon_starts_keeps_its_pid_in_the_data_folder_stores_readable_photos_and_stops(
+        tmp_path, http_client):
+    data, clinic = tmp_path / "data", tmp_path / "clinic"
+    clinic.mkdir()
+    write_config(data / "config.json", backupTo=[clinic.as_posix()])
+    port = _free_port()
+    old_umask = os.umask(0o022)  # the shell's usual; twistd's daemon default would be 077
+    try:
+        process = spawn([str(TWISTD), "medimage", "--no-lan", "--data", str(data), "--port", str(port),
+                         "--interface", "127.0.0.1"], str(tmp_path))
+    finally:
+        os.umask(old_umask)
     pidfile = data / "twistd.pid"
     try:
         assert await process.ended_within(START_LIMIT) == 0, process.output
         assert process.errors == b""
         pid = int(pidfile.read_text())
+        body, content_type = multipart("#NHID5-hand.jpg", jpeg_bytes())
+        response = await http_client.post(f"http://127.0.0.1:{port}/api/photo", data=body,
+                                          headers={b"Content-Type": [content_type]})
+        assert response.code == 200
+        for folder in (data / "photos", clinic):
+            assert stat.S_IMODE((folder / "NHID5" / "hand.jpg").stat().st_mode) == 0o644
+            assert stat.S_IMODE((folder / "NHID5").stat().st_mode) == 0o755
         os.kill(pid, signal.SIGTERM)
-        log = data / "medimage.log"
         for _ in range(300):  # the daemon is not our child: watch its pid file go, bounded
             if not pidfile.exists():
                 break
             await _pause(0.1)
         assert not pidfile.exists()
-        assert b"Server Shut Down." in log.read_bytes()
-        assert b"listening on port" in log.read_bytes()
+        log = (data / "medimage.log").read_bytes()
+        assert b"listening on port" in log and b"Server Shut Down." in log
     finally:
         _kill_daemon_left(pidfile)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _pause(seconds: float):
