@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,64 @@ def multipart(
     )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}".encode()
+
+
+#: The longest any single wait in a test may take before it is a failure.
+WAIT = 15.0
+
+
+def within(awaitable: Any, seconds: float = WAIT):
+    """
+    A Deferred for C{awaitable} (a Deferred or a coroutine) that fails with
+    L{defer.TimeoutError} after C{seconds}: a regression that hangs fails
+    the test instead of hanging the suite.
+    """
+    from twisted.internet import defer, reactor
+
+    d = defer.ensureDeferred(awaitable) if not isinstance(awaitable, defer.Deferred) else awaitable
+    return d.addTimeout(seconds, reactor)
+
+
+async def eventually(check, what: str, seconds: float = WAIT) -> None:
+    """
+    Wait until C{check()} (or what it returns, when awaitable) is true,
+    looking every 20 ms, for at most C{seconds}; for outcomes that no
+    Deferred announces (a file appearing, what another client sees).
+    """
+    import inspect
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds:.0f} s: {what}")
+        await deferLater(reactor, 0.02)
+
+
+async def post_upload(client, url: str, body: Any, content_type: bytes, headers: Optional[dict] = None):
+    """
+    POST a raw upload body to C{url}/api/photo: (status, body, response).
+    """
+    all_headers = {b"Content-Type": [content_type]}
+    all_headers.update(headers or {})
+    response = await within(client.post(url + "/api/photo", data=body, headers=all_headers))
+    return response.code, await within(response.content()), response
+
+
+async def upload_photo(client, url: str, name: Optional[str], content: bytes, **multipart_options: Any):
+    """
+    Upload C{content} under file name C{name} as the app does: (status, body,
+    response).  The one upload helper of the suite.
+    """
+    body, content_type = multipart(name, content, **multipart_options)
+    return await post_upload(client, url, body, content_type)
 
 
 def write_config(path: Path, **settings: Any) -> Path:
@@ -130,6 +190,47 @@ def tiny_disk(tmp_path):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def start_process():
+    """
+    Start real processes (L{processes.spawn}); whatever is still running
+    when the test ends, passed or failed, gets SIGTERM, then SIGKILL after
+    10 s, and is reaped.
+    """
+    from processes import spawn
+
+    started = []
+
+    def start(argv: list[str], path: str, env: Optional[dict] = None):
+        process = spawn(argv, path, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop_process(process)
+
+
+def stop_process(process, sig: int = signal.SIGTERM) -> None:
+    """
+    Stop a process from a fixture's finaliser (outside the reactor's turn).
+    """
+    from twisted.internet import defer
+
+    for signal_number in (sig, signal.SIGKILL):
+        if process.ended.called:
+            return
+        try:
+            process.transport.signalProcess(signal_number)
+        except Exception:
+            return  # already gone
+        try:
+            pytest_twisted.blockon(process.exited(10))
+            return
+        except defer.TimeoutError:
+            continue
 
 
 @pytest.fixture

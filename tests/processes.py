@@ -36,15 +36,37 @@ class WatchedProcess(protocol.ProcessProtocol):
         self.errors += data
         self.outReceived(data)
 
-    def wait_for(self, pattern: bytes, count: int = 1) -> defer.Deferred:
+    def wait_for(self, pattern: bytes, count: int = 1, timeout: float = 60.0) -> defer.Deferred:
         """
         Fires with the C{count}th match of C{pattern} in the output; fails
-        if the process ends first.
+        if the process ends first, or with L{defer.TimeoutError} (the
+        output so far in the message) after C{timeout} seconds.
         """
+        from twisted.internet import reactor
+
         d: defer.Deferred = defer.Deferred()
-        self._waiting.append((re.compile(pattern), count, d))
+        entry = (re.compile(pattern), count, d)
+        self._waiting.append(entry)
         self.outReceived(b"")
-        return d
+
+        def timed_out(result, timeout):
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+            raise defer.TimeoutError(
+                f"{pattern!r} not seen within {timeout} s; output:\n"
+                + self.output.decode(errors="replace")[-3000:])
+
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
+
+    def exited(self, timeout: float = 60.0) -> defer.Deferred:
+        """
+        L{ended}, bounded: fails with L{defer.TimeoutError} after C{timeout}.
+        """
+        from twisted.internet import reactor
+
+        d: defer.Deferred = defer.Deferred()
+        self.ended.addBoth(lambda result: (d.callback(result) if not d.called else None, result)[1])
+        return d.addTimeout(timeout, reactor)
 
     async def port(self) -> int:
         """

@@ -1,0 +1,26 @@
+"""
+The numbers the docs promise, in one place.  Behaviour tests use these
+values (never the code's own constants, which a fault would change along
+with the behaviour); `test_documented.py` checks that each one still reads
+so in the docs and that the code's constant agrees.
+"""
+
+from __future__ import annotations
+
+#: docs/protocol.md, Pairing: failed compares per client address per hour.
+GUESSES_PER_ADDRESS = 10
+#: docs/protocol.md, Pairing: failed compares in total per hour.
+GUESSES_IN_TOTAL = 100
+#: docs/protocol.md, Pairing: the limits' rolling window, and a code's life.
+GUESS_WINDOW_SECONDS = 3600
+CODE_LIFETIME_SECONDS = 3600
+#: docs/protocol.md, B4: a leased photo is hidden for 5 minutes.
+LEASE_SECONDS = 5 * 60
+#: docs/protocol.md, LAN discovery: a sender gets at most 5 replies a second.
+UDP_REPLIES_PER_SENDER_PER_SECOND = 5
+#: docs/security.md: the relay accepts 32 connections at once per address.
+RELAY_CONNECTIONS_PER_ADDRESS = 32
+#: docs/protocol.md: `?wait=N`, N from 0 to 60.
+LONGEST_WAIT_SECONDS = 60
+#: docs/security.md: Retry-After of a relay pairing over its quota.
+QUOTA_RETRY_AFTER_SECONDS = 120

@@ -1,0 +1,72 @@
+"""
+Each number the docs promise (tests/documented.py) is still what the docs
+say, and still what the code uses: a change to either side is seen here,
+and the behaviour tests that use the documented value catch the rest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import documented
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def doc_text(name: str) -> str:
+    return " ".join((DOCS / name).read_text().split())
+
+
+def code_value(name: str):
+    from medimage_tx import http_resource, lan, pairing, relay, relay_queue, tap
+
+    values = {
+        "GUESSES_PER_ADDRESS": lambda: pairing.FAILURES_PER_ADDRESS,
+        "GUESSES_IN_TOTAL": lambda: pairing.FAILURES_IN_TOTAL,
+        "GUESS_WINDOW_SECONDS": lambda: pairing.FAILURE_WINDOW,
+        "CODE_LIFETIME_SECONDS": lambda: pairing.CODE_LIFETIME,
+        "LEASE_SECONDS": lambda: (relay_queue.DEFAULT_LEASE_SECONDS,
+                                  inspect.signature(tap.build_service).parameters["lease_seconds"].default),
+        "UDP_REPLIES_PER_SENDER_PER_SECOND": lambda: (
+            inspect.signature(lan.ReplyLimiter).parameters["per_sender"].default
+            / inspect.signature(lan.ReplyLimiter).parameters["window"].default),
+        "RELAY_CONNECTIONS_PER_ADDRESS": lambda: http_resource.RELAY_CONNECTIONS_PER_ADDRESS,
+        "LONGEST_WAIT_SECONDS": lambda: relay.MAX_WAIT,
+    }
+    return values[name]()
+
+
+PROMISES = [
+    ("GUESSES_PER_ADDRESS", "protocol.md", r"(\d+) failed compares per client address"),
+    ("GUESSES_IN_TOTAL", "protocol.md", r"and (\d+) failed compares in total"),
+    ("GUESS_WINDOW_SECONDS", "protocol.md", r"Limits, per rolling (hour)"),
+    ("CODE_LIFETIME_SECONDS", "protocol.md", r"case-insensitive, valid for one (hour)"),
+    ("LEASE_SECONDS", "protocol.md", r"until confirmed, or for (\d+) minutes"),
+    ("UDP_REPLIES_PER_SENDER_PER_SECOND", "protocol.md", r"a sender gets at most (\d+) replies a second"),
+    ("RELAY_CONNECTIONS_PER_ADDRESS", "security.md", r"at most (\d+) connections at once per client address"),
+    ("LONGEST_WAIT_SECONDS", "protocol.md", r"`\?wait=N` \(0-(\d+)\)"),
+    ("QUOTA_RETRY_AFTER_SECONDS", "security.md", r"uploads get `\d+` with `Retry-After: (\d+)`"),
+]
+
+UNITS = {"hour": 3600}
+
+
+@pytest.mark.parametrize("name, doc, pattern", PROMISES, ids=[p[0] for p in PROMISES])
+def test_documented_value_is_in_the_docs_and_the_code(name, doc, pattern):
+    value = getattr(documented, name)
+    found = re.search(pattern, doc_text(doc))
+    assert found, f"{doc} no longer says {pattern!r}"
+    said = found.group(1)
+    said = UNITS[said] if said in UNITS else int(said)
+    if name == "LEASE_SECONDS":
+        said *= 60
+    assert said == value, f"{doc} says {said}, tests/documented.py says {value}"
+    if name == "QUOTA_RETRY_AFTER_SECONDS":
+        return  # an answer's header: test_faults.py checks it on the wire
+    code = code_value(name)
+    for actual in code if isinstance(code, tuple) else (code,):
+        assert actual == value, f"the code uses {actual} for {name}; the docs promise {value}"
