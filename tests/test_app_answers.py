@@ -171,3 +171,58 @@ def test_app_family_by_boundary(content_type, family):
     from medimage_tx.app_families import AppFamily, app_family
 
     assert app_family(content_type) is AppFamily[family]
+
+
+@pytest.mark.parametrize("code, retried", [
+    (200, False), (206, True), (299, True), (400, False), (404, False), (413, False),
+    (429, True), (500, True), (503, True), (507, True),
+])
+def test_send_retries_on_every_try_later_answer(code, retried):
+    from medimage_tx.client import should_retry
+
+    assert should_retry(code) is retried
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, http_client, tmp_path):
+    from twisted.internet import defer
+    from twisted.internet.task import Clock as WaitClock
+
+    from medimage_tx.client import SendFailed, send_file
+
+    class WatchedClock(WaitClock):
+        """The clock send_file waits on; says when it starts waiting."""
+
+        def __init__(self):
+            super().__init__()
+            self.waiting = defer.Deferred()
+
+        def callLater(self, *args, **kwargs):
+            call = super().callLater(*args, **kwargs)
+            if not self.waiting.called:
+                self.waiting.callback(call)
+            return call
+
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False, relayQuotaBytes=30_000)
+    first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
+    first.write_bytes(jpeg_bytes(20_000))
+    second.write_bytes(jpeg_bytes(20_000))
+    assert await send_file(WaitClock(), http_client, relay.url, first,
+                           f"#{PAIRED_ID}-#P-first.jpg") == "Received upload successfully!"
+    clock = WatchedClock()
+    sending = defer.ensureDeferred(send_file(clock, http_client, relay.url, second,
+                                             f"#{PAIRED_ID}-#P-second.jpg"))
+    call = await clock.waiting  # answered 429: waiting, not failed
+    assert call.getTime() == 30  # Retry-After 120, capped at 30 s
+    assert not sending.called
+    read = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # the PC collects
+    await read.content()
+    clock.advance(30)
+    assert await sending == "Received upload successfully!"
+    assert (relay.photos / PAIRED_ID / "P" / "second.jpg").read_bytes() == second.read_bytes()
+    # A refusal is final: no waiting, a clear error.
+    clock = WatchedClock()
+    with pytest.raises(SendFailed, match="400 Error uploading file - Please reconnect your app"):
+        await send_file(clock, http_client, relay.url, second, "#P-no-pairing.jpg")
+    assert not clock.waiting.called
