@@ -292,6 +292,21 @@ def build_service(
     return service
 
 
+def photo_store(config: Config, data_dir: Path) -> PhotoStore:
+    """
+    The store a server with C{config} files photos into: a relay's only
+    queues; a PC's copies to its targets.  Raises L{ConfigError}.
+    """
+    if config.allowPhotosLeaving:
+        store = PhotoStore(data_dir, [], keep_master=True)
+        try:
+            store.prepare()
+        except OSError as e:
+            raise ConfigError(f"{data_dir}: cannot create the photo folders: {e.strerror}")
+        return store
+    return _make_store(config, data_dir)
+
+
 def _make_store(config: Config, data_dir: Path) -> PhotoStore:
     base = config.path.parent
     targets = [resolve_path(folder, base) for folder in config.backupTo]

@@ -1,0 +1,200 @@
+"""
+Take over an original MedImage installation (the folder holding its
+C{config.json}, C{photos/} and C{addons/}): its config copied byte for byte
+to this server's config location, and the photos still waiting in its
+C{photos/} filed as if just received (the same durable store path, then
+the C{backupTo} copies).
+
+Plain blocking Python, run with no server running; the caller prints the
+report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import Config, ConfigError, fsync_folder, load_config
+from .errors import Rejected, TryLater
+from .paths import inside
+from .store import PhotoStore
+
+#: What a replaced config.json of ours is renamed to (never deleted).
+BEFORE_MIGRATION = ".before-migration"
+
+
+class MigrationError(Exception):
+    """
+    The migration cannot start; C{str(error)} is one line saying why.
+    """
+
+
+@dataclass
+class MigrationReport:
+    original: Path
+    config_from: Path
+    config_to: Path
+    config_copied: bool = False  # False: ours already had these exact bytes
+    config_kept_as: Optional[Path] = None  # where our previous config.json went
+    role: str = "pc"
+    filed: list[str] = field(default_factory=list)  # new in this server's store
+    already_there: list[str] = field(default_factory=list)  # same bytes already stored
+    not_filed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    ignored: list[str] = field(default_factory=list)  # hidden files (.DS_Store, temp files)
+    copies_waiting: list[tuple[str, str]] = field(default_factory=list)  # (target, why)
+    addons: list[str] = field(default_factory=list)
+    filed_into: list[str] = field(default_factory=list)  # the store's target folders, in order
+
+    def lines(self) -> list[str]:
+        """
+        What was done, for people: one line per fact, paths in full.
+        """
+        out = []
+        if self.config_copied:
+            out.append(f"Copied {self.config_from} to {self.config_to} unchanged.")
+        else:
+            out.append(f"{self.config_to} already holds {self.config_from} unchanged.")
+        if self.config_kept_as is not None:
+            out.append(f"The config.json that was there is kept as {self.config_kept_as}.")
+        what = "queued for the paired PCs (relay)" if self.role == "relay" else "filed"
+        out.append(f"Photos waiting in {self.original / 'photos'}: {len(self.filed)} {what}, "
+                   f"{len(self.already_there)} already here, {len(self.not_filed)} not taken over.")
+        if self.filed and self.filed_into:
+            out.append(f"Filed into {', '.join(self.filed_into)}, as if just received.")
+        for relative in self.filed:
+            out.append(f"  {what}: {relative}")
+        for relative, why in self.not_filed:
+            out.append(f"  not taken over: {relative}: {why}")
+        for relative in self.ignored:
+            out.append(f"  ignored (hidden file): {relative}")
+        for target, why in self.copies_waiting:
+            out.append(f"  copy to {target} not made yet ({why}): the server retries it when it runs")
+        if self.addons:
+            out.append(f"Add-ons in {self.original / 'addons'} are not taken over by migrate: "
+                       f"{', '.join(self.addons)}.")
+        out.append(f"The original's files are left as they were: stop the original server for good "
+                   f"(rename its config.json) before starting this one.")
+        return out
+
+
+def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = False) -> MigrationReport:
+    """
+    Copy the original's config.json to C{config_path} and file the photos
+    waiting in C{original/photos} into C{data_dir} as the server would.
+
+    @param replace: when C{config_path} holds another config, keep it as
+        C{config.json.before-migration} and go on; otherwise refuse.
+    @raise MigrationError: nothing was changed.
+    """
+    original = original.expanduser().absolute()
+    source = original / "config.json"
+    if not source.is_file():
+        raise MigrationError(f"{original}: no config.json here; give the folder of the original "
+                             f"MedImage server (the one holding config.json, photos and addons)")
+    try:
+        load_config(source)  # usable here, before anything is touched
+        source_bytes = source.read_bytes()
+    except ConfigError as e:
+        raise MigrationError(f"the original's config cannot be used: {e}") from None
+    except OSError as e:
+        raise MigrationError(f"{source}: cannot read: {e.strerror}") from None
+    config_path = config_path.expanduser().absolute()
+    report = MigrationReport(original=original, config_from=source, config_to=config_path)
+    _copy_config(source_bytes, config_path, replace, report)
+    config = load_config(config_path)
+    report.role = config.role
+    photos = original / "photos"
+    if photos.is_dir():
+        _take_over_photos(photos, _store_for(config, data_dir.expanduser().absolute()), report)
+    addons = original / "addons"
+    if addons.is_dir():
+        report.addons = sorted(p.name for p in addons.iterdir() if p.is_dir())
+    return report
+
+
+def _copy_config(source_bytes: bytes, config_path: Path, replace: bool, report: MigrationReport) -> None:
+    if config_path.exists():
+        if config_path.read_bytes() == source_bytes:
+            return
+        if not replace:
+            raise MigrationError(f"{config_path} already exists with other settings; run again with "
+                                 f"--replace to keep it as {config_path.name}{BEFORE_MIGRATION} and "
+                                 f"use the original's")
+        kept = config_path.with_name(config_path.name + BEFORE_MIGRATION)
+        os.replace(config_path, kept)
+        report.config_kept_as = kept
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomically(config_path, source_bytes)
+    report.config_copied = True
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    fsync_folder(path.parent)
+
+
+def _store_for(config: Config, data_dir: Path) -> PhotoStore:
+    from .tap import photo_store
+
+    try:
+        return photo_store(config, data_dir)
+    except ConfigError as e:
+        raise MigrationError(str(e)) from None
+
+
+def _take_over_photos(photos: Path, store: PhotoStore, report: MigrationReport) -> None:
+    if photos.resolve() == store.photos.resolve():
+        return  # the original's folder is this server's own: nothing to move
+    report.filed_into = [str(t) for t in store.backup_to] or [str(store.photos)]
+    for path in sorted(photos.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(photos).as_posix()
+        parts = tuple(relative.split("/"))
+        if any(part.startswith(".") for part in parts):
+            report.ignored.append(relative)
+            continue
+        try:
+            inside(store.photos, relative)
+            stored = store.store(_staged_copy(path, store.temp), None, parts)
+        except (Rejected, TryLater, OSError) as e:
+            report.not_filed.append((relative, str(e)))
+            continue
+        (report.already_there if stored.duplicate else report.filed).append(stored.relative)
+        report.copies_waiting.extend(stored.backup_failures)
+
+
+def _staged_copy(path: Path, temp_dir: Path) -> Path:
+    """
+    A flushed copy of C{path} in the store's temporary folder, as an upload
+    would be: the store links it into place and removes it.
+    """
+    fd, name = tempfile.mkstemp(dir=temp_dir, prefix="migrate-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+        raise
+    return Path(name)

@@ -1,0 +1,172 @@
+"""
+`medimage-tx migrate --from <original folder>` (also `python -m medimage_tx`): the original's
+config.json copied unchanged, its waiting photos filed as if just received
+(durable store, then the backupTo copies), and a report of what was done.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from conftest import all_files, jpeg_bytes
+from processes import spawn
+
+from medimage_tx.cli import main
+
+PAIRED_ID = "bS6FpXvwagUbeMIXnM"
+REPOSITORY = Path(__file__).parent.parent
+
+
+def original_install(folder: Path, **settings) -> Path:
+    """
+    A folder as the original server leaves it: config.json in its own
+    formatting, photos/ with what is still waiting, addons/.
+    """
+    config = {
+        "purpose": "MedImage Server Configuration File.",
+        "backupTo": [],
+        "readProxy": f"https://relay.example:5566/read/{PAIRED_ID}",
+        "globalId": PAIRED_ID,
+        "transfer": 45652482,
+        "listenPort": 5566,
+        "allowPhotosLeaving": False,
+        "allowGettingRemotePhotos": True,
+        "webProxy": None,
+        "keepMaster": False,
+        "lockDown": False,
+        "basicAuthent": "changeme",
+        **settings,
+    }
+    folder.mkdir(parents=True)
+    # The original writes with six-space indents: kept byte for byte.
+    (folder / "config.json").write_text(json.dumps(config, indent=6))
+    (folder / "addons" / "medtech32").mkdir(parents=True)
+    return folder
+
+
+def put(folder: Path, relative: str, content: bytes) -> bytes:
+    path = folder / "photos" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return content
+
+
+def test_takes_over_config_and_files_waiting_photos_into_the_target(tmp_path, capsys):
+    target = tmp_path / "clinic"
+    target.mkdir()
+    original = original_install(tmp_path / "old" / "MedImage", backupTo=[target.as_posix()])
+    arm = put(original, "NHID1234/arm-27-Nov-2026-10-11-12.jpg", jpeg_bytes(30_000))
+    scan = put(original, "moles/John123/scan.pdf", b"%PDF-1.4\n" + b"x" * 3000)
+    put(original, ".DS_Store", b"finder")
+    ours = tmp_path / "new"
+
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 0
+    out = capsys.readouterr().out
+    assert (ours / "config.json").read_bytes() == (original / "config.json").read_bytes()
+    assert (target / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg").read_bytes() == arm
+    assert (target / "moles" / "John123" / "scan.pdf").read_bytes() == scan
+    assert all_files(ours / "photos") == []  # keepMaster: false, as received photos
+    assert all_files(ours / "tmp") == []
+    assert f"Copied {original / 'config.json'} to {ours / 'config.json'} unchanged." in out
+    assert "2 filed, 0 already here, 0 not taken over" in out
+    assert "filed: NHID1234/arm-27-Nov-2026-10-11-12.jpg" in out
+    assert "ignored (hidden file): .DS_Store" in out
+    assert "medtech32" in out
+    assert f"Filed into {target}, as if just received." in out
+    # The original's files are left as they were.
+    assert (original / "photos" / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg").read_bytes() == arm
+
+    # Running it again changes nothing and duplicates nothing.
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 0
+    out = capsys.readouterr().out
+    assert "already holds" in out and "0 filed, 2 already here" in out
+    assert len(all_files(target)) == 2
+
+
+def test_a_different_config_here_is_kept_unless_replace(tmp_path, capsys):
+    original = original_install(tmp_path / "old")
+    ours = tmp_path / "new"
+    ours.mkdir()
+    mine = b'{"listenPort": 5567}\n'
+    (ours / "config.json").write_bytes(mine)
+
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "already exists with other settings" in error and "--replace" in error
+    assert (ours / "config.json").read_bytes() == mine  # nothing changed
+
+    assert main(["migrate", "--from", str(original), "--data", str(ours), "--replace"]) == 0
+    assert (ours / "config.json").read_bytes() == (original / "config.json").read_bytes()
+    assert (ours / "config.json.before-migration").read_bytes() == mine
+
+
+def test_not_an_original_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["migrate", "--from", str(tmp_path / "empty"), "--data", str(tmp_path / "new")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no config.json here" in error
+    assert not (tmp_path / "new").exists()
+
+
+def test_unusable_original_config_changes_nothing(tmp_path, capsys):
+    original = original_install(tmp_path / "old")
+    (original / "config.json").write_text('{"listenPort": "abc"}')
+    ours = tmp_path / "new"
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 1
+    assert "key 'listenPort'" in capsys.readouterr().err
+    assert not (ours / "config.json").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_to_a_missing_target_is_made_once_the_server_runs(tmp_path):
+    from twisted.internet import reactor
+
+    from medimage_tx.tap import build_service
+
+    target = tmp_path / "share"  # not connected yet
+    original = original_install(tmp_path / "old", backupTo=[target.as_posix()])
+    photo = put(original, "NHID1234/arm.jpg", jpeg_bytes(20_000))
+    ours = tmp_path / "new"
+    run = spawn([sys.executable, "-m", "medimage_tx", "migrate", "--from", str(original),
+                 "--data", str(ours)], str(REPOSITORY), env=None)
+    assert await run.ended == 0, run.output
+    assert b"1 filed" in run.output and b"not made yet" in run.output
+    # Durable in this server's staging folder meanwhile, never lost.
+    assert (ours / "photos" / "NHID1234" / "arm.jpg").read_bytes() == photo
+    target.mkdir()
+    service = build_service(reactor, ours, port=0, interface="127.0.0.1", no_lan=True)
+    service.startService()
+    try:
+        await service.http.listening
+        await service.state.backups.recovered
+        assert (target / "NHID1234" / "arm.jpg").read_bytes() == photo
+        assert all_files(ours / "photos") == []
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_original_relay_queue_is_taken_over(tmp_path, http_client):
+    from twisted.internet import reactor
+
+    from medimage_tx.tap import build_service
+
+    original = original_install(tmp_path / "old", allowPhotosLeaving=True, allowGettingRemotePhotos=False,
+                                backupTo=None, readProxy=None, globalId=None, lockDown=True)
+    photo = put(original, f"{PAIRED_ID}/NHID1234/arm.jpg", jpeg_bytes(20_000))
+    ours = tmp_path / "relay"
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 0
+    service = build_service(reactor, ours, port=0, interface="127.0.0.1", clock=Clock(), no_lan=True)
+    service.startService()
+    try:
+        port = (await service.http.listening).getHost().port
+        response = await http_client.get(f"http://127.0.0.1:{port}/read/{PAIRED_ID}")
+        assert response.headers.getRawHeaders(b"file-name") == [f"/{PAIRED_ID}/NHID1234/arm.jpg".encode()]
+        assert await response.content() == photo
+    finally:
+        await service.stopService()
