@@ -172,3 +172,20 @@ async def test_original_relay_queue_is_taken_over(tmp_path, http_client):
         assert await response.content() == photo
     finally:
         await service.stopService()
+
+
+def test_keep_master_original_copies_only_what_the_target_lacks(tmp_path, capsys):
+    target = tmp_path / "clinic"
+    original = original_install(tmp_path / "old", backupTo=[target.as_posix()], keepMaster=True)
+    delivered = put(original, "NHID1234/arm.jpg", jpeg_bytes(10_000))
+    (target / "NHID1234").mkdir(parents=True)
+    (target / "NHID1234" / "arm.jpg").write_bytes(delivered)  # the original copied it long ago
+    waiting = put(original, "NHID1234/leg.jpg", jpeg_bytes(10_000))  # its copy had failed
+    ours = tmp_path / "new"
+    config = tmp_path / "etc" / "medimage.json"
+    assert main(["migrate", "--from", str(original), "--data", str(ours), "--config", str(config)]) == 0
+    assert config.read_bytes() == (original / "config.json").read_bytes()
+    assert sorted(p.name for p in all_files(target)) == ["arm.jpg", "leg.jpg"]  # no arm-1.jpg
+    assert (target / "NHID1234" / "leg.jpg").read_bytes() == waiting
+    # keepMaster: true here too, as the copied config says.
+    assert (ours / "photos" / "NHID1234" / "leg.jpg").read_bytes() == waiting
