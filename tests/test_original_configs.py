@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from conftest import all_files, jpeg_bytes, multipart
+from conftest import all_files, jpeg_bytes, upload_photo
 from processes import spawn
 
 from medimage_tx.config import DEFAULT_ALLOWED_CHARS, load_config, save_config
@@ -30,9 +30,8 @@ def shape(name: str) -> dict:
 
 
 async def upload(client, url: str, name: str, content: bytes):
-    body, content_type = multipart(name, content)
-    response = await client.post(url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
-    return response.code, await response.content()
+    code, body, _ = await upload_photo(client, url, name, content)
+    return code, body
 
 
 @pytest.mark.parametrize("name, role", [

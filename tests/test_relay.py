@@ -19,7 +19,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols import portforward
 from twisted.web import http, proxy, server
 
-from conftest import all_files, jpeg_bytes, multipart
+import documented
+from conftest import all_files, eventually, jpeg_bytes, multipart, upload_photo, within
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 APP_NAME = f"#{PAIRED_ID}-#NHID1234-arm-27-Nov-2026-10-11-12.jpg"
@@ -27,10 +28,11 @@ DELIVERED_AS = "NHID1234/arm-27-Nov-2026-10-11-12.jpg"
 
 
 async def upload(client, server, name: str, content: bytes):
-    body, content_type = multipart(name, content)
-    response = await client.post(server.url + "/api/photo", data=body,
-                                 headers={b"Content-Type": [content_type]})
-    return response.code, await response.content()
+    """
+    (status, body) of the suite's one upload helper, to C{server}.
+    """
+    code, body, _ = await upload_photo(client, server.url, name, content)
+    return code, body
 
 
 async def start_relay(start_server, clock):
@@ -44,11 +46,11 @@ def fast_retries(service):
     service.puller.legacy_interval = 0.02
 
 
-async def start_pc(start_server, tmp_path, read_url: str, **settings):
+async def start_pc(start_server, tmp_path, read_url: str, tune=fast_retries, **settings):
     target = tmp_path / "clinic"
     target.mkdir(exist_ok=True)
     settings.setdefault("keepMaster", False)
-    pc = await start_server("pc", tune=fast_retries, readProxy=read_url, globalId=PAIRED_ID,
+    pc = await start_server("pc", tune=tune, readProxy=read_url, globalId=PAIRED_ID,
                             backupTo=[target.as_posix()], **settings)
     return pc, target
 
@@ -74,14 +76,18 @@ async def test_upload_to_relay_lands_in_pc_target(start_server, http_client, tmp
     photo = jpeg_bytes(500_000)
     with capturedLogs() as events:
         assert await upload(http_client, relay, APP_NAME, photo) == (200, b"Received upload successfully!")
-        assert await delivered == DELIVERED_AS
+        assert await within(delivered) == DELIVERED_AS
     assert (target / DELIVERED_AS).read_bytes() == photo
     assert hooked == [DELIVERED_AS]  # the add-on hook point, as for a direct upload
     assert all_files(relay.photos) == []  # confirmed, so unlinked on the relay
     assert pc.service.state.config.transfer == len(photo)
     assert '"transfer": %d' % len(photo) in (pc.data / "config.json").read_text()
-    relay_lines = [formatEvent(e) for e in events if "Relay" in formatEvent(e)]
-    assert relay_lines and not any("NHID1234" in l or "arm" in l or PAIRED_ID in l for l in relay_lines)
+    # Every line of the log but the PC's own report of what it stored: no
+    # id, no patient folder, no file name (an access log would show all three).
+    lines = [formatEvent(e) for e in events
+             if not e.get("log_namespace", "").startswith("medimage_tx.puller")]
+    assert any("Relay: queued a photo" in line for line in lines)
+    assert [line for line in lines if any(secret in line for secret in (PAIRED_ID, "NHID1234", "arm-27"))] == []
 
 
 @pytest_twisted.ensureDeferred
@@ -93,13 +99,12 @@ async def test_photo_queued_while_pc_is_stopped_arrives_when_it_starts(start_ser
         assert code == 200
     check = await http_client.get(relay.url + f"/check=%23{PAIRED_ID}-%23P0-x.jpg")
     assert await check.content() == b"true"
-    first = None
-    pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}")
-    while len(all_files(target)) < 3:
-        first = first or await next_delivery(pc)
-        if len(all_files(target)) < 3:
-            await next_delivery(pc)
-    assert first == "P0/x.jpg"  # oldest first
+    delivered: list = []
+    pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}",
+                                tune=lambda service: (fast_retries(service),
+                                                      service.puller.delivered.append(delivered.append)))
+    await eventually(lambda: len(delivered) == 3, "all three photos delivered")
+    assert delivered == ["P0/x.jpg", "P1/x.jpg", "P2/x.jpg"]  # oldest first
     assert [(target / f"P{i}" / "x.jpg").read_bytes() for i in range(3)] == photos
     check = await http_client.get(relay.url + f"/check=%23{PAIRED_ID}-%23P0-x.jpg")
     assert await check.content() == b"false"
@@ -159,7 +164,7 @@ async def test_acknowledged_read_hides_then_requeues_then_confirms(start_server,
     assert await hidden.content() == b"none"
     check = await http_client.get(relay.url + "/check=" + APP_NAME.replace("#", "%23"))
     assert await check.content() == b"true"  # leased is still on the relay
-    clock.advance(301)  # the lease (5 minutes) runs out
+    clock.advance(documented.LEASE_SECONDS + 1)  # the lease (5 minutes) runs out
     again = await http_client.get(read, headers=ack)
     assert await again.content() == photo
     # The first receipt still confirms: nobody else leased it since... but
@@ -185,7 +190,7 @@ async def test_long_poll_is_woken_by_the_upload(start_server, http_client):
     assert answered == []
     photo = jpeg_bytes()
     await upload(http_client, relay, APP_NAME, photo)
-    response = await waiting
+    response = await within(waiting)
     assert await response.content() == photo
 
 
@@ -209,13 +214,12 @@ class CutAfterFirstBytes(portforward.ProxyClient):
     once part of a photo has passed.
     """
 
-    cuts_left = [1]
-
     def dataReceived(self, data):
         super().dataReceived(data)
         self.seen = getattr(self, "seen", 0) + len(data)
-        if self.seen > 100_000 and self.cuts_left[0]:
-            self.cuts_left[0] -= 1
+        cuts_left = self.peer.factory.cuts_left  # per forwarder, so per test
+        if self.seen > 100_000 and cuts_left[0]:
+            cuts_left[0] -= 1
             self.transport.abortConnection()
             self.peer.transport.abortConnection()
 
@@ -235,6 +239,7 @@ async def test_connection_cut_mid_body_loses_nothing(start_server, http_client, 
     relay_port = int(relay.url.rsplit(":", 1)[1])
     factory = portforward.ProxyFactory("127.0.0.1", relay_port)
     factory.protocol = CuttingServer
+    factory.cuts_left = [1]
     forwarder = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
         photo = jpeg_bytes(2_000_000)
@@ -244,26 +249,23 @@ async def test_connection_cut_mid_body_loses_nothing(start_server, http_client, 
         delivered = next_delivery(pc)
         # The cut photo is leased, so hidden; it comes back when the lease
         # runs out, and the PC's long poll is woken by that.
-        while not delivered.called:
-            clock.advance(301)
-            await _turn()
-        assert await delivered == DELIVERED_AS
+        assert await leases_run_out_until(clock, delivered) == DELIVERED_AS
     finally:
         await defer.maybeDeferred(forwarder.stopListening)
-    assert CutAfterFirstBytes.cuts_left == [0]
+    assert factory.cuts_left == [0]
     assert [p.relative_to(target).as_posix() for p in all_files(target)] == [DELIVERED_AS]
     assert (target / DELIVERED_AS).read_bytes() == photo
     assert all_files(pc.data / "tmp") == []
 
 
-async def _turn():
+async def leases_run_out_until(clock, delivered: defer.Deferred):
     """
-    Let the reactor run the network for a moment (the relay clock is fake,
-    the sockets are real).
+    Run the relay's (fake) clock on a lease at a time until C{delivered}
+    fires, for at most the suite's wait; its result.
     """
-    d = defer.Deferred()
-    reactor.callLater(0.05, d.callback, None)
-    await d
+    await eventually(lambda: delivered.called or clock.advance(documented.LEASE_SECONDS + 1),
+                     "the photo was delivered after its lease ran out")
+    return await delivered
 
 
 @pytest_twisted.ensureDeferred
@@ -279,15 +281,11 @@ async def test_failed_local_write_is_not_acknowledged(start_server, http_client,
     with capturedLogs() as events:
         pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}",
                                     keepMaster=True)
-        while not any("Cannot get photos from the relay" in formatEvent(e) for e in events):
-            await _turn()
+        await eventually(lambda: any("Cannot get photos from the relay" in formatEvent(e) for e in events),
+                         "the PC reported that it cannot store")
     assert relay.service.state.relay.queue.holds(f"{PAIRED_ID}/{DELIVERED_AS}")  # not acknowledged
     blocker.unlink()
-    delivered = next_delivery(pc)
-    while not delivered.called:
-        clock.advance(301)
-        await _turn()
-    assert await delivered == DELIVERED_AS
+    assert await leases_run_out_until(clock, next_delivery(pc)) == DELIVERED_AS
     assert [p.relative_to(target).as_posix() for p in all_files(target)] == [DELIVERED_AS]
     assert (target / DELIVERED_AS).read_bytes() == photo
     assert all_files(relay.photos) == []
@@ -326,9 +324,9 @@ async def test_pc_polls_a_legacy_relay(start_server, http_client, tmp_path):
             await upload(http_client, relay, f"#{PAIRED_ID}-#L{i}-y.jpg", photo)
         pc, target = await start_pc(
             start_server, tmp_path, f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
-        await next_delivery(pc)
+        await within(next_delivery(pc))
         if len(all_files(target)) < 2:
-            await next_delivery(pc)
+            await within(next_delivery(pc))
         assert pc.service.puller._supports_ack is False
     finally:
         await defer.maybeDeferred(listening.stopListening)
@@ -343,16 +341,14 @@ async def deliver_through_proxy(start_server, tmp_path, read_url: str, proxy_por
     pc, target = await start_pc(
         start_server, tmp_path, read_url,
         webProxy=f"http://clinic:s3cret%20pw@127.0.0.1:{proxy_port.getHost().port}")
-    assert await next_delivery(pc) == DELIVERED_AS
+    assert await within(next_delivery(pc)) == DELIVERED_AS
     return target
 
 
 class CheckingProxyRequest(proxy.ProxyRequest):
-    seen: list = []
-
     def process(self):
         credentials = self.requestHeaders.getRawHeaders(b"proxy-authorization", [b""])[0]
-        self.seen.append((self.method, credentials))
+        self.channel.factory.seen.append((self.method, credentials))  # per proxy, so per test
         if credentials != b"Basic " + base64.b64encode(b"clinic:s3cret pw"):
             self.setResponseCode(407)
             self.setHeader(b"proxy-authenticate", b'Basic realm="clinic"')
@@ -370,6 +366,7 @@ async def test_pc_reaches_relay_through_authenticating_web_proxy(start_server, h
     relay = await start_relay(start_server, Clock())
     factory = http.HTTPFactory()
     factory.protocol = CheckingProxy
+    factory.seen = []
     listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
         photo = jpeg_bytes()
@@ -379,17 +376,15 @@ async def test_pc_reaches_relay_through_authenticating_web_proxy(start_server, h
         await defer.maybeDeferred(listening.stopListening)
     assert (target / DELIVERED_AS).read_bytes() == photo
     expected = b"Basic " + base64.b64encode(b"clinic:s3cret pw")
-    assert CheckingProxyRequest.seen and all(c == expected for _, c in CheckingProxyRequest.seen)
-    assert b"DELETE" in [m for m, _ in CheckingProxyRequest.seen]  # the confirmation went through it too
+    assert factory.seen and all(c == expected for _, c in factory.seen)
+    assert b"DELETE" in [m for m, _ in factory.seen]  # the confirmation went through it too
 
 
 class ConnectProxy(protocol.Protocol):
     """
     A clinic's proxy that only allows CONNECT with the right credentials,
-    then splices bytes both ways.
+    then splices bytes both ways.  Its factory's C{seen} lists what it was asked.
     """
-
-    seen: list = []
 
     def connectionMade(self):
         self.buffer = b""
@@ -407,7 +402,7 @@ class ConnectProxy(protocol.Protocol):
         method, target = lines[0].split(b" ")[:2]
         auth = next((l.split(b":", 1)[1].strip() for l in lines[1:]
                      if l.lower().startswith(b"proxy-authorization:")), b"")
-        self.seen.append((method, auth))
+        self.factory.seen.append((method, auth))
         if method != b"CONNECT" or auth != b"Basic " + base64.b64encode(b"clinic:s3cret pw"):
             self.transport.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
             self.transport.loseConnection()
@@ -450,8 +445,9 @@ async def test_pc_reaches_https_relay_through_connect_tunnel(start_server, http_
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # the PC trusts the test's certificate
     relay = await start_relay_with(start_server, httpsKey=str(key_path), httpsCert=str(cert_path))
     relay_url = relay.url.replace("http://", "https://")
-    listening = reactor.listenTCP(0, protocol.Factory.forProtocol(ConnectProxy), interface="127.0.0.1")
-    ConnectProxy.seen = []
+    proxy_factory = protocol.Factory.forProtocol(ConnectProxy)
+    proxy_factory.seen = []
+    listening = reactor.listenTCP(0, proxy_factory, interface="127.0.0.1")
     try:
         photo = jpeg_bytes()
         trust = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert_path.read_bytes()))
@@ -464,7 +460,7 @@ async def test_pc_reaches_https_relay_through_connect_tunnel(start_server, http_
     finally:
         await defer.maybeDeferred(listening.stopListening)
     assert (target / DELIVERED_AS).read_bytes() == photo
-    assert ConnectProxy.seen and all(m == b"CONNECT" for m, _ in ConnectProxy.seen)
+    assert proxy_factory.seen and all(m == b"CONNECT" for m, _ in proxy_factory.seen)
 
 
 async def start_relay_with(start_server, **settings):

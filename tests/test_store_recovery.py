@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.logger import capturedLogs, formatEvent
 
-from conftest import all_files, jpeg_bytes, multipart
+from conftest import all_files, jpeg_bytes, multipart, post_upload
 from medimage_tx.store import INCOMING, PhotoStore
-from test_upload_http import APP_NAME, post
+from test_upload_http import APP_NAME
 
 
 @pytest_twisted.ensureDeferred
@@ -60,7 +60,7 @@ async def test_missing_target_keeps_photo_staged_and_retries(start_server, http_
         server = await start_server(backupTo=[target.as_posix()], keepMaster=False)
         photo = jpeg_bytes(seed=7)
         for _ in range(2):
-            code, _, _ = await post(http_client, server, *multipart(APP_NAME, photo))
+            code, _, _ = await post_upload(http_client, server.url, *multipart(APP_NAME, photo))
             assert code == 200  # durable in photos/: the phone may delete it
         await server.service.state.backups._retry()
     staged = server.photos / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg"

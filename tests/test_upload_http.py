@@ -12,16 +12,9 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from conftest import all_files, jpeg_bytes, multipart
+from conftest import all_files, jpeg_bytes, multipart, post_upload
 
 APP_NAME = "#NHID1234-arm-27-Nov-2026-10-11-12.jpg"
-
-
-async def post(client, server, body: bytes, content_type: bytes, headers=None):
-    all_headers = {b"Content-Type": [content_type]}
-    all_headers.update(headers or {})
-    response = await client.post(server.url + "/api/photo", data=body, headers=all_headers)
-    return response.code, (await response.content()), response
 
 
 @pytest_twisted.ensureDeferred
@@ -33,7 +26,7 @@ async def test_upload_lands_byte_identical_in_target_folder(start_server, http_c
     server.service.state.photo_hooks.append(hooked.append)
     server.service.state.photo_hooks.append(lambda relative: 1 / 0)  # a broken add-on
     photo = jpeg_bytes(300_000)
-    code, body, response = await post(http_client, server, *multipart(APP_NAME, photo))
+    code, body, response = await post_upload(http_client, server.url, *multipart(APP_NAME, photo))
     assert (code, body) == (200, b"Received upload successfully!")
     assert response.headers.getRawHeaders(b"access-control-allow-origin") == [b"*"]
     landed = target / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg"
@@ -52,8 +45,8 @@ async def test_global_id_folder_is_dropped_and_master_moved(start_server, http_c
         backupTo=[target.as_posix()], keepMaster=False, globalId="uPSE4UWHmJ8XqFUqvf"
     )
     photo = jpeg_bytes()
-    code, _, _ = await post(
-        http_client, server,
+    code, _, _ = await post_upload(
+        http_client, server.url,
         *multipart("#uPSE4UWHmJ8XqFUqvf-#NHID1234-arm-27-Nov-2026-10-11-12.jpg", photo, title=None),
     )
     assert code == 200
@@ -68,7 +61,7 @@ async def test_retry_of_same_bytes_is_no_duplicate_and_new_bytes_get_suffix(star
     server = await start_server(backupTo=[target.as_posix()])
     first, second = jpeg_bytes(seed=1), jpeg_bytes(seed=2)
     for content in (first, first, second):
-        code, _, _ = await post(http_client, server, *multipart(APP_NAME, content))
+        code, _, _ = await post_upload(http_client, server.url, *multipart(APP_NAME, content))
         assert code == 200
     names = [p.relative_to(target).as_posix() for p in all_files(target)]
     assert names == ["NHID1234/arm-27-Nov-2026-10-11-12-1.jpg", "NHID1234/arm-27-Nov-2026-10-11-12.jpg"]
@@ -83,13 +76,13 @@ async def test_allowed_pdf_is_stored_with_its_own_extension(start_server, http_c
         allowedTypes=[{"extension": ".pdf", "mime": "application/pdf"}]
     )
     pdf = b"%PDF-1.7\n" + b"x" * 1000 + b"\n%%EOF\n"
-    code, _, _ = await post(http_client, server, *multipart("#letters-referral.pdf", pdf))
+    code, _, _ = await post_upload(http_client, server.url, *multipart("#letters-referral.pdf", pdf))
     assert code == 200
     assert (server.photos / "letters" / "referral.pdf").read_bytes() == pdf
 
 
 async def assert_rejected(client, server, body, content_type, reason_part: str, headers=None):
-    code, reason, _ = await post(client, server, body, content_type, headers)
+    code, reason, _ = await post_upload(client, server.url, body, content_type, headers)
     assert code == 400, reason
     assert reason_part.encode() in reason
     assert b"\n" not in reason.strip()
@@ -153,7 +146,7 @@ async def test_twenty_parallel_uploads_all_stored_intact(start_server, http_clie
     server = await start_server(backupTo=[target.as_posix()], keepMaster=False)
     photos = {f"#P{i:02d}-photo-{i}.jpg": jpeg_bytes(200_000 + i * 1000, seed=i + 1) for i in range(20)}
     results = await gatherResults(
-        [ensureDeferred(post(http_client, server, *multipart(name, content))) for name, content in photos.items()]
+        [ensureDeferred(post_upload(http_client, server.url, *multipart(name, content))) for name, content in photos.items()]
     )
     assert [code for code, _, _ in results] == [200] * 20
     for i, content in enumerate(photos.values()):

@@ -10,7 +10,8 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
-from conftest import all_files, jpeg_bytes, multipart
+import documented
+from conftest import all_files, jpeg_bytes, upload_photo, within
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 
@@ -27,12 +28,6 @@ class Slow(protocol.Protocol):
         self.closed.callback(None)
 
 
-async def upload(client, server, name, content):
-    body, content_type = multipart(name, content)
-    response = await client.post(server.url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
-    return response.code, await response.content(), response
-
-
 @pytest_twisted.ensureDeferred
 async def test_slowloris_headers_and_body_are_cut_off(start_server, http_client):
     server = await start_server()
@@ -47,7 +42,7 @@ async def test_slowloris_headers_and_body_are_cut_off(start_server, http_client)
                         b"boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n")
     await connectProtocol(endpoint, headers_forever)
     await connectProtocol(endpoint, body_forever)
-    await defer.gatherResults([headers_forever.closed, body_forever.closed])
+    await within(defer.gatherResults([headers_forever.closed, body_forever.closed]))
     # Others are still served, and nothing was left behind.
     assert (await http_client.get(server.url + "/")).code == 200
     assert all_files(server.data / "tmp") == []
@@ -58,18 +53,18 @@ async def test_relay_quota_per_pairing_answers_429(start_server, http_client):
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False, relayQuotaBytes=50_000)
     for i in range(2):
-        code, _, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x{i}.jpg", jpeg_bytes(20_000, seed=i + 1))
+        code, _, _ = await upload_photo(http_client, relay.url, f"#{PAIRED_ID}-#P-x{i}.jpg", jpeg_bytes(20_000, seed=i + 1))
         assert code == 200
-    code, body, response = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
+    code, body, response = await upload_photo(http_client, relay.url, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
     assert code == 429 and b"holds too much" in body
-    assert response.headers.getRawHeaders(b"retry-after") == [b"120"]
+    assert response.headers.getRawHeaders(b"retry-after") == [b"%d" % documented.QUOTA_RETRY_AFTER_SECONDS]
     assert b"photo stays on the phone" in response.phrase
     other_pairing = "AnotherPairingId0001"
-    code, _, _ = await upload(http_client, relay, f"#{other_pairing}-#P-x.jpg", jpeg_bytes(20_000, seed=4))
+    code, _, _ = await upload_photo(http_client, relay.url, f"#{other_pairing}-#P-x.jpg", jpeg_bytes(20_000, seed=4))
     assert code == 200  # the quota is per pairing
     taken = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
     await taken.content()
-    code, _, _ = await upload(http_client, relay, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
+    code, _, _ = await upload_photo(http_client, relay.url, f"#{PAIRED_ID}-#P-x2.jpg", jpeg_bytes(20_000, seed=3))
     assert code == 200  # room again once the PC collected one
     assert all_files(relay.data / "tmp") == []
 
@@ -85,13 +80,7 @@ async def test_disk_full_answers_507_and_recovers(tiny_disk, tmp_path, http_clie
     try:
         port = await service.http.listening
         url = f"http://127.0.0.1:{port.getHost().port}"
-
-        class Server:
-            pass
-
-        server = Server()
-        server.url = url
-        code, body, response = await upload(http_client, server, "#BIG-x.jpg", jpeg_bytes(2_000_000))
+        code, body, response = await upload_photo(http_client, url, "#BIG-x.jpg", jpeg_bytes(2_000_000))
         assert code == 507, body
         assert response.headers.getRawHeaders(b"retry-after") == [b"30"]
         assert b"disk is full" in response.phrase
@@ -100,7 +89,7 @@ async def test_disk_full_answers_507_and_recovers(tiny_disk, tmp_path, http_clie
         assert all_files(tiny_disk / "photos") == []
         # Space is there for a small one: the server recovered on its own.
         small = jpeg_bytes(100_000)
-        code, body, _ = await upload(http_client, server, "#SMALL-x.jpg", small)
+        code, body, _ = await upload_photo(http_client, url, "#SMALL-x.jpg", small)
         assert code == 200, body
         assert (tiny_disk / "photos" / "SMALL" / "x.jpg").read_bytes() == small
     finally:
