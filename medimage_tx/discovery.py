@@ -45,6 +45,8 @@ class DiscoveryStatus:
     probes_ignored: int = 0
     mdns_registered: bool = False
     udp_port: Optional[int] = None
+    #: Why scans are not answered (the UDP port busy): shown on the home page.
+    udp_problem: str = ""
     last_error: str = ""
 
 
@@ -82,14 +84,18 @@ class DiscoveryService(Service):
     """
     @param http_port: returns the HTTP port being listened on, or None yet.
     @param interfaces: returns the interfaces to advertise on (psutil by default).
+    @param udp_port: the UDP port for scans (C{--discovery-port}); default
+        config's C{discoveryPort}.
     """
 
     log = Logger()
 
     def __init__(self, state, reactor, http_port: Callable[[], Optional[int]],
                  interfaces: Optional[Callable[[], list[Interface]]] = None,
-                 interval: float = CHECK_INTERVAL, scheme: Callable[[], str] = lambda: "http"):
+                 interval: float = CHECK_INTERVAL, scheme: Callable[[], str] = lambda: "http",
+                 udp_port: Optional[int] = None):
         self.state = state
+        self._udp_port_option = udp_port
         self.reactor = reactor
         self.http_port = http_port
         self.scheme = scheme
@@ -111,20 +117,38 @@ class DiscoveryService(Service):
 
     def startService(self) -> None:
         super().startService()
-        port = self.state.config.discoveryPort
-        try:
-            self._udp = self.reactor.listenUDP(port, ScanResponder(self), interface="")
-            self._udp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            self.status.udp_port = self._udp.getHost().port
-        except Exception as e:
-            self.status.last_error = f"cannot listen for scans on UDP port {port}: {e}"
-            self.log.warn("LAN discovery: {error}", error=self.status.last_error)
+        self._listen_for_scans()
         self._loop.start(self.interval, now=True)
+
+    def _listen_for_scans(self) -> None:
+        """
+        Listen on the UDP scan port; if it is busy (another server on this
+        PC, or the original), say so once and try again on every check.
+        """
+        port = self.state.config.discoveryPort if self._udp_port_option is None else self._udp_port_option
+        try:
+            udp = self.reactor.listenUDP(port, ScanResponder(self), interface="")
+        except Exception as e:
+            reason = getattr(getattr(e, "socketError", None), "strerror", None) or str(e)
+            problem = (f"cannot listen for scans on UDP port {port} ({reason}): phones scanning the WiFi "
+                       f"do not find this PC; trying again every {self.interval:g} s")
+            if problem != self.status.udp_problem:
+                self.log.warn("LAN discovery: {problem}", problem=problem)
+            self.status.udp_problem = self.status.last_error = problem
+            return
+        udp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        self._udp = udp
+        self.status.udp_port = udp.getHost().port
+        if self.status.udp_problem:
+            self.log.info("LAN discovery: now listening for scans on UDP port {port}", port=self.status.udp_port)
+            self.status.udp_problem = ""
 
     def check(self) -> Optional[Deferred]:
         """
         Look at the interfaces; re-announce when they or what we advertise changed.
         """
+        if self._udp is None and self.running:
+            self._listen_for_scans()
         if self._busy is not None:
             return None
         try:

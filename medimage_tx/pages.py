@@ -69,10 +69,18 @@ class StatusPage(StateResource):
             ("Photos arrive in", str(store.photos)),
             ("Copied to", ", ".join(map(str, store.backup_to)) or "(no backupTo folders)"),
             ("Paired with a relay", "yes" if config.readProxy else "no"),
-            ("LAN discovery", "on (see /discovery)" if self.state.discovery else "off (see /discovery)"),
+            ("LAN discovery", _discovery_summary(self.state.discovery)),
         ]
         rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
         return html_page(200, "MedImage server", table_html(rows) + links_html)
+
+
+def _discovery_summary(status) -> str:
+    if status is None:
+        return "off (see /discovery)"
+    if status.udp_problem:
+        return f"on, but {status.udp_problem} (see /discovery)"
+    return "on (see /discovery)"
 
 
 def admin_links(request, access) -> str:
@@ -113,7 +121,8 @@ class DiscoveryPage(AdminResource):
             "<p>If a phone cannot find this PC: check that the phone is on the same WiFi (not a "
             "guest network with client isolation), that the firewall lets in TCP "
             f"{html.escape(str(self.state.config.listenPort))}, UDP "
-            f"{html.escape(str(self.state.config.discoveryPort))} and UDP 5353 (mDNS), that no VPN is "
+            f"{html.escape(str((status and status.udp_port) or self.state.config.discoveryPort))} "
+            "and UDP 5353 (mDNS), that no VPN is "
             "active on the phone or PC, and that the interface listed above is the WiFi/LAN one "
             "(set <code>discoveryInterfaces</code> in config.json if not).</p>"
         )

@@ -58,20 +58,21 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["port"] = None
+        self["discovery-port"] = None
 
     def opt_port(self, value: str) -> None:
         """
         HTTP port, overriding listenPort in config.json (0: any free port)
         """
-        try:
-            port = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--port: expected a number, got {value!r}")
-        if not 0 <= port <= 65535:
-            raise usage.UsageError(f"--port: expected 0 to 65535, got {port}")
-        self["port"] = port
+        self["port"] = _port_option("--port", value)
 
     opt_p = opt_port
+
+    def opt_discovery_port(self, value: str) -> None:
+        """
+        UDP port for the phones' LAN scan, overriding discoveryPort (one per server on a PC)
+        """
+        self["discovery-port"] = _port_option("--discovery-port", value)
 
     def data_dir(self) -> Path:
         return Path(self["data"]).expanduser().absolute() if self["data"] else default_data_dir()
@@ -92,6 +93,16 @@ class Options(usage.Options):
             runner["logfile"] = str(self.data_dir() / "medimage.log")
         if daemon and "umask" in runner and runner["umask"] is None:
             runner["umask"] = process_umask()
+
+
+def _port_option(option: str, value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{option}: expected a number, got {value!r}")
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"{option}: expected 0 to 65535, got {port}")
+    return port
 
 
 class StartupFailed(SystemExit, Exception):
@@ -221,6 +232,7 @@ def build_service(
     clock: Any = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     no_lan: bool = False,
+    discovery_port: Optional[int] = None,
 ) -> MedImageService:
     """
     Read config and wire the services.  Raises L{ConfigError}.
@@ -281,7 +293,7 @@ def build_service(
         advertised = service.https or http
         service.discovery = DiscoveryService(
             state, reactor, lambda: advertised.port.getHost().port if advertised.port else None,
-            scheme=lambda: "https" if tls is not None else "http")
+            scheme=lambda: "https" if tls is not None else "http", udp_port=discovery_port)
         service.discovery.setServiceParent(service)
         state.discovery = service.discovery.status
     if relay is None and config.allowGettingRemotePhotos:
@@ -365,7 +377,7 @@ def makeService(options: Options) -> MedImageService:
     config_path = Path(options["config"]) if options["config"] else None
     try:
         service = build_service(reactor, data_dir, config_path, options["port"], options["interface"],
-                                no_lan=bool(options["no-lan"]))
+                                no_lan=bool(options["no-lan"]), discovery_port=options["discovery-port"])
     except ConfigError as e:
         # One clear line, no traceback: the server does not start.
         raise StartupFailed(f"medimage: {e}")

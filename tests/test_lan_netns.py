@@ -215,3 +215,74 @@ async def test_address_change_is_re_announced(lan, tmp_path):
         ip("-n", lan.ns("pcA"), "addr", "flush", "dev", "lan0")
         ip("-n", lan.ns("pcA"), "addr", "add", "198.51.100.11/24", "dev", "lan0")
         await stop(pc_a)
+
+
+async def phone_discover(lan: VirtualLan, port: int) -> dict[str, list[str]]:
+    code, output = await phone(lan, "discover", "--timeout", "3", "--json", "--port", str(port))
+    assert code == 0, output
+    return {entry["url"]: entry["how"] for entry in json.loads(output.strip().splitlines()[-1])}
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_servers_on_one_pc_each_answer_scans_on_their_own_port(lan, tmp_path):
+    first, _ = await start_pc(lan, tmp_path, "pcA", ID_A)
+    data = tmp_path / "second"
+    (data / "clinic").mkdir(parents=True)
+    (data / "config.json").write_text(json.dumps({"serverName": "Second", "backupTo": [str(data / "clinic")]}))
+    second = run_in(lan.ns("pcA"), str(TWISTD), "--nodaemon", "medimage", "--data", str(data),
+                    "--port", "5567", "--discovery-port", "5577")
+    try:
+        await second.wait_for(rb"listening on port 5567")
+        await second.wait_for(rb"advertised as .* on 198\.51\.100\.11")
+        assert (data / "twistd.pid").exists()  # its own pid file: no "another twistd is running"
+        by_first_port = await phone_discover(lan, 5566)
+        by_second_port = await phone_discover(lan, 5577)
+        # UDP finds the server on the port probed; mDNS finds both either way.
+        assert {url for url, how in by_first_port.items() if "udp" in how} == {"http://198.51.100.11:5566"}
+        assert {url for url, how in by_second_port.items() if "udp" in how} == {"http://198.51.100.11:5567"}
+        assert set(by_first_port) == set(by_second_port) == {"http://198.51.100.11:5566",
+                                                             "http://198.51.100.11:5567"}
+        assert b"Address already in use" not in first.output + second.output
+    finally:
+        await stop(first)
+        await stop(second)
+
+
+async def pc_home_page(lan: VirtualLan, host: str) -> str:
+    process = run_in(lan.ns(host), sys.executable, "-c",
+                     "import urllib.request\n"
+                     "print(urllib.request.urlopen('http://127.0.0.1:5566/', timeout=3).read().decode())")
+    assert await process.ended == 0, process.output
+    return process.output.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_scan_port_is_reported_and_retried(lan, tmp_path):
+    holder = run_in(lan.ns("pcA"), sys.executable, "-c",
+                    "import socket, sys\n"
+                    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                    "s.bind(('', 5566))\n"
+                    "print('holding', flush=True)\n"
+                    "sys.stdin.read()")
+    try:
+        await holder.wait_for(b"holding")
+        pc, _ = await start_pc(lan, tmp_path, "pcA", ID_A)
+        try:
+            warning = await pc.wait_for(rb"cannot listen for scans on UDP port 5566 \(Address already in use\)"
+                                        rb"[^\n]*trying again every 5 s")
+            assert b"cannot listen for scans" in warning.group(0)
+            assert "cannot listen for scans on UDP port 5566 (Address already in use)" in \
+                await pc_home_page(lan, "pcA")
+            assert not [u for u, how in (await phone_discover(lan, 5566)).items() if "udp" in how]
+            holder.transport.signalProcess(signal.SIGKILL)
+            await holder.ended
+            await pc.wait_for(rb"now listening for scans on UDP port 5566")
+            assert (await phone_discover(lan, 5566)).get("http://198.51.100.11:5566") == ["mdns", "udp"]
+            assert "cannot listen for scans" not in await pc_home_page(lan, "pcA")
+            assert pc.output.count(b"cannot listen for scans") == 1  # one warning, not one per retry
+        finally:
+            await stop(pc)
+    finally:
+        if not holder.ended.called:
+            holder.transport.signalProcess(signal.SIGKILL)
+            await holder.ended
