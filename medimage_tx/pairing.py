@@ -10,6 +10,7 @@ L{guess_odds}) are in the README.  Plain Python: time comes from C{now}.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from collections import deque
@@ -36,6 +37,8 @@ FAILURES_IN_TOTAL = 100
 FAILURE_WINDOW = 3600.0
 
 NOMATCH = "nomatch"
+#: A code as a pairing service may issue it (AtomJump's are mixed case).
+PAIRING_CODE = re.compile(r"[A-Za-z0-9]{2,12}")
 
 
 def guess_odds(total_failures: int = FAILURES_IN_TOTAL) -> float:
@@ -183,17 +186,19 @@ class BadPairingAnswer(Exception):
 
 def parse_issue_answer(text: str) -> IssuedCode:
     """
-    Parse C{<CODE> <id> <proxyServer> <country>}, strictly: a PC stores
-    what it gets, so nothing odd gets into config.json.
+    Parse C{<code> <id> <proxyServer> <country>}, strictly: a PC stores
+    what it gets, so nothing odd gets into config.json.  The code is kept
+    as given (AtomJump's central service compares mixed-case codes as they
+    are).  Messages never repeat the answer.
     """
     words = text.strip().split()
     if len(words) < 3:
-        raise BadPairingAnswer(f"expected '<code> <id> <relay>', got {text.strip()[:80]!r}")
+        raise BadPairingAnswer("expected '<code> <id> <relay>'")
     code, paired_id, proxy_server = words[:3]
-    if not (2 <= len(code) <= 12 and code.isalnum()):
+    if not PAIRING_CODE.fullmatch(code):
         raise BadPairingAnswer("the code in the answer is not a pairing code")
     if not PAIRED_ID.fullmatch(paired_id):
         raise BadPairingAnswer("the id in the answer is not a valid id")
     if not proxy_server.startswith(("http://", "https://")):
         raise BadPairingAnswer("the relay address in the answer is not an http(s) address")
-    return IssuedCode(code.upper(), paired_id, proxy_server.rstrip("/"))
+    return IssuedCode(code, paired_id, proxy_server.rstrip("/"))

@@ -4,29 +4,28 @@ Pairing over HTTP (PROTOCOL.md A5).
 Relay: L{PairingService} at C{/med-genid.php} (the original's path) and
 C{/pair/code}: C{POST} issues a code, C{GET ?compare=<CODE>} redeems one.
 
-PC: L{PairPage} at C{GET /pair?proxyServer=<relay>}: asks the relay for a
-code, stores C{globalId} and C{readProxy}, and shows the code.
-L{request_code} is shared with the C{medimage-tx pair} command.
+PC: L{PairPage} at C{/pair}, for the PC's admin only: C{GET} shows a form
+(and contacts nobody), C{POST} pairs through the pairing service
+(L{pc_pairing}, shared with the C{medimage-tx pair} command), after an
+explicit confirmation when the PC would get a new id, and shows the code
+exactly as the service gave it.
 """
 
 from __future__ import annotations
 
 import html
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from treq.client import HTTPClient
-from twisted.web.client import HTTPConnectionPool
 
 from .admin import AdminResource
 from .identity import fingerprint
-from .proxy_tunnel import make_agent
-from .pairing import (
-    CODE_LIFETIME, BadPairingAnswer, IssuedCode, PairingBook, issue_answer, parse_issue_answer,
-    redeem_answer,
+from .pairing import PairingBook, issue_answer, redeem_answer
+from .pc_pairing import (
+    CENTRAL_PAIRING_URL, PairingError, PairingPlan, PairRequest, one_off_client, paired_changes, plan,
+    relay_of, request_code,
 )
 from .web import Answer, answer_now, html_page, render_async
 
@@ -68,82 +67,116 @@ class PairingService(Resource):
         return answer_now(request, Answer(200, redeem_answer(pairing).encode()))
 
 
-async def request_code(client: HTTPClient, pairing_url: str, guid: str, proxy_server: str,
-                       country: str) -> IssuedCode:
-    """
-    Ask a pairing service for a code.
-
-    @raise BadPairingAnswer: an answer that is not a pairing.
-    @raise Exception: the service cannot be reached (network errors).
-    """
-    response = await client.post(
-        pairing_url,
-        data={"guid": guid, "proxyServer": proxy_server, "country": country},
-    )
-    body = (await response.content()).decode("utf-8", "replace")
-    if response.code != 200:
-        raise BadPairingAnswer(f"the pairing service answered {response.code}: {body.strip()[:80]}")
-    return parse_issue_answer(body)
-
-
-def pairing_url_for(proxy_server: str, custom: str = "") -> str:
-    return custom or proxy_server.rstrip("/") + "/med-genid.php"
-
-
 class PairPage(AdminResource):
     """
-    C{GET /pair?proxyServer=<relay URL>[&country=..][&customPairing=..]} on a
-    clinic PC, for its admin only.  Works in lockDown mode too: it is how
-    clinics add phones.
+    C{/pair} on a clinic PC.  Works in lockDown mode too: it is how clinics
+    add phones.  The original's query (C{?proxyServer=..&country=..&style=..
+    &customPairing=..}) only fills in the form.
     """
 
     def render_GET(self, request):
-        return render_async(request, self._pair)
-
-    async def _pair(self, request) -> Answer:
-        config = self.state.config
-
         def arg(name: bytes) -> str:
             values = request.args.get(name)
             return values[0].decode("utf-8", "replace").strip() if values else ""
 
-        proxy_server = arg(b"proxyServer") or _relay_of(config.readProxy)
-        if not proxy_server.startswith(("http://", "https://")):
-            return html_page(400, "Pairing needs the relay's address",
-                        "<p>Open <code>/pair?proxyServer=https://your-relay:5566</code>.</p>")
-        proxy_server = proxy_server.rstrip("/")
-        pairing_url = pairing_url_for(proxy_server, arg(b"customPairing"))
-        country = arg(b"country") or (config.raw.get("countryCode") or "")
+        config = self.state.config
+        return answer_now(request, self._form(request, {
+            "proxyServer": arg(b"proxyServer") or relay_of(config.readProxy),
+            "country": arg(b"country") or _text(config.raw.get("countryCode")),
+            "style": arg(b"style"),
+            "customPairing": arg(b"customPairing"),
+        }))
+
+    def render_POST(self, request, form: dict[str, str]):
+        return render_async(request, self._pair, form)
+
+    async def _pair(self, request, form: dict[str, str]) -> Answer:
         try:
-            issued = await request_code(one_off_client(self.state.reactor, config.webProxy), pairing_url, config.globalId,
-                                        proxy_server, country)
-        except BadPairingAnswer as e:
-            return html_page(502, "The pairing service gave an answer this server cannot use",
-                        f"<p>{html.escape(str(e))}</p><p>Nothing was changed.</p>")
-        except Exception as e:
-            return html_page(502, "Cannot reach the pairing service",
-                        f"<p>{html.escape(pairing_url)}: {html.escape(str(e) or type(e).__name__)}</p>"
-                        "<p>Check the relay address and this PC's internet connection "
-                        "(and <code>webProxy</code>). Nothing was changed.</p>")
-        await self.state.save_config(globalId=issued.paired_id, readProxy=issued.read_proxy)
-        log.info("Paired with a relay; phones can use the code for an hour")
-        expires = time.strftime("%H:%M", time.localtime(time.time() + CODE_LIFETIME))
-        return html_page(200, "Pair a phone", (
-            f"<p style='font-size:6em;letter-spacing:0.2em;font-family:monospace'>"
-            f"{html.escape(issued.code)}</p>"
-            f"<p>This code works until {expires} (one hour), for any number of phones.</p>"
-            "<ol><li>Open the MedImage app on the phone and tap the large circle.</li>"
-            "<li>When it asks for a pairing code, enter the code above.</li>"
-            "<li>Take a photo: it arrives on this PC within seconds.</li></ol>"
-        ))
+            wanted = PairRequest.checked(form.get("proxyServer", ""), form.get("country", ""),
+                                         form.get("style", ""), form.get("customPairing", ""))
+        except PairingError as e:
+            return self._form(request, form, error=str(e), code=400)
+        pairing = plan(self.state.config, wanted)
+        if pairing.new_id and form.get("confirm") != "new-id":
+            return self._confirm(request, pairing)
+        client = one_off_client(self.state.reactor, self.state.config.webProxy)
+        try:
+            issued = await request_code(client, pairing)
+        except PairingError as e:
+            log.info("Pairing failed: {why}", why=str(e))
+            return html_page(502, "Not paired", (
+                f"<p>{html.escape(str(e))}</p><p>Nothing was changed.</p>"
+                "<p><a href='/pair'>Back to pairing</a></p>"))
+        await self.state.save_config(**paired_changes(self.state.config, issued, wanted))
+        log.info("Paired with a relay (id {fp}{new})", fp=fingerprint(issued.paired_id),
+                 new=", a new id confirmed by the admin" if pairing.new_id else "")
+        return html_page(200, "Pair a phone", code_html(issued.code, wanted))
+
+    def _form(self, request, values: dict[str, str], error: str = "", code: int = 200) -> Answer:
+        config = self.state.config
+        current = relay_of(config.readProxy)
+        status = (f"<p>This PC is paired with the relay <code>{html.escape(current)}</code>.</p>"
+                  if current and config.globalId else "<p>This PC is not paired with a relay yet.</p>")
+        problem = f"<p><strong>{html.escape(error)}</strong></p>" if error else ""
+
+        def field(name: str, label: str, hint: str = "") -> str:
+            value = html.escape(values.get(name, ""), quote=True)
+            return (f"<p><label>{label}<br><input name='{name}' value='{value}' size='60'></label>"
+                    f"{'<br><small>' + hint + '</small>' if hint else ''}</p>")
+
+        return html_page(code, "Pair phones with this PC", (
+            status + problem
+            + "<form method='post' action='/pair'>" + self.state.access.csrf_field(request)
+            + field("proxyServer", "Relay address (proxyServer)",
+                    "The relay the phones send to, e.g. https://relay.example.org:5566")
+            + field("country", "Country code (optional)")
+            + field("customPairing", "Pairing service (leave empty for AtomJump's)",
+                    "The MedImage app redeems codes only at AtomJump's pairing service. Another "
+                    "service (such as a medimage_tx relay's own <code>/med-genid.php</code>) only "
+                    "works for clients that can be pointed at it.")
+            + f"<input type='hidden' name='style' value='{html.escape(values.get('style', ''), quote=True)}'>"
+            + "<p><button type='submit'>Get a pairing code</button></p></form>"
+            + PAIRING_NOTE))
+
+    def _confirm(self, request, pairing: PairingPlan) -> Answer:
+        wanted = pairing.request
+        hidden = "".join(
+            f"<input type='hidden' name='{name}' value='{html.escape(value, quote=True)}'>"
+            for name, value in (("proxyServer", wanted.proxy_server), ("country", wanted.country),
+                                ("style", wanted.style), ("customPairing", wanted.custom_pairing),
+                                ("confirm", "new-id")))
+        where = (f"the relay <code>{html.escape(pairing.current_relay)}</code>"
+                 if pairing.current_relay else "its relay")
+        return html_page(200, "Give this PC a new pairing?", (
+            f"<p>This PC is paired with {where}. Pairing with "
+            f"<code>{html.escape(wanted.proxy_server)}</code> through "
+            f"<code>{html.escape(wanted.service)}</code> gives it a <strong>new id</strong>: "
+            "its current id is not sent there, and phones paired now stop reaching this PC "
+            "until they are paired again with the new code.</p>"
+            "<form method='post' action='/pair'>" + self.state.access.csrf_field(request) + hidden
+            + "<button type='submit'>Yes, give this PC a new pairing</button> "
+            "<a href='/pair'>No, keep the current pairing</a></form>"))
 
 
-def one_off_client(reactor: Any, web_proxy: str) -> HTTPClient:
-    """
-    A client whose connections close after use: pairing is rare.
-    """
-    return HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy))
+PAIRING_NOTE = (
+    "<p>The code goes to the pairing service; this page contacts nothing until you press the "
+    "button. The unchanged MedImage app redeems codes only at AtomJump's central pairing "
+    "service (<code>" + CENTRAL_PAIRING_URL + "</code>), so leave the pairing service empty "
+    "for real phones; any relay, a medimage_tx relay included, can be the relay.</p>")
 
 
-def _relay_of(read_proxy: str) -> str:
-    return read_proxy.split("/read/")[0] if "/read/" in read_proxy else ""
+def code_html(code: str, wanted: PairRequest) -> str:
+    case_note = (" Letters are case-sensitive: type them exactly as shown."
+                 if code.lower() != code.upper() else "")
+    return (
+        f"<p style='font-size:6em;letter-spacing:0.2em;font-family:monospace' id='code'>"
+        f"{html.escape(code)}</p>"
+        f"<p>Pairing codes expire: enter it on the phones now.{case_note}</p>"
+        "<ol><li>Open the MedImage app on the phone and tap the large circle.</li>"
+        "<li>When it asks for a pairing code, enter the code above.</li>"
+        "<li>Take a photo: it arrives on this PC within seconds.</li></ol>"
+        f"<p>Phones send to <code>{html.escape(wanted.proxy_server)}</code>.</p>")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 
 pytest_plugins = ["postgres_fixtures"]
 
@@ -245,6 +246,20 @@ def http_client():
     pool = HTTPConnectionPool(reactor, persistent=True)
     yield HTTPClient(Agent(reactor, pool=pool))
     pytest_twisted.blockon(pool.closeCachedConnections())
+
+
+@pytest.fixture
+def central():
+    """
+    A local stand-in for AtomJump's central pairing service (central_pairing.py);
+    C{central.url} is its med-genid.php.
+    """
+    from central_pairing import start_central
+
+    service, url, port = pytest_twisted.blockon(ensureDeferred(start_central()))
+    service.url = url
+    yield service
+    pytest_twisted.blockon(port.stopListening())
 
 
 if os.environ.get("MEDIMAGE_TEST_LOG"):

@@ -15,6 +15,7 @@ import pytest_twisted
 
 from twisted.internet.task import Clock
 
+from central_pairing import pair_on_page, shown_code
 from conftest import jpeg_bytes, multipart
 from medimage_tx.pairing import (
     CODE_ALPHABET, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS, NOMATCH, BadPairingAnswer, PairingBook,
@@ -117,75 +118,126 @@ async def text(response) -> str:
     return (await response.content()).decode()
 
 
+async def send_photo_through(http_client, write_url: str, name: str, photo: bytes) -> int:
+    """
+    What the app does with a redeemed pairing: split at /write/, upload to
+    <relay>/api/photo with the id as the first folder.
+    """
+    relay, paired_id = write_url.split("/write/")
+    body, content_type = multipart(f"#{paired_id}-{name}", photo)
+    upload = await http_client.post(f"{relay}/api/photo", data=body, headers={b"Content-Type": [content_type]})
+    await upload.content()
+    return upload.code
+
+
 @pytest_twisted.ensureDeferred
-async def test_pc_pairs_phone_redeems_and_photo_arrives(start_server, http_client, tmp_path):
+async def test_pc_pairs_through_the_central_service_and_a_photo_arrives(
+        start_server, http_client, tmp_path, central):
+    """
+    Issue 10 item 5: the PC registers its code with (a stand-in for)
+    AtomJump's central service, exactly as the original PC; the code is
+    mixed case and redeems only as given; a photo then goes phone -> our
+    relay -> PC.
+    """
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False)
     target = tmp_path / "clinic"
     target.mkdir()
     pc = await start_server("pc", tune=fast_retries, backupTo=[target.as_posix()],
                             keepMaster=False, lockDown=True)
-    page = await http_client.get(f"{pc.url}/pair?proxyServer={relay.url}&country=NZ")
-    body = await text(page)
-    assert page.code == 200
-    code = re.search(r"letter-spacing:0.2em;font-family:monospace'>([A-Z0-9]{4})<", body).group(1)
+    response, page = await pair_on_page(http_client, pc.url, proxyServer=relay.url, country="NZ",
+                                        customPairing=central.url)
+    assert response.code == 200, page
+    code = shown_code(page)
+    assert code.lower() != code and code.upper() != code  # shown exactly as issued
     config = json.loads((pc.data / "config.json").read_text())
     paired_id = config["globalId"]
     assert config["readProxy"] == f"{relay.url}/read/{paired_id}"
-    assert paired_id not in body  # the id is a secret, never shown
+    assert paired_id not in page  # the id is a secret, never shown
 
-    # The phone redeems the code, the app's way and ours.
-    for path in ("/med-genid.php", "/pair/code"):
-        redeemed = await http_client.get(f"{relay.url}{path}?compare={code.lower()}")
-        assert await text(redeemed) == f"{relay.url}/write/{paired_id}"
-    wrong = await http_client.get(f"{relay.url}/med-genid.php?compare=ZZZZ")
-    assert await text(wrong) == NOMATCH or code == "ZZZZ"
+    # What the PC sent, as the original: <URL>?<query>, form fields, no guid yet.
+    [registered] = central.requests
+    assert registered.method == "POST"
+    assert registered.query == {"country": ["NZ"], "proxyServer": [relay.url], "customPairing": [central.url]}
+    assert registered.form == {"proxyServer": [relay.url], "country": ["NZ"]}
+
+    # The phone redeems at the central service: as given, not in other case.
+    wrong_case = await http_client.get(f"{central.url}?compare={code.swapcase()}")
+    assert await text(wrong_case) == NOMATCH
+    redeemed = await http_client.get(f"{central.url}?compare={code}")
+    write_url = await text(redeemed)
+    assert write_url == f"{relay.url}/write/{paired_id}"
 
     delivered = next_delivery(pc)
     photo = jpeg_bytes()
-    body_bytes, content_type = multipart(f"#{paired_id}-#NHID1234-arm.jpg", photo)
-    upload = await http_client.post(f"{relay.url}/api/photo", data=body_bytes,
-                                    headers={b"Content-Type": [content_type]})
-    assert upload.code == 200
+    assert await send_photo_through(http_client, write_url, "#NHID1234-arm.jpg", photo) == 200
     assert await delivered == "NHID1234/arm.jpg"
     assert (target / "NHID1234" / "arm.jpg").read_bytes() == photo
 
-    # Pairing again keeps the id, so phones stay paired.
-    again = await http_client.get(f"{pc.url}/pair?proxyServer={relay.url}")
-    assert again.code == 200
-    await again.content()
+    # Pairing again sends the id (same relay, same service): phones stay paired.
+    response, page = await pair_on_page(http_client, pc.url, proxyServer=relay.url,
+                                        customPairing=central.url)
+    assert response.code == 200 and shown_code(page) != code
+    assert central.requests[-1].form["guid"] == [paired_id]
     assert json.loads((pc.data / "config.json").read_text())["globalId"] == paired_id
 
 
 @pytest_twisted.ensureDeferred
-async def test_pair_page_errors_leave_config_untouched(start_server, http_client):
+async def test_pc_pairs_through_our_relays_own_code_service(start_server, http_client):
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False)
+    pc = await start_server("pc", tune=fast_retries)
+    response, page = await pair_on_page(http_client, pc.url, proxyServer=relay.url,
+                                        customPairing=relay.url + "/med-genid.php")
+    assert response.code == 200, page
+    code = shown_code(page)
+    paired_id = json.loads((pc.data / "config.json").read_text())["globalId"]
+    for path in ("/med-genid.php", "/pair/code"):  # our relay's codes ignore case
+        redeemed = await http_client.get(f"{relay.url}{path}?compare={code.lower()}")
+        assert await text(redeemed) == f"{relay.url}/write/{paired_id}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pair_page_shows_a_form_and_contacts_nobody(start_server, http_client, central):
+    pc = await start_server("pc")
+    page = await http_client.get(f"{pc.url}/pair?proxyServer=http://relay.example:5566"
+                                 f"&customPairing={central.url}&country=NZ")
+    body = await text(page)
+    assert page.code == 200 and "<form method='post' action='/pair'>" in body
+    assert "value='http://relay.example:5566'" in body and "AtomJump" in body
+    assert central.requests == [] and "id='code'" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_pair_page_errors_leave_config_untouched(start_server, http_client, central):
     pc = await start_server("pc")
     before = (pc.data / "config.json").read_text()
-    unreachable = await http_client.get(f"{pc.url}/pair?proxyServer=http://127.0.0.1:9")
-    assert unreachable.code == 502
-    assert "Cannot reach the pairing service" in await text(unreachable)
-    missing = await http_client.get(f"{pc.url}/pair")
-    assert missing.code == 400
-    await missing.content()
-    # A server that answers, but not with a pairing: the PC's own status page.
-    odd = await http_client.get(f"{pc.url}/pair?proxyServer={pc.url}&customPairing={pc.url}/")
-    assert odd.code == 502
-    assert "answer this server cannot use" in await text(odd)
+    response, page = await pair_on_page(http_client, pc.url, proxyServer="http://127.0.0.1:9",
+                                        customPairing="http://127.0.0.1:9/med-genid.php")
+    assert response.code == 502 and "Cannot reach the pairing service" in page
+    response, page = await pair_on_page(http_client, pc.url, proxyServer="")
+    assert response.code == 400 and "relay address must be" in page
+    central.answer = lambda form: (200, b"<html>an intranet page, not a pairing</html>")
+    response, page = await pair_on_page(http_client, pc.url, proxyServer="http://127.0.0.1:9",
+                                        customPairing=central.url)
+    assert response.code == 502 and "was not a pairing" in page and "intranet" not in page
     assert (pc.data / "config.json").read_text() == before
 
 
 @pytest_twisted.ensureDeferred
-async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path):
+async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path, central):
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False)
     pc = await start_server("headless", tune=fast_retries)
     config_path = pc.data / "config.json"
     process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--relay", relay.url,
-                     "--config", str(config_path)], REPO, env=None)
+                     "--config", str(config_path), "--custom-pairing", central.url], REPO, env=None)
     assert await process.ended == 0, process.output
-    code = re.search(rb"Pairing code: ([A-Z0-9]{4})", process.output).group(1).decode()
+    code = re.search(rb"Pairing code: ([A-Za-z0-9]{4})\n", process.output).group(1).decode()
     paired_id = json.loads(config_path.read_text())["globalId"]
-    assert relay.service.state.pairing.redeem(code, "phone").paired_id == paired_id
+    redeemed = await http_client.get(f"{central.url}?compare={code}")
+    write_url = await text(redeemed)
+    assert write_url == f"{relay.url}/write/{paired_id}"
 
     # The running server picks the new pairing up from config.json.
     from medimage_tx.config_watch import ConfigWatcher
@@ -196,14 +248,19 @@ async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path
         await checked
     assert pc.service.state.config.globalId == paired_id
     delivered = next_delivery(pc)
-    body, content_type = multipart(f"#{paired_id}-#P9-leg.jpg", jpeg_bytes())
-    upload = await http_client.post(f"{relay.url}/api/photo", data=body,
-                                    headers={b"Content-Type": [content_type]})
-    assert upload.code == 200
+    assert await send_photo_through(http_client, write_url, "#P9-leg.jpg", jpeg_bytes()) == 200
     assert await delivered == "P9/leg.jpg"
 
+    # Another relay would mean a new id: refused without --new-id, nothing sent.
+    sent = len(central.requests)
     process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--relay", "http://127.0.0.1:9",
-                     "--config", str(config_path)], REPO, env=None)
+                     "--config", str(config_path), "--custom-pairing", central.url], REPO, env=None)
     assert await process.ended == 1
-    assert process.output.decode().strip().startswith("medimage: cannot reach the pairing service")
+    assert b"gives it a new id" in process.output and b"--new-id" in process.output
+    assert len(central.requests) == sent
+    process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--config", str(config_path),
+                     "--custom-pairing", "http://127.0.0.1:9/med-genid.php", "--relay", relay.url,
+                     "--new-id"], REPO, env=None)
+    assert await process.ended == 1
+    assert process.output.decode().strip().startswith("medimage: Cannot reach the pairing service")
     assert json.loads(config_path.read_text())["globalId"] == paired_id
