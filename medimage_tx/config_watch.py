@@ -1,7 +1,8 @@
 """
 Pick up edits of config.json made while the server runs (by hand, or by
 `medimage-tx pair`): checked every few seconds, applied without a
-restart where the setting allows it (readProxy, webProxy, allowedTypes, ...).
+restart where the setting allows it (readProxy, webProxy, allowedTypes, ...);
+the log says which changed keys wait for a restart.
 """
 
 from __future__ import annotations
@@ -9,9 +10,25 @@ from __future__ import annotations
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
-from .config import ConfigError, config_stamp, load_config
+from .config import Config, ConfigError, config_stamp, load_config
 
 CHECK_INTERVAL = 3.0
+
+#: Keys read only when the server starts (listeners, folders, roles, TLS).
+NEEDS_RESTART = {
+    "listenPort", "httpsPort", "httpsKey", "httpsCert", "backupTo", "keepMaster", "fileMode",
+    "onStartBackupDriveDetect", "allowPhotosLeaving", "allowGettingRemotePhotos", "lanMode",
+    "discoveryPort",
+}
+
+
+def changed_keys(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """
+    The keys whose values differ, as (applied at once, waiting for a restart).
+    Names only: values can be secrets (globalId).
+    """
+    changed = sorted(k for k in set(old.raw) | set(new.raw) if old.raw.get(k) != new.raw.get(k))
+    return ([k for k in changed if k not in NEEDS_RESTART], [k for k in changed if k in NEEDS_RESTART])
 
 
 class ConfigWatcher(TimerService):
@@ -38,7 +55,15 @@ class ConfigWatcher(TimerService):
         return d
 
     def _loaded(self, config) -> None:
-        self.log.info("config.json changed: using the new settings")
+        applied, waiting = changed_keys(self.state.config, config)
+        if waiting:
+            self.log.warn(
+                "config.json changed: restart the server to apply {waiting} (the old values stay in "
+                "use until then){applied}",
+                waiting=", ".join(waiting),
+                applied=f"; applied now: {', '.join(applied)}" if applied else "")
+        elif applied:
+            self.log.info("config.json changed: applied now: {applied}", applied=", ".join(applied))
         self.state.replace_config(config)
 
     def _bad(self, failure, stamp) -> None:
