@@ -47,8 +47,9 @@ class LoginPage(Resource):
     def render_GET(self, request):
         set_admin_headers(request)
         access = self.state.access
-        if not access.host_ok(request):
-            return answer_now(request, access.refusal(request))
+        refused = access.refusal(request, need_admin=False)
+        if refused is not None:
+            return answer_now(request, refused)
         note = ("<p>This browser is on the PC itself: it needs no password.</p>"
                 if access.is_local(request) else "")
         return answer_now(request, html_page(200, "Sign in", note + (
