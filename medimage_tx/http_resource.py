@@ -274,7 +274,7 @@ class Root(Resource):
         addon.putChild(b"get-session", GetSession(state))
         self.putChild(b"addon", addon)
         if state.pairing is not None:
-            service = PairingService(state.pairing)
+            service = PairingService(state.pairing, state.pairing_save)
             self.putChild(b"med-genid.php", service)
             self.putChild(b"pair", service)
         else:

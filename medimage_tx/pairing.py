@@ -2,25 +2,26 @@
 Pairing codes (PROTOCOL.md A5, B4): the relay hands a PC a 4-character code
 for its paired id; phones redeem the code for the id within an hour.
 
-Four characters are guessable, so failed redemptions are limited per client
-address and in total.  The odds that follow from the limits (see
-L{guess_odds}) are in the README.  Plain Python: time comes from C{now}.
+Four characters are guessable, so compares are limited per client address
+and in total, and the counts are saved with the codes: a restart (or a
+crash an attacker caused) gives no fresh guesses.  Issuing codes is limited
+too, and so is the number of live codes.  The odds that follow from the
+limits (see L{guess_odds}) are in docs/protocol.md.  Plain Python: time
+comes from C{now}; saving is the caller's job (L{PairingBook.snapshot}).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import string
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
-from .config import write_json_atomically
+from .errors import Rejected, TryLater
 from .identity import PAIRED_ID
+from .rate_limits import WindowLimiter
 
 #: No look-alikes: no 0/O, no 1/I/L.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -29,12 +30,24 @@ CODE_LIFETIME = 3600.0
 ID_ALPHABET = string.ascii_letters + string.digits
 ID_LENGTH = 18
 
-#: Failed redemptions allowed from one client address per window.
+#: Compares that may fail from one client address per window.
 FAILURES_PER_ADDRESS = 10
-#: Failed redemptions allowed from everyone together per window; past it,
-#: every redemption fails until the window has room again.
+#: Compares that may fail from everyone together per window; past it,
+#: every compare answers nomatch until the window has room again.
 FAILURES_IN_TOTAL = 100
 FAILURE_WINDOW = 3600.0
+
+#: Codes one address may have issued per hour (a clinic pairs a few phones),
+#: and all addresses together.
+ISSUES_PER_ADDRESS = 30
+ISSUES_IN_TOTAL = 1000
+#: Codes live at once: far fewer than the 923,521 possible, so a new code is
+#: found at once and a guess rarely hits some code or other.
+MAX_LIVE_CODES = 1000
+#: Longest accepted fields of an issue request.
+MAX_GUID = 64
+MAX_PROXY_SERVER = 256
+MAX_COUNTRY = 64
 
 NOMATCH = "nomatch"
 #: A code as a pairing service may issue it (AtomJump's are mixed case).
@@ -59,24 +72,45 @@ class Pairing:
     expires: float
 
 
+@dataclass
+class Compare:
+    """
+    One compare that the limits let through: already counted as a failure
+    (so a crash before the count is saved cannot give a free guess); a
+    match is uncounted by L{PairingBook.settle} once the count is saved.
+    """
+
+    address: str
+    pairing: Optional[Pairing]
+
+
 class PairingBook:
     """
-    Live codes, stored in a JSON file so they survive a restart.
+    Live codes and the limits on issuing and guessing them.  The caller
+    saves L{snapshot} durably (and loads it back with L{restore}) before it
+    answers anything that changed it.
     """
 
-    def __init__(self, path: Path, now: Callable[[], float]):
-        self.path = path
+    def __init__(self, now: Callable[[], float]):
         self.now = now
         self._codes: dict[str, Pairing] = {}
-        self._failures_by_address: dict[str, deque[float]] = {}
-        self._failures: deque[float] = deque()
-        self._load()
+        self.failures = WindowLimiter(now, FAILURES_PER_ADDRESS, FAILURES_IN_TOTAL, FAILURE_WINDOW)
+        self.issues = WindowLimiter(now, ISSUES_PER_ADDRESS, ISSUES_IN_TOTAL, CODE_LIFETIME)
 
-    def _load(self) -> None:
-        try:
-            entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            entries = []
+    def snapshot(self) -> dict[str, Any]:
+        self.purge_expired()
+        return {"codes": [vars(p) for p in self._codes.values()],
+                "failedCompares": self.failures.snapshot()}
+
+    def restore(self, saved: Any) -> None:
+        """
+        Take back a L{snapshot}, or the older file shape (a list of codes).
+        """
+        if isinstance(saved, list):
+            saved = {"codes": saved}
+        if not isinstance(saved, dict):
+            return
+        entries = saved.get("codes")
         for entry in entries if isinstance(entries, list) else []:
             try:
                 pairing = Pairing(**entry)
@@ -84,25 +118,34 @@ class PairingBook:
                 continue
             if pairing.expires > self.now():
                 self._codes[pairing.code] = pairing
-        self._save()
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(self.path, [vars(p) for p in self._codes.values()])
+        self.failures.restore(saved.get("failedCompares"))
 
     def purge_expired(self) -> None:
         now = self.now()
-        expired = [code for code, p in self._codes.items() if p.expires <= now]
-        for code in expired:
+        for code in [code for code, p in self._codes.items() if p.expires <= now]:
             del self._codes[code]
-        if expired:
-            self._save()
 
-    def issue(self, guid: str, proxy_server: str, country: str) -> Pairing:
+    def live_codes(self) -> int:
+        return len(self._codes)
+
+    def issue(self, guid: str, proxy_server: str, country: str, address: str = "") -> Pairing:
         """
         A new code for the PC's id, or for a new id when it has none.
+
+        @raise Rejected: a field too long.
+        @raise TryLater: too many codes issued or live.
         """
+        if len(guid) > MAX_GUID or len(proxy_server) > MAX_PROXY_SERVER or len(country) > MAX_COUNTRY:
+            raise Rejected(f"guid, proxyServer and country may be at most {MAX_GUID}, "
+                           f"{MAX_PROXY_SERVER} and {MAX_COUNTRY} characters")
         self.purge_expired()
+        if len(self._codes) >= MAX_LIVE_CODES:
+            soonest = min(p.expires for p in self._codes.values())
+            raise TryLater("Too many pairing codes are live; try again later.",
+                           retry_after=max(1, int(soonest - self.now()) + 1))
+        if not self.issues.take(address):
+            raise TryLater("Too many pairing codes were asked for; try again later.",
+                           retry_after=max(1, int(self.issues.retry_after(address)) + 1))
         paired_id = guid if PAIRED_ID.fullmatch(guid or "") else new_id()
         while True:
             code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
@@ -110,35 +153,43 @@ class PairingBook:
                 break
         pairing = Pairing(code, paired_id, proxy_server, country, self.now() + CODE_LIFETIME)
         self._codes[code] = pairing
-        self._save()
         return pairing
+
+    def revoke(self, pairing: Pairing) -> None:
+        """
+        Forget a code that could not be saved (it was never handed out).
+        """
+        self._codes.pop(pairing.code, None)
+
+    def compare(self, code: str, address: str) -> Optional[Compare]:
+        """
+        Count a compare of C{code} as a failure and look the code up; or
+        L{None} when the limits allow no more compares (then nothing is
+        looked up, nothing changed, and the answer is nomatch).
+        """
+        if not self.failures.take(address):
+            return None
+        pairing = self._codes.get(normalise_code(code))
+        if pairing is not None and pairing.expires <= self.now():
+            pairing = None
+        return Compare(address, pairing)
+
+    def settle(self, compare: Compare) -> None:
+        """
+        After the count was saved: a match does not count as a failure.
+        """
+        if compare.pairing is not None:
+            self.failures.give_back(compare.address)
 
     def redeem(self, code: str, address: str) -> Optional[Pairing]:
         """
-        The pairing for C{code}, or L{None}.  Every way of failing takes the
-        same path and counts against the limits.
+        L{compare} and L{settle} at once, for callers that save nothing.
         """
-        now = self.now()
-        self._forget_old_failures(now)
-        by_address = self._failures_by_address.setdefault(address, deque())
-        allowed = len(by_address) < FAILURES_PER_ADDRESS and len(self._failures) < FAILURES_IN_TOTAL
-        pairing = self._codes.get(normalise_code(code))
-        if allowed and pairing is not None and pairing.expires > now:
-            return pairing
-        by_address.append(now)
-        self._failures.append(now)
-        return None
-
-    def _forget_old_failures(self, now: float) -> None:
-        cutoff = now - FAILURE_WINDOW
-        while self._failures and self._failures[0] <= cutoff:
-            self._failures.popleft()
-        for address in list(self._failures_by_address):
-            failures = self._failures_by_address[address]
-            while failures and failures[0] <= cutoff:
-                failures.popleft()
-            if not failures:
-                del self._failures_by_address[address]
+        compare = self.compare(code, address)
+        if compare is None:
+            return None
+        self.settle(compare)
+        return compare.pairing
 
 
 def new_id() -> str:

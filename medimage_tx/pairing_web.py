@@ -14,19 +14,21 @@ exactly as the service gave it.
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from .admin import AdminResource
 from .identity import fingerprint
-from .pairing import PairingBook, issue_answer, redeem_answer
+from .pairing import NOMATCH, PairingBook, issue_answer, redeem_answer
 from .pc_pairing import (
     CENTRAL_PAIRING_URL, PairingError, PairingPlan, PairRequest, one_off_client, paired_changes, plan,
     relay_of, request_code,
 )
+from .errors import TryLater
 from .web import Answer, answer_now, html_page, render_async
 
 log = Logger()
@@ -36,16 +38,23 @@ MAX_FORM = 4096
 
 class PairingService(Resource):
     """
-    The relay's pairing service.
+    The relay's pairing service.  Every change (a code issued, a compare
+    counted) is saved to disk, in a thread, before it is answered.
+
+    @param save: saves the book durably; returns a Deferred.
     """
 
     isLeaf = True
 
-    def __init__(self, book: PairingBook):
+    def __init__(self, book: PairingBook, save: Callable[[], Any]):
         super().__init__()
         self.book = book
+        self.save = save
 
     def render_POST(self, request):
+        return render_async(request, self._issue)
+
+    async def _issue(self, request) -> Answer:
         form = parse_qs(request.content.read(MAX_FORM).decode("utf-8", "replace"))
 
         def field(name: str) -> str:
@@ -53,18 +62,44 @@ class PairingService(Resource):
 
         proxy_server = field("proxyServer")
         if not proxy_server.startswith(("http://", "https://")) or any(c.isspace() for c in proxy_server):
-            return answer_now(request, Answer(400, b"proxyServer must be the relay's http(s) address"))
-        pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country")[:64])
+            return Answer(400, b"proxyServer must be the relay's http(s) address")
+        pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country"),
+                                  client_address(request))
+        try:
+            await self.save()
+        except CancelledError:
+            raise  # the client went away
+        except Exception:
+            self.book.revoke(pairing)
+            log.failure("Pairing: cannot save pairing.json")
+            raise TryLater("Cannot issue a pairing code right now; try again later.")
         log.info("Pairing: issued a code for {fp}", fp=fingerprint(pairing.paired_id))
-        return answer_now(request, Answer(200, issue_answer(pairing).encode()))
+        return Answer(200, issue_answer(pairing).encode())
 
     def render_GET(self, request):
         values = request.args.get(b"compare")
         if not values:
             return answer_now(request, Answer(400, b"Expected ?compare=<code>"))
-        address = request.getClientAddress().host or "unknown"
-        pairing = self.book.redeem(values[0].decode("utf-8", "replace"), address)
-        return answer_now(request, Answer(200, redeem_answer(pairing).encode()))
+        return render_async(request, self._compare, values[0].decode("utf-8", "replace"))
+
+    async def _compare(self, request, code: str) -> Answer:
+        compare = self.book.compare(code, client_address(request))
+        if compare is None:
+            return Answer(200, NOMATCH.encode())  # over the limits: not even looked up
+        # The guess is counted on disk before its answer can tell anything.
+        try:
+            await self.save()
+        except CancelledError:
+            raise  # the client went away; the guess stays counted
+        except Exception:
+            log.failure("Pairing: cannot save pairing.json")
+            raise TryLater("Cannot check pairing codes right now; try again later.")
+        self.book.settle(compare)
+        return Answer(200, redeem_answer(compare.pairing).encode())
+
+
+def client_address(request) -> str:
+    return getattr(request.getClientAddress(), "host", None) or "unknown"
 
 
 class PairPage(AdminResource):

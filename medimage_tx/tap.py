@@ -22,6 +22,7 @@ from .config_watch import ConfigWatcher
 from .config import ConfigError, Config, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
 from .drives import backup_drive_folders
+from .durable import BackgroundJSONWriter, read_json
 from .http_resource import make_site
 from .state import ServerState
 from .pairing import PairingBook
@@ -262,9 +263,14 @@ def build_service(
     else:
         store = _make_store(config, data_dir)
     backups = BackupService(store, reactor)
-    pairing = PairingBook(data_dir / "pairing.json", clock.seconds) if relay else None
+    pairing = PairingBook(clock.seconds) if relay else None
     state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
                         pairing=pairing)
+    if pairing is not None:
+        # Codes and guess counts survive restarts (and crashes).
+        pairing.restore(read_json(data_dir / "pairing.json"))
+        state.pairing_save = BackgroundJSONWriter(data_dir / "pairing.json", pairing.snapshot,
+                                                  state.in_thread).save
     lan = config.lanMode and not no_lan and relay is None
     if not lan and relay is None:
         interface = interface or "127.0.0.1"
