@@ -142,10 +142,12 @@ class PairingBook:
         if len(self._codes) >= MAX_LIVE_CODES:
             soonest = min(p.expires for p in self._codes.values())
             raise TryLater("Too many pairing codes are live; try again later.",
-                           retry_after=max(1, int(soonest - self.now()) + 1))
+                           retry_after=max(1, int(soonest - self.now()) + 1), status=429,
+                           phrase="Too many pairing codes; try again later")
         if not self.issues.take(address):
             raise TryLater("Too many pairing codes were asked for; try again later.",
-                           retry_after=max(1, int(self.issues.retry_after(address)) + 1))
+                           retry_after=max(1, int(self.issues.retry_after(address)) + 1), status=429,
+                           phrase="Too many pairing codes; try again later")
         paired_id = guid if PAIRED_ID.fullmatch(guid or "") else new_id()
         while True:
             code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))

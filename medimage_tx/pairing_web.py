@@ -72,7 +72,8 @@ class PairingService(Resource):
         except Exception:
             self.book.revoke(pairing)
             log.failure("Pairing: cannot save pairing.json")
-            raise TryLater("Cannot issue a pairing code right now; try again later.")
+            raise TryLater("Cannot issue a pairing code right now; try again later.",
+                           phrase="Cannot issue a pairing code now; try again later")
         log.info("Pairing: issued a code for {fp}", fp=fingerprint(pairing.paired_id))
         return Answer(200, issue_answer(pairing).encode())
 
@@ -93,7 +94,8 @@ class PairingService(Resource):
             raise  # the client went away; the guess stays counted
         except Exception:
             log.failure("Pairing: cannot save pairing.json")
-            raise TryLater("Cannot check pairing codes right now; try again later.")
+            raise TryLater("Cannot check pairing codes right now; try again later.",
+                           phrase="Cannot check pairing codes now; try again later")
         self.book.settle(compare)
         return Answer(200, redeem_answer(compare.pairing).encode())
 

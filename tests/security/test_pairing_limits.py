@@ -169,7 +169,7 @@ async def test_an_issue_flood_is_limited_and_never_delays_uploads(tmp_path):
     """
     Finding 7: 200 pipelined code issues from one address (before the fix:
     each rewrote and fsynced pairing.json on the reactor thread, and a phone
-    upload waited 44.8 s).  Past the per-address limit they get 503 with
+    upload waited 44.8 s).  Past the per-address limit they get 429 with
     Retry-After; another address still gets codes; long fields are refused;
     a phone's upload during the flood is stored.
     """
@@ -188,7 +188,7 @@ async def test_an_issue_flood_is_limited_and_never_delays_uploads(tmp_path):
         assert (status, answer) == (200, b"Received upload successfully!")
         answers = await flood
         issued = [a for a in answers if a[0] == 200]
-        refused = [a for a in answers if a[0] == 503]
+        refused = [a for a in answers if a[0] == 429]
         assert len(issued) == ISSUES_PER_ADDRESS and len(refused) == 200 - ISSUES_PER_ADDRESS
         assert all(int(headers["retry-after"]) > 0 for _, headers, _ in refused)
         [(status, _, _)] = await in_thread(http, port, issue_request(relay_url), "127.0.5.3")
