@@ -193,24 +193,17 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-@pytest.fixture
-def start_process():
+@pytest.fixture(autouse=True)
+def stop_leftover_processes():
     """
-    Start real processes (L{processes.spawn}); whatever is still running
-    when the test ends, passed or failed, gets SIGTERM, then SIGKILL after
-    10 s, and is reaped.
+    Every process a test started (L{processes.spawn}) and left running,
+    because it failed or forgot, gets SIGTERM, then SIGKILL after 10 s, and
+    is reaped before the next test.
     """
-    from processes import spawn
+    yield
+    from processes import RUNNING
 
-    started = []
-
-    def start(argv: list[str], path: str, env: Optional[dict] = None):
-        process = spawn(argv, path, env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
+    for process in list(RUNNING):
         stop_process(process)
 
 

@@ -12,6 +12,11 @@ from typing import Optional
 from twisted.internet import defer, protocol
 
 
+#: Every process started by L{spawn} and not yet ended: conftest stops what
+#: a test leaves running, whether it passed or failed.
+RUNNING: set["WatchedProcess"] = set()
+
+
 class WatchedProcess(protocol.ProcessProtocol):
     """
     @ivar ended: fires with the exit code, or minus the signal that ended it.
@@ -86,6 +91,7 @@ class WatchedProcess(protocol.ProcessProtocol):
         return watched.addTimeout(seconds, reactor)
 
     def processEnded(self, reason) -> None:
+        RUNNING.discard(self)
         waiting, self._waiting = self._waiting, []
         for _, _, d in waiting:
             d.errback(RuntimeError("the process ended first:\n" + self.output.decode(errors="replace")[-3000:]))
@@ -100,4 +106,5 @@ def spawn(argv: list[str], path: str, env: Optional[dict] = None) -> WatchedProc
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     reactor.spawnProcess(process, argv[0], argv, env=env, path=path)
+    RUNNING.add(process)
     return process

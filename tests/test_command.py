@@ -79,7 +79,7 @@ async def test_serve_receives_a_photo_and_stops_cleanly(tmp_path, http_client):
     finally:
         if not process.ended.called:
             process.transport.signalProcess(signal.SIGTERM)
-    assert await process.ended == -signal.SIGTERM
+    assert await process.exited() == -signal.SIGTERM
     assert not (data / "twistd.pid").exists()
     assert not (tmp_path / "twistd.pid").exists()
     assert b"Main loop terminated" in process.output

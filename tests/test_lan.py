@@ -177,7 +177,7 @@ async def test_send_command_delivers_with_app_naming(start_server, tmp_path):
 
     run = spawn([sys.executable, "-m", "medimage_tx", "send", str(photo), "--id", "#moles John123",
                  "--server", pc.url], str(Path(__file__).parent.parent), env=None)
-    assert await run.ended == 0, run.output
+    assert await run.exited() == 0, run.output
     assert b"Received upload successfully!" in run.output
     assert b"100%" in run.output  # the progress bar of a large file
     [stored] = list((target / "moles").iterdir())

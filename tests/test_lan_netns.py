@@ -44,7 +44,12 @@ class VirtualLan:
     """
 
     def __init__(self):
-        self.prefix = "mtx" + secrets.token_hex(2)
+        # Unique per run, so two suites on one machine never share a name;
+        # short enough for interface names (15 characters at most).
+        existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        self.prefix = "mtx" + secrets.token_hex(4)
+        while self.prefix in existing:
+            self.prefix = "mtx" + secrets.token_hex(4)
         self.namespaces: list[str] = []
 
     def ns(self, host: str) -> str:
@@ -74,6 +79,9 @@ class VirtualLan:
         for namespace in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         self.namespaces.clear()
+        # A build that failed half-way may leave a veth in this namespace.
+        for index in range(len(HOSTS)):
+            subprocess.run(["ip", "link", "del", f"{self.prefix}h{index}"], capture_output=True)
 
 
 def cannot_build_lan() -> str:
@@ -127,12 +135,12 @@ async def start_pc(lan: VirtualLan, tmp_path: Path, host: str, paired_id: str, *
 async def stop(process: WatchedProcess) -> None:
     if not process.ended.called:
         process.transport.signalProcess(signal.SIGTERM)
-    await process.ended
+    await process.exited()
 
 
 async def phone(lan: VirtualLan, *argv: str) -> tuple[int, str]:
     process = run_in(lan.ns("phone"), sys.executable, "-m", "medimage_tx", *argv)
-    code = await process.ended
+    code = await process.exited()
     return code, process.output.decode(errors="replace")
 
 
@@ -149,7 +157,7 @@ async def phone_http_get(lan: VirtualLan, url: str) -> str:
                      f"    print(urllib.request.urlopen({url!r}, timeout=3).status)\n"
                      "except Exception as e:\n"
                      "    print('unreachable', type(e).__name__)")
-    await process.ended
+    await process.exited()
     return process.output.decode().strip()
 
 

@@ -136,7 +136,7 @@ async def test_copy_to_a_missing_target_is_made_once_the_server_runs(tmp_path):
     ours = tmp_path / "new"
     # The installed console script, run outside the repository.
     run = spawn([str(COMMAND), "migrate", "--from", str(original), "--data", str(ours)], str(tmp_path))
-    assert await run.ended == 0, run.output
+    assert await run.exited() == 0, run.output
     assert b"1 filed" in run.output and b"not made yet" in run.output
     # Durable in this server's staging folder meanwhile, never lost.
     assert (ours / "photos" / "NHID1234" / "arm.jpg").read_bytes() == photo

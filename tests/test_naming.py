@@ -64,9 +64,13 @@ def test_any_name_stays_inside_photos_folder(name, global_id):
         assert not part.startswith(".")
         assert len(part.encode()) <= 255
     assert global_id == "" or global_id not in result.folders
-    if not any(w and not w.startswith("#") for w in re.sub(r"[^A-Za-z0-9#_-]", "", name).split("-")):
-        # Nothing but folders (or nothing at all) left: the default stem.
-        assert result.stem == DEFAULT_STEM or result.stem.strip(".")
+    assert result.stem  # never an empty file name
+
+
+@given(st.lists(st.text(alphabet="abXY09_.", max_size=8), max_size=5), st.text(alphabet="%$ /\\:!?*\x00", max_size=10))
+def test_a_name_of_only_folders_and_dropped_characters_gets_the_default_stem(folders, dropped):
+    name = "-".join("#" + folder for folder in folders) + dropped + ".jpg"
+    assert map_upload_name(name, allowed_chars=DEFAULT_ALLOWED_CHARS).stem == DEFAULT_STEM
 
 
 @given(st.lists(st.sampled_from(["#", "..", ".", "-", "/", "\\", "\x00", "a"]), max_size=40))

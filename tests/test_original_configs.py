@@ -166,7 +166,7 @@ async def test_linux_shape_runs_a_relay_in_twistd(tmp_path, http_client):
     finally:
         if not process.ended.called:
             process.transport.signalProcess(signal.SIGTERM)
-    assert await process.ended == -signal.SIGTERM
+    assert await process.exited() == -signal.SIGTERM
     assert b"relay" in process.output.lower()
     # The relay's file is as it was: nothing rewritten into it.
     assert (data / "config.json").read_bytes() == (SHAPES / "linux.json").read_bytes()

@@ -239,7 +239,7 @@ async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path
     config_path = pc.data / "config.json"
     process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--relay", relay.url,
                      "--config", str(config_path), "--custom-pairing", central.url], REPO, env=None)
-    assert await process.ended == 0, process.output
+    assert await process.exited() == 0, process.output
     code = re.search(rb"Pairing code: ([A-Za-z0-9]{4})\n", process.output).group(1).decode()
     paired_id = json.loads(config_path.read_text())["globalId"]
     redeemed = await http_client.get(f"{central.url}?compare={code}")
@@ -262,12 +262,12 @@ async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path
     sent = len(central.requests)
     process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--relay", "http://127.0.0.1:9",
                      "--config", str(config_path), "--custom-pairing", central.url], REPO, env=None)
-    assert await process.ended == 1
+    assert await process.exited() == 1
     assert b"gives it a new id" in process.output and b"--new-id" in process.output
     assert len(central.requests) == sent
     process = spawn([sys.executable, "-m", "medimage_tx", "pair", "--config", str(config_path),
                      "--custom-pairing", "http://127.0.0.1:9/med-genid.php", "--relay", relay.url,
                      "--new-id"], REPO, env=None)
-    assert await process.ended == 1
+    assert await process.exited() == 1
     assert process.output.decode().strip().startswith("medimage: Cannot reach the pairing service")
     assert json.loads(config_path.read_text())["globalId"] == paired_id

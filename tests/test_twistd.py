@@ -47,7 +47,7 @@ async def test_twistd_runs_receives_and_stops_cleanly(tmp_path, http_client):
     finally:
         if not process.ended.called:
             process.transport.signalProcess(signal.SIGTERM)
-    assert await process.ended == -signal.SIGTERM
+    assert await process.exited() == -signal.SIGTERM
     assert b"Received NHID1234/arm-27-Nov-2026-10-11-12.jpg (200013 bytes)" in process.output
     assert b"Main loop terminated" in process.output
 
@@ -58,7 +58,7 @@ async def test_twistd_writes_default_config_on_first_start(tmp_path):
     process = spawn_twistd(tmp_path, "--data", str(data), "--port", "0", "--interface", "127.0.0.1")
     await process.port()
     process.transport.signalProcess(signal.SIGTERM)
-    assert await process.ended == -signal.SIGTERM
+    assert await process.exited() == -signal.SIGTERM
     assert (data / "config.json").exists()
     assert f"wrote the defaults to {data / 'config.json'}".encode() in process.output
     assert f"photos arrive in {data / 'photos'}".encode() in process.output
@@ -68,6 +68,6 @@ async def test_twistd_writes_default_config_on_first_start(tmp_path):
 async def test_twistd_refuses_bad_config_with_one_line(tmp_path):
     config = write_config(tmp_path / "bad.json", listenPort="abc")
     process = spawn_twistd(tmp_path, "--config", str(config), "--data", str(tmp_path / "d"))
-    assert await process.ended == 1
+    assert await process.exited() == 1
     lines = process.output.decode().strip().splitlines()
     assert lines == [f"medimage: {config}: key 'listenPort': expected a port number from 0 to 65535, got 'abc'"]

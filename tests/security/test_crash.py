@@ -49,7 +49,7 @@ def starter(data: Path, port: int):
 async def kill9(process: WatchedProcess) -> None:
     if not process.ended.called:
         process.transport.signalProcess(signal.SIGKILL)
-    await process.ended
+    await process.exited()
 
 
 def free_port() -> int:
@@ -125,7 +125,7 @@ async def test_pc_server_killed_at_random_loses_no_acknowledged_photo(tmp_path):
     await final.port()
     await final.wait_for(rb"Recovered after restart|Start-up check done")
     final.transport.signalProcess(signal.SIGTERM)
-    await final.ended
+    await final.exited()
 
     assert kills >= KILLS and acknowledged == set(photos)
     for name, content in photos.items():
@@ -171,10 +171,10 @@ async def test_relay_killed_at_random_loses_no_acknowledged_photo(tmp_path):
             raise AssertionError("the PC did not collect every photo:\n" + "\n".join(lines[-30:]) +
                                  "\nrelay:\n" + relay.output.decode(errors="replace")[-2000:]) from None
         relay.transport.signalProcess(signal.SIGTERM)
-        await relay.ended
+        await relay.exited()
     finally:
         pc.transport.signalProcess(signal.SIGTERM)
-        await pc.ended
+        await pc.exited()
 
     assert kills >= KILLS and acknowledged == set(photos)
     for name, content in photos.items():

@@ -39,6 +39,7 @@ from medimage_tx.config import DEFAULT_ALLOWED_CHARS
 from medimage_tx.errors import Rejected
 from medimage_tx.naming import map_upload_name
 from medimage_tx.paths import inside
+from processes import spawn
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 APP_NAME = f"#{PAIRED_ID}-#NHID1234-arm-27-Nov-2026-10-11-12.jpg"
@@ -66,7 +67,7 @@ async def text_of(response) -> bytes:
 
 @pytest.mark.skipif(not TWISTD.exists(), reason="needs twistd beside the test's Python (make test)")
 @pytest_twisted.ensureDeferred
-async def test_upload_and_backup_copy_are_fsynced_before_they_are_linked(tmp_path, start_process, http_client):
+async def test_upload_and_backup_copy_are_fsynced_before_they_are_linked(tmp_path, http_client):
     """
     Seen from outside the real process (strace): the temporary file's
     descriptor is fsynced before the file is linked into photos/, and the
@@ -83,7 +84,7 @@ async def test_upload_and_backup_copy_are_fsynced_before_they_are_linked(tmp_pat
     write_config(data / "config.json", backupTo=[str(target)], keepMaster=True, lanMode=False)
     trace = tmp_path / "trace.txt"
     pidfile = tmp_path / "twistd.pid"
-    process = start_process(
+    process = spawn(
         [strace, "-f", "-y", "-qq", "-o", str(trace), "-e", "trace=fsync,fdatasync,link,linkat,rename,renameat,renameat2",
          str(TWISTD), "--nodaemon", f"--pidfile={pidfile}", "medimage", "--no-lan",
          "--data", str(data), "--port", "0", "--interface", "127.0.0.1"], str(tmp_path))
@@ -493,10 +494,10 @@ async def test_leased_photo_stays_hidden_for_the_documented_five_minutes(start_s
 
 @pytest.mark.skipif(not TWISTD.exists(), reason="needs twistd beside the test's Python (make test)")
 @pytest_twisted.ensureDeferred
-async def test_relay_log_never_holds_ids_folders_or_names(tmp_path, start_process, http_client):
+async def test_relay_log_never_holds_ids_folders_or_names(tmp_path, http_client):
     data = tmp_path / "relay"
     write_config(data / "config.json", allowPhotosLeaving=True, allowGettingRemotePhotos=False, lanMode=False)
-    process = start_process([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", "--data", str(data),
+    process = spawn([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan", "--data", str(data),
                              "--port", "0", "--interface", "127.0.0.1"], str(tmp_path))
     url = f"http://127.0.0.1:{await process.port()}"
     read = f"{url}/read/{PAIRED_ID}"
