@@ -260,7 +260,7 @@ async def pc_home_page(lan: VirtualLan, host: str) -> str:
     process = run_in(lan.ns(host), sys.executable, "-c",
                      "import urllib.request\n"
                      "print(urllib.request.urlopen('http://127.0.0.1:5566/', timeout=3).read().decode())")
-    assert await process.ended == 0, process.output
+    assert await process.exited() == 0, process.output
     return process.output.decode()
 
 
@@ -283,7 +283,7 @@ async def test_a_busy_scan_port_is_reported_and_retried(lan, tmp_path):
                 await pc_home_page(lan, "pcA")
             assert not [u for u, how in (await phone_discover(lan, 5566)).items() if "udp" in how]
             holder.transport.signalProcess(signal.SIGKILL)
-            await holder.ended
+            await holder.exited()
             await pc.wait_for(rb"now listening for scans on UDP port 5566")
             assert (await phone_discover(lan, 5566)).get("http://198.51.100.11:5566") == ["mdns", "udp"]
             assert "cannot listen for scans" not in await pc_home_page(lan, "pcA")
@@ -293,4 +293,4 @@ async def test_a_busy_scan_port_is_reported_and_retried(lan, tmp_path):
     finally:
         if not holder.ended.called:
             holder.transport.signalProcess(signal.SIGKILL)
-            await holder.ended
+            await holder.exited()
