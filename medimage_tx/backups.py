@@ -30,6 +30,10 @@ class BackupService(Service):
         self.reactor = reactor
         self.interval = interval
         self.failing: dict[str, str] = {}
+        #: Called with the staged photos whose add-ons had not finished
+        #: before a restart (the add-on service runs them again); without
+        #: it they are just copied.
+        self.on_unfinished_addons = None
         self._loop = LoopingCall(self._retry)
         self._loop.clock = reactor
 
@@ -64,6 +68,14 @@ class BackupService(Service):
         else:
             self.log.info("Start-up check done: nothing left over from before")
         self._note_report(report)
+        if report.unfinished_addons:
+            if self.on_unfinished_addons is not None:
+                self.on_unfinished_addons(report.unfinished_addons)
+            else:
+                for relative in report.unfinished_addons:
+                    d = self.in_thread(self.store.finish, relative, [relative])
+                    d.addCallback(self.note)
+                    d.addErrback(lambda f: self.log.failure("Copying a staged photo failed", f))
 
     def _note_report(self, report: RecoveryReport) -> None:
         # Only a photo actually copied proves a target works again.

@@ -185,9 +185,10 @@ class PhotoUpload(StateResource):
             os.close(received.fd)
             os.unlink(received.temp_path)
             raise
-        stored = await self.state.in_thread(
-            store.store, received.temp_path, received.fd, parts
-        )
+        if relay is None:
+            stored = await self.state.store_photo(received.temp_path, received.fd, parts)
+        else:
+            stored = await self.state.in_thread(store.store, received.temp_path, received.fd, parts)
         if relay is not None:
             relay.queue.put(paired_id, stored.relative, received.size)
             self.state.stats.photos_received += 0 if stored.duplicate else 1
@@ -200,10 +201,6 @@ class PhotoUpload(StateResource):
         if not stored.duplicate:
             self.state.stats.photos_received += 1
             self.state.stats.bytes_received += received.size
-        if self.state.backups is not None:
-            self.state.backups.note(stored.backup_failures, succeeded=store.backup_to)
-        if not stored.duplicate:
-            self.state.photo_stored(stored.relative)
         log.info(
             "Received {path} ({size} bytes) in {ms:.0f} ms{again}",
             path=stored.relative, size=received.size,

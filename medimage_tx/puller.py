@@ -222,12 +222,9 @@ class RelayPuller(Service):
         stem = safe_component(strip_extension(name, extensions)) or DEFAULT_STEM
         parts = folders + (stem + allowed.extension,)
         fd, temp = download.hand_over()
-        stored = await self.state.in_thread(self.state.store.store, temp, fd, parts)
-        if self.state.backups is not None:
-            self.state.backups.note(stored.backup_failures, succeeded=self.state.store.backup_to)
+        stored = await self.state.store_photo(temp, fd, parts)
         if not stored.duplicate:
             self.state.stats.photos_received += 1
-            self.state.photo_stored(stored.relative)
         self.state.stats.bytes_received += download.size
         return stored
 

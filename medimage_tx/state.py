@@ -46,22 +46,25 @@ class ServerState:
     stats: ServerStats = field(default_factory=ServerStats)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
     config_stamp: Optional[tuple[int, int]] = None
-    #: The add-on hook point: each is called with the photo's path relative
-    #: to the photos folder (and to each backupTo folder) once it is stored,
-    #: whether it came straight from a phone or through the relay.
-    photo_hooks: list[Callable[[str], Any]] = field(default_factory=list)
+    #: The add-ons (medimage_tx.addons.AddonService), on a clinic PC.
+    addons: Any = None
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
     def in_thread(self, f: Callable, *args: Any):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
-    def photo_stored(self, relative: str) -> None:
-        for hook in list(self.photo_hooks):
-            try:
-                hook(relative)
-            except Exception:
-                # An add-on's trouble never costs the phone its answer.
-                log.failure("An add-on failed on a new photo")
+    async def store_photo(self, temp_path, fd, parts):
+        """
+        Store a complete upload on a clinic PC (from a phone or pulled from
+        the relay), copy it to the targets and run its add-ons
+        (L{medimage_tx.store.PhotoStore.store}).
+        """
+        if self.addons is not None:
+            return await self.addons.store(temp_path, fd, parts)
+        stored = await self.in_thread(self.store.store, temp_path, fd, parts)
+        if self.backups is not None:
+            self.backups.note(stored.backup_failures, succeeded=self.store.backup_to)
+        return stored
 
     async def save_config(self, **changes: Any) -> Config:
         """

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -73,6 +74,9 @@ class RecoveryReport:
     temp_files_removed: int = 0
     photos_backed_up: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Staged photos whose add-ons had not finished (marked busy until
+    #: someone runs them, or copies them with L{PhotoStore.finish}).
+    unfinished_addons: list[str] = field(default_factory=list)
 
 
 def same_content(path: Path, other: Path) -> bool:
@@ -141,6 +145,10 @@ class PhotoStore:
         self.keep_master = keep_master
         self.file_mode = file_mode if file_mode is not None else 0o666 & ~process_umask()
         self.folder_mode = None if file_mode is None else folder_mode_for(file_mode)
+        #: Staged photos that add-ons are working on: the retries leave
+        #: them (and, with keepMaster off, every unmarked staged file) alone.
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
 
     def _make_folders(self, folder: Path) -> None:
         """
@@ -174,6 +182,20 @@ class PhotoStore:
             close, or L{None} if it is already flushed and closed.
         @raise TryLater: the photo could not be made durable.
         """
+        relative, duplicate = self._make_durable(temp_path, fd, parts, addons=False)
+        failures = self.ensure_backups(relative) if self.backup_to else []
+        return Stored(relative, duplicate, tuple(failures))
+
+    def stage(self, temp_path: Path, fd: Optional[int], parts: Sequence[str]) -> Stored:
+        """
+        Like L{store}, but without the copies: the photo is made durable
+        under C{photos/<parts>}, marked (durably) as waiting for its
+        add-ons and copies, and left busy for L{finish}.
+        """
+        return Stored(*self._make_durable(temp_path, fd, parts, addons=True))
+
+    def _make_durable(self, temp_path: Path, fd: Optional[int], parts: Sequence[str],
+                      addons: bool) -> tuple[str, bool]:
         try:
             if fd is not None:
                 try:
@@ -182,20 +204,65 @@ class PhotoStore:
                     os.close(fd)
             # Temporary files are private (mkstemp: 0600); the photo is not.
             os.chmod(temp_path, self.file_mode)
-            relative, duplicate = self._link_into_photos(temp_path, parts)
+            return self._link_into_photos(temp_path, parts, addons)
         except OSError as e:
             raise disk_trouble(e) from None
         finally:
             _unlink_quietly(temp_path)
-        failures = self.ensure_backups(relative) if self.backup_to else []
-        return Stored(relative, duplicate, tuple(failures))
+
+    def finish(self, relative: str, copy: Sequence[str]) -> list[tuple[str, str]]:
+        """
+        Add-ons are done with C{relative}: copy each of C{copy} (paths in
+        the photos folder, normally C{relative} itself, or what add-ons
+        renamed it to and the files they asked for) to every target, then
+        drop C{relative}'s add-on mark.  Returns the failed targets.
+        """
+        failures = []
+        for each in dict.fromkeys(copy):
+            if not self.backup_to or not (self.photos / each).is_file():
+                continue
+            if each != relative:
+                self.mark_pending(each)
+            failures.extend(self.ensure_backups(each))
+        if self._marker_addons(relative):
+            # Not copied under this name (renamed, removed, or no targets):
+            # a failed copy would have rewritten the mark without add-ons.
+            _unlink_quietly(self._marker(relative))
+        self.release(relative)
+        return failures
+
+    def first_copy(self, relative: str) -> Optional[Path]:
+        """
+        Copy C{relative} to the targets now and return its copy in the
+        first (the clinic's) folder, for add-ons that work on the target
+        file (C{useTargetFolderFile}).
+        """
+        if not self.backup_to:
+            return None
+        self.ensure_backups(relative, keep_marker=True)
+        return self._find_copy(relative, self.backup_to[0])
+
+    # Busy photos
+
+    def hold(self, relative: str) -> None:
+        with self._busy_lock:
+            self._busy.add(relative)
+
+    def release(self, relative: str) -> None:
+        with self._busy_lock:
+            self._busy.discard(relative)
+
+    def busy(self) -> frozenset[str]:
+        with self._busy_lock:
+            return frozenset(self._busy)
 
     def _candidates(self, folder: tuple[str, ...], stem: str, extension: str) -> Iterator[str]:
         for number in range(100000):
             yield "/".join(folder + (with_suffix_number(stem, number) + extension,))
         raise TryLater("Too many different photos with this name")
 
-    def _link_into_photos(self, temp_path: Path, parts: Sequence[str]) -> tuple[str, bool]:
+    def _link_into_photos(self, temp_path: Path, parts: Sequence[str],
+                          addons: bool = False) -> tuple[str, bool]:
         stem, extension = _split_name(parts[-1])
         self._make_folders(self.photos.joinpath(*parts[:-1]))
         for relative in self._candidates(tuple(parts[:-1]), stem, extension):
@@ -214,7 +281,14 @@ class PhotoStore:
                     link_no_overwrite(temp_path, dest)
                 except FileExistsError:
                     continue  # someone got there first: look again
-                self.mark_pending(relative)
+                if addons:
+                    # The phone's 200 comes before the add-ons and copies:
+                    # the mark must survive a crash.
+                    self.hold(relative)
+                    self.mark_pending(relative, addons=True)
+                    _fsync_quietly(self._marker(relative))
+                else:
+                    self.mark_pending(relative)
                 fsync_folder(dest.parent)
                 return relative, False
         raise AssertionError("unreachable")
@@ -224,17 +298,25 @@ class PhotoStore:
     def _marker(self, relative: str) -> Path:
         return self.pending / (hashlib.sha256(relative.encode()).hexdigest()[:32] + ".json")
 
-    def mark_pending(self, relative: str) -> None:
+    def mark_pending(self, relative: str, addons: bool = False) -> None:
         """
-        Note that C{photos/<relative>} still has copies to be made.
+        Note that C{photos/<relative>} still has copies to be made (and,
+        with C{addons}, add-ons to run first).
         """
-        if not self.backup_to:
+        if not self.backup_to and not addons:
             return
         # Not flushed here: until the phone gets 200 it retries anyway, and a
         # retry runs the backups again.  Flushed below if a backup fails.
-        self._marker(relative).write_text(json.dumps({"path": relative}))
+        record = {"path": relative, "addons": True} if addons else {"path": relative}
+        self._marker(relative).write_text(json.dumps(record))
 
-    def ensure_backups(self, relative: str) -> list[tuple[str, str]]:
+    def _marker_addons(self, relative: str) -> bool:
+        try:
+            return bool(json.loads(self._marker(relative).read_text()).get("addons"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def ensure_backups(self, relative: str, keep_marker: bool = False) -> list[tuple[str, str]]:
         """
         Copy C{photos/<relative>} to every backup target that lacks it.
         Returns the targets that failed, with the reason; the photo then
@@ -254,10 +336,29 @@ class PhotoStore:
             self.mark_pending(relative)
             _fsync_quietly(marker)
             return failures
+        if keep_marker:
+            return failures
         if not self.keep_master and staged.exists():
             _unlink_quietly(staged)
         _unlink_quietly(marker)
         return failures
+
+    def _find_copy(self, relative: str, target: Path) -> Optional[Path]:
+        """
+        The copy of C{photos/<relative>} in C{target} (the name may have a
+        number added where another photo had it).
+        """
+        staged = inside(self.photos, relative)
+        folders, _, name = relative.rpartition("/")
+        stem, extension = _split_name(name)
+        dest_folder = target / folders if folders else target
+        for number in range(100000):
+            dest = dest_folder / (with_suffix_number(stem, number) + extension)
+            if not dest.exists():
+                return None
+            if not staged.exists() or same_content(dest, staged):
+                return dest
+        return None
 
     def _copy_to_target(self, staged: Path, target: Path, relative: str, move: bool) -> None:
         if not target.is_dir():
@@ -305,30 +406,47 @@ class PhotoStore:
 
     def pending_photos(self) -> list[str]:
         """
-        Staged photos whose backups are not all made yet.
+        Staged photos whose backups are not all made yet, and no add-on
+        is working on.
         """
-        found = set()
+        return sorted(relative for relative, addons in self._pending().items() if not addons)
+
+    def _pending(self) -> dict[str, bool]:
+        """
+        Staged photos still to be copied -> whether add-ons must run first.
+        """
+        busy = self.busy()
+        found: dict[str, bool] = {}
         for marker in self.pending.glob("*.json"):
             try:
-                relative = json.loads(marker.read_text())["path"]
+                record = json.loads(marker.read_text())
+                relative = record["path"]
             except (OSError, ValueError, KeyError, TypeError):
                 _unlink_quietly(marker)
                 continue
+            if relative in busy:
+                continue
             if isinstance(relative, str) and _is_inside(self.photos, relative) \
                     and (self.photos / relative).is_file():
-                found.add(relative)
+                found[relative] = bool(record.get("addons"))
             else:
                 _unlink_quietly(marker)
-        if self.backup_to and not self.keep_master:
-            # Every staged photo left here is one whose copies are not done.
+        if self.backup_to and not self.keep_master and not busy:
+            # Every staged photo left here is one whose copies are not done
+            # (checked only while no add-on may be writing a new file).
             for path in self.photos.rglob("*"):
                 if path.is_file():
-                    found.add(path.relative_to(self.photos).as_posix())
-        return sorted(found)
+                    found.setdefault(path.relative_to(self.photos).as_posix(), False)
+        return found
 
-    def retry_pending(self) -> RecoveryReport:
-        report = RecoveryReport()
-        for relative in self.pending_photos():
+    def retry_pending(self, report: Optional[RecoveryReport] = None) -> RecoveryReport:
+        report = report or RecoveryReport()
+        for relative, addons in sorted(self._pending().items()):
+            if addons:
+                # Left by a crash while add-ons ran: they run again first.
+                self.hold(relative)
+                report.unfinished_addons.append(relative)
+                continue
             failures = self.ensure_backups(relative)
             if failures:
                 report.failures.extend(failures)
@@ -348,8 +466,7 @@ class PhotoStore:
                     if leftover.is_file():
                         _unlink_quietly(leftover)
                         removed += 1
-        report = self.retry_pending()
-        report.temp_files_removed = removed
+        report = self.retry_pending(RecoveryReport(temp_files_removed=removed))
         return report
 
 

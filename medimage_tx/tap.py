@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
+from .addons import make_addon_service
 from .backups import BackupService
 from .config_watch import ConfigWatcher
 from .config import ConfigError, Config, load_or_create_config, resolve_path
@@ -302,6 +303,10 @@ def build_service(
             scheme=lambda: "https" if tls is not None else "http", udp_port=discovery_port)
         service.discovery.setServiceParent(service)
         state.discovery = service.discovery.status
+    if relay is None:
+        make_addon_service(state, reactor, clock).setServiceParent(service)
+        detected = store.backup_to[len(config.backupTo):]
+        state.config_listeners.append(lambda: _follow_backup_to(state, detected))
     if relay is None and config.allowGettingRemotePhotos:
         # Runs always, idle until readProxy is set (pairing sets it).
         service.puller = RelayPuller(state, reactor, clock)
@@ -342,6 +347,19 @@ def _make_store(config: Config, data_dir: Path) -> PhotoStore:
                 log.warn("Cannot use the drive folder {folder}: {reason}", folder=folder, reason=e.strerror)
         store.backup_to = store.backup_to + tuple(drives)
     return store
+
+
+def _follow_backup_to(state: ServerState, detected: tuple) -> None:
+    """
+    config.json changed (by hand, or an add-on such as change-folder):
+    copies go to its backupTo from now on (plus the drives found at start).
+    """
+    config = state.config
+    targets = tuple(resolve_path(folder, config.path.parent) for folder in config.backupTo) + detected
+    if targets != state.store.backup_to:
+        state.store.backup_to = targets
+        log.info("Photos are now copied to {targets}",
+                 targets=", ".join(map(str, targets)) or "no target folder")
 
 
 def _tls_options(config: Config):

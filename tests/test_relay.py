@@ -70,15 +70,12 @@ def next_delivery(pc) -> defer.Deferred:
 async def test_upload_to_relay_lands_in_pc_target(start_server, http_client, tmp_path):
     relay = await start_relay(start_server, Clock())
     pc, target = await start_pc(start_server, tmp_path, f"{relay.url}/read/{PAIRED_ID}")
-    hooked = []
-    pc.service.state.photo_hooks.append(hooked.append)
     delivered = next_delivery(pc)
     photo = jpeg_bytes(500_000)
     with capturedLogs() as events:
         assert await upload(http_client, relay, APP_NAME, photo) == (200, b"Received upload successfully!")
         assert await within(delivered) == DELIVERED_AS
     assert (target / DELIVERED_AS).read_bytes() == photo
-    assert hooked == [DELIVERED_AS]  # the add-on hook point, as for a direct upload
     assert all_files(relay.photos) == []  # confirmed, so unlinked on the relay
     assert pc.service.state.config.transfer == len(photo)
     assert '"transfer": %d' % len(photo) in (pc.data / "config.json").read_text()
