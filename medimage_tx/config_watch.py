@@ -16,7 +16,7 @@ CHECK_INTERVAL = 3.0
 
 #: Keys read only when the server starts (listeners, folders, roles, TLS).
 NEEDS_RESTART = {
-    "listenPort", "httpsPort", "httpsKey", "httpsCert", "backupTo", "keepMaster", "fileMode",
+    "listenPort", "httpsPort", "httpsKey", "httpsCert", "keepMaster", "fileMode",
     "onStartBackupDriveDetect", "allowPhotosLeaving", "allowGettingRemotePhotos", "lanMode",
     "discoveryPort",
 }
