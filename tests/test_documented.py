@@ -43,7 +43,7 @@ def code_value(name: str):
 PROMISES = [
     ("GUESSES_PER_ADDRESS", "protocol.md", r"(\d+) failed compares per client address"),
     ("GUESSES_IN_TOTAL", "protocol.md", r"and (\d+) failed compares in total"),
-    ("GUESS_WINDOW_SECONDS", "protocol.md", r"Limits, per rolling (hour)"),
+    ("GUESS_WINDOW_SECONDS", "protocol.md", r"Limits, per (hour): \d+ failed"),
     ("CODE_LIFETIME_SECONDS", "protocol.md", r"case-insensitive, valid for one (hour)"),
     ("LEASE_SECONDS", "protocol.md", r"until confirmed, or for (\d+) minutes"),
     ("UDP_REPLIES_PER_SENDER_PER_SECOND", "protocol.md", r"a sender gets at most (\d+) replies a second"),
