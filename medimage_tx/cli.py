@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "discover": "medimage_tx.commands.discover",
     "send": "medimage_tx.commands.send",
     "migrate": "medimage_tx.commands.migrate",
+    "addon": "medimage_tx.commands.addon",
 }
 
 

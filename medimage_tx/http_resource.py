@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from .app_families import app_family
 from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
+from .addons.web import AddonResource
 from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
@@ -267,8 +268,8 @@ class Root(Resource):
         admin.putChild(b"login", LoginPage(state))
         admin.putChild(b"logout", LogoutPage(state))
         self.putChild(b"admin", admin)
-        addon = Resource()  # the original's basic-authentication add-on URL
-        addon.putChild(b"get-session", GetSession(state))
+        addon = AddonResource(state)
+        addon.putChild(b"get-session", GetSession(state))  # the original's basic-authentication
         self.putChild(b"addon", addon)
         if state.pairing is not None:
             service = PairingService(state.pairing, state.pairing_save)

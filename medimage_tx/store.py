@@ -231,6 +231,17 @@ class PhotoStore:
         self.release(relative)
         return failures
 
+    def copy_files(self, relatives: Sequence[str]) -> list[tuple[str, str]]:
+        """
+        Copy files an add-on made in the photos folder to every target.
+        """
+        failures = []
+        for relative in dict.fromkeys(relatives):
+            if self.backup_to and (self.photos / relative).is_file():
+                self.mark_pending(relative)
+                failures.extend(self.ensure_backups(relative))
+        return failures
+
     def first_copy(self, relative: str) -> Optional[Path]:
         """
         Copy C{relative} to the targets now and return its copy in the

@@ -1,0 +1,371 @@
+"""
+Installing and removing add-ons the way the original's add-on installer
+does (C{addons/addon-installer/install-addon.js}): a C{.zip} with a
+C{medimage-installer.json} is unpacked into C{addons/<name>} (its files may
+sit one or two folders deep in the zip), its C{installCommands} for this
+platform run in that folder (C{all} first, then C{win32}/C{win64}/C{unix}/
+C{mac}; each a command line, or C{{"attempt": ..., "timeoutAfterSeconds":
+..., "warnOnTimeout": ...}} whose failure is only a warning), and its events
+are registered.  Removing runs C{uninstallCommands} and deletes the folder
+and the add-on's registry entries.
+
+What differs: an install either completes or leaves nothing behind (the
+folder, a replaced older version and the registry are put back); the zip
+is checked before anything is unpacked (no paths outside the folder, no
+links, bounded size); commands run as the server's user (the original
+could prefix C{sudo} with a typed password: never here); and
+C{medimage-installer.json} may list C{"events"} to register, beside
+install commands that edit C{addons/config.json} themselves as the
+original's add-ons do.
+
+Plain blocking Python (the server runs it in a thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional
+
+from .registry import EVENTS, Registry, RegistryError
+
+DESCRIPTOR = "medimage-installer.json"
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: The original's limit for one install command.
+COMMAND_TIMEOUT = 40.0
+MAX_ZIP_BYTES = 200 * 1024 * 1024
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+MAX_ENTRIES = 20000
+#: Output of a failed command quoted in the answer, at most.
+QUOTED = 500
+
+
+class InstallError(Exception):
+    """
+    The install or removal did not happen; the message says why, in one line.
+    """
+
+
+class LockedDown(InstallError):
+    def __init__(self):
+        super().__init__("Add-ons cannot be installed or removed: lockDown is on in config.json")
+
+
+@dataclass
+class InstallReport:
+    name: str
+    message: str
+    version: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def platform_name(system: Optional[str] = None, machine: Optional[str] = None) -> str:
+    """
+    The original's platform names: win32, win64, mac, unix (Linux and the rest).
+    """
+    system = system or platform.system()
+    if system == "Windows":
+        return "win64" if (machine or platform.machine()).endswith("64") else "win32"
+    return "mac" if system == "Darwin" else "unix"
+
+
+def check_lockdown(config: Any) -> None:
+    if config.lockDown:
+        raise LockedDown()
+
+
+# Unpacking
+
+
+def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    members = archive.infolist()
+    if len(members) > MAX_ENTRIES:
+        raise InstallError(f"The zip has more than {MAX_ENTRIES} files")
+    total = 0
+    for member in members:
+        name = member.filename
+        parts = PurePosixPath(name).parts
+        if (name.startswith(("/", "\\")) or "\\" in name or ":" in name or "\x00" in name
+                or any(p in ("..", ".") for p in parts)):
+            raise InstallError(f"The zip has a file outside its folder: {name!r}")
+        if (member.external_attr >> 16) & 0o170000 == 0o120000:
+            raise InstallError(f"The zip has a link, which add-ons may not contain: {name!r}")
+        total += member.file_size
+        if total > MAX_UNPACKED_BYTES:
+            raise InstallError("The zip unpacks to more than 1 GiB")
+    return members
+
+
+def unpack(zip_path: Path, into: Path) -> Path:
+    """
+    Unpack C{zip_path} into the new folder C{into}; returns the folder
+    that holds the add-on (C{into}, or the single folder one or two levels
+    down, as the original looks for it).
+    """
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = _safe_members(archive)
+            into.mkdir(parents=True)
+            for member in members:
+                archive.extract(member, into)
+                if not member.is_dir():
+                    mode = (member.external_attr >> 16) & 0o777
+                    if mode:
+                        os.chmod(into / member.filename, mode | 0o600)
+    except zipfile.BadZipFile:
+        raise InstallError("This is not a zip file") from None
+    root = into
+    for _ in range(2):
+        visible = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(visible) == 1 and visible[0].is_dir():
+            root = visible[0]
+        else:
+            break
+    return root
+
+
+def read_descriptor(folder: Path) -> dict[str, Any]:
+    path = folder / DESCRIPTOR
+    try:
+        descriptor = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InstallError(f"No installer script was found ({DESCRIPTOR})") from None
+    except (OSError, ValueError) as e:
+        raise InstallError(f"There is a problem in {DESCRIPTOR}: {e}") from None
+    if not isinstance(descriptor, dict):
+        raise InstallError(f"There is a problem in {DESCRIPTOR}: expected an object")
+    return descriptor
+
+
+def addon_name(descriptor: dict[str, Any]) -> str:
+    name = descriptor.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InstallError(f"{DESCRIPTOR} must give a \"name\": lower case letters, digits, '.', "
+                           f"'_' or '-' (got {name!r})")
+    return name
+
+
+# Commands
+
+
+def _argv(command: str) -> list[str]:
+    words = command.split()
+    found = shutil.which(words[0])
+    if found is None and words[0] == "node":
+        found = shutil.which("nodejs")
+    if found is None:
+        raise InstallError(f"The installation was not complete: {words[0]} is not installed "
+                           f"(needed by \"{command}\")")
+    argv = [found] + words[1:]
+    nice = shutil.which("nice")
+    if os.name != "nt" and nice:
+        argv = [nice, "-n", "10"] + argv  # the original ran installers at low priority
+    return argv
+
+
+def _run(command: str, cwd: Path, timeout: float, env: dict[str, str]) -> tuple[Optional[int], str]:
+    """
+    Run one command line (no shell); returns (exit status or None when
+    it ran too long, its output).
+    """
+    process = subprocess.Popen(_argv(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=(os.name != "nt"))
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        if os.name != "nt":
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            process.kill()
+        output, _ = process.communicate()
+        return None, output.decode("utf-8", "replace")
+
+
+def run_commands(descriptor: dict[str, Any], key: str, cwd: Path, env: dict[str, str],
+                 platform_: Optional[str] = None) -> list[str]:
+    """
+    Run C{descriptor[key]} (C{all}, then this platform's); returns the
+    warnings.  @raise InstallError: a command failed.
+    """
+    groups = descriptor.get(key) or {}
+    if not isinstance(groups, dict):
+        raise InstallError(f"\"{key}\" in {DESCRIPTOR} must be an object")
+    warnings = []
+    for group in ("all", platform_ or platform_name()):
+        for item in groups.get(group) or []:
+            attempt = isinstance(item, dict)
+            command = item.get("attempt", "") if attempt else item
+            if not isinstance(command, str) or not command.strip():
+                continue
+            timeout = COMMAND_TIMEOUT
+            if attempt and isinstance(item.get("timeoutAfterSeconds"), (int, float)):
+                timeout = float(item["timeoutAfterSeconds"])
+            code, output = _run(command, cwd, timeout, env)
+            if code == 0:
+                continue
+            what = "timed out" if code is None else f"failed (exit status {code})"
+            tail = " ".join(output.split())[-QUOTED:]
+            if attempt:
+                warning = item.get("warnOnTimeout") if code is None and item.get("warnOnTimeout") \
+                    else f"\"{command}\" {what}: {tail}"
+                warnings.append(str(warning))
+            else:
+                raise InstallError(f"The installation was not complete: \"{command}\" {what}. {tail}")
+    return warnings
+
+
+# Install, remove, list
+
+
+def _environment(parent_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MEDIMAGE_PARENT_DIR"] = str(parent_dir)
+    env["MEDIMAGE_CONFIG"] = str(parent_dir / "config.json")
+    return env
+
+
+def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Any) -> InstallReport:
+    """
+    Install the add-on in C{zip_path} into C{parent_dir/addons}.
+    @raise InstallError: nothing was installed (and nothing left behind).
+    """
+    check_lockdown(config)
+    addons = parent_dir / "addons"
+    work = addons / f".installing-{secrets.token_hex(4)}"
+    replaced: Optional[Path] = None
+    saved_registry = registry.snapshot()
+    dest: Optional[Path] = None
+    created = installed = False
+    try:
+        root = unpack(zip_path, work / "unpacked")
+        descriptor = read_descriptor(root)
+        name = addon_name(descriptor)
+        events = _descriptor_events(descriptor)
+        dest = addons / name
+        if dest.exists():
+            replaced = work / "replaced"
+            dest.rename(replaced)
+        root.rename(dest)
+        created = True
+        warnings = run_commands(descriptor, "installCommands", dest, _environment(parent_dir))
+        if events:
+            registry.add(events)
+        installed = True
+    except RegistryError as e:
+        raise InstallError(f"The add-on registry cannot be changed: {e}") from None
+    except OSError as e:
+        raise InstallError(f"The installation was not complete: {e}") from None
+    finally:
+        if not installed:
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            if replaced is not None and replaced.exists():
+                replaced.rename(dest)
+            registry.restore(saved_registry)
+        shutil.rmtree(work, ignore_errors=True)
+    message = _message(descriptor, "The installation was completed successfully!")
+    return InstallReport(name, message, str(descriptor.get("version", "")), warnings)
+
+
+def _descriptor_events(descriptor: dict[str, Any]) -> dict[str, list[dict]]:
+    events = descriptor.get("events") or {}
+    if not isinstance(events, dict) or any(
+            e not in EVENTS or not isinstance(v, list) or not all(isinstance(i, dict) for i in v)
+            for e, v in events.items()):
+        raise InstallError(f"\"events\" in {DESCRIPTOR} must map photoWritten, fileWritten or "
+                           "urlRequest to lists of entries")
+    return events
+
+
+def _message(descriptor: dict[str, Any], default: str) -> str:
+    messages = descriptor.get("successMessages")
+    main = default
+    if isinstance(messages, dict):
+        for group in ("all", platform_name()):
+            found = messages.get(group)
+            if isinstance(found, dict) and isinstance(found.get("main"), str):
+                main = found["main"]
+    return main
+
+
+def _belongs_to(name: str, events: dict[str, list[dict]]):
+    marker = re.compile(r"(^|[\s/\\])addons[/\\]" + re.escape(name) + r"[/\\]")
+
+    def test(event: str, item: Any) -> bool:
+        if not isinstance(item, dict):
+            return False
+        return item in events.get(event, []) or bool(marker.search(str(item.get("runProcess", ""))))
+    return test
+
+
+def uninstall(name: str, parent_dir: Path, registry: Registry, config: Any) -> InstallReport:
+    """
+    Remove the add-on C{name}: its uninstall commands, its registry
+    entries (those its descriptor lists and any that run a file in its
+    folder), its folder.
+    """
+    check_lockdown(config)
+    if not NAME.fullmatch(name or ""):
+        raise InstallError(f"There is no add-on called {name!r}")
+    folder = parent_dir / "addons" / name
+    if not folder.is_dir():
+        raise InstallError(f"There is no add-on called {name!r} in {parent_dir / 'addons'}")
+    descriptor = read_descriptor(folder) if (folder / DESCRIPTOR).exists() else {}
+    events = _descriptor_events(descriptor)
+    warnings = run_commands(descriptor, "uninstallCommands", folder, _environment(parent_dir))
+    try:
+        registry.remove_where(_belongs_to(name, events))
+    except RegistryError as e:
+        raise InstallError(f"The add-on registry cannot be changed: {e}") from None
+    shutil.rmtree(folder)
+    return InstallReport(name, "The uninstallation was completed successfully!",
+                         str(descriptor.get("version", "")), warnings)
+
+
+def list_addons(parent_dir: Path, registry: Registry, python_addons=()) -> list[dict[str, Any]]:
+    """
+    The installed add-ons: each folder of C{addons/} with a descriptor,
+    each name in the registry, each Python add-on.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    addons = parent_dir / "addons"
+    if addons.is_dir():
+        for folder in sorted(addons.iterdir()):
+            if folder.is_dir() and not folder.name.startswith(".") and (folder / DESCRIPTOR).exists():
+                try:
+                    descriptor = read_descriptor(folder)
+                except InstallError:
+                    descriptor = {}
+                found[folder.name] = {"name": folder.name, "kind": "folder",
+                                      "version": str(descriptor.get("version", "")),
+                                      "description": str(descriptor.get("description", "")),
+                                      "events": []}
+    for event in EVENTS:
+        for entry in registry.entries(event):
+            key = entry.addon or "(unnamed)"
+            item = found.setdefault(key, {"name": key, "kind": "registry", "version": "",
+                                          "description": "", "events": []})
+            item["events"].append({"event": event, "active": entry.active,
+                                   "runProcess": entry.run_process,
+                                   **({"scriptURLName": entry.script_url_name}
+                                      if event == "urlRequest" else {})})
+    for addon in python_addons:
+        found.setdefault(addon.name, {"name": addon.name, "kind": "python", "version": "",
+                                      "description": "", "events": [
+                                          {"event": e, "active": True} for e in EVENTS
+                                          if addon.handler(e)]})
+    return list(found.values())

@@ -1,0 +1,372 @@
+"""
+C{/addon/...}: the original's urlRequest add-ons, and the routes the
+admin page uses to install, remove and list add-ons.
+
+- C{GET|POST /addon/<scriptURLName>[?query]}: runs the matching urlRequest
+  entry with C{param1} = the query, URL-encoded as the original builds it.
+  C{waitForRequestFinish: "page.html"} waits for the script and serves the
+  page from the pages folder with the script's C{returnParams:} filled in
+  (C{CHANGELOCATION} picks another page); C{waitForRequestFinish: ""} serves
+  the file the script names with C{returnPhotoFile:}; without it the
+  answer comes at once (C{afterRequest} page, or empty) and the script
+  runs on.
+- C{POST /addon/install-addon}: C{zipfileURL=<url>} or an uploaded zip
+  (multipart field C{file1}) installs; C{uninstall=<name>} removes.
+- C{GET /addon/installed}: the installed add-ons as JSON.
+
+Add-on pages can run any program the clinic installed, so they are the
+clinic's administrator's (docs/security.md): served only under this
+server's own names, never to another site's page (C{Origin},
+C{Sec-Fetch-Site}, C{Referer}), and only to the PC itself or a browser
+signed in with the C{basicAuthent} password; install and remove are also
+C{POST} with a CSRF token, and refused in C{lockDown}.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import quote, urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import pages
+from twisted.web.resource import Resource
+
+from ..admin import form_fields, set_admin_headers
+from ..errors import Rejected
+from ..web import Answer, answer_now, render_async
+from .installer import MAX_ZIP_BYTES, InstallError, install, list_addons, uninstall
+from .output import parse_output
+from .pipeline import in_daemon_thread, photos_relative
+from .python_api import Page, UrlRequest
+
+log = Logger()
+
+NO_CACHE = {b"cache-control": b"private, no-cache, no-store, must-revalidate",
+            b"expires": b"-1", b"pragma": b"no-cache"}
+HTML = b"text/html; charset=utf-8"
+#: Built-in names under /addon/ (an add-on cannot take them over).
+INSTALL = b"install-addon"
+INSTALLED = b"installed"
+
+
+def encode_uri_component(text: str) -> str:
+    """
+    JavaScript's C{encodeURIComponent}.
+    """
+    return quote(text, safe="-_.!~*'()")
+
+
+def script_param(rest: str, name: str) -> str:
+    """
+    C{param1} for C{/addon/<rest>} as the original builds it: C{%23} and
+    C{%20} decoded once, C{name?} dropped, the rest URL-encoded.
+    """
+    rest = rest.replace("%23", "#", 1).replace("%20", " ", 1)
+    return encode_uri_component(rest.replace(name + "?", "", 1))
+
+
+def fill_page(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        if key:
+            text = text.replace(key, value)
+    return text
+
+
+def content_type(path: Path) -> bytes:
+    if path.suffix.lower() in (".html", ".htm"):
+        return HTML
+    guessed, _ = mimetypes.guess_type(path.name)
+    return (guessed or "application/octet-stream").encode()
+
+
+def _json(code: int, data: Any) -> Answer:
+    return Answer(code, json.dumps(data).encode(), b"application/json", headers=dict(NO_CACHE))
+
+
+class AddonResource(Resource):
+    """
+    C{/addon/}: built-in children first (C{get-session}, C{install-addon},
+    C{installed}), then the registry's urlRequest names.
+    """
+
+    def __init__(self, state: Any):
+        super().__init__()
+        self.state = state
+        self.putChild(INSTALL, InstallAddon(state))
+        self.putChild(INSTALLED, InstalledAddons(state))
+
+    def getChild(self, path: bytes, request):
+        if self.state.addons is None or not path:
+            return pages.notFound()
+        return UrlRequestPage(self.state, path.decode("utf-8", "replace"))
+
+
+def refusal(state: Any, request, form: Optional[dict] = None) -> Optional[Answer]:
+    """
+    The access layer's decision, plus: a foreign C{Referer} is another
+    site's page even where the browser sends no C{Origin} or
+    C{Sec-Fetch-Site} (an old browser's C{<img>}).
+    """
+    access = state.access
+    referer = request.getHeader(b"referer")
+    if referer is not None and not access._is_own_origin(request, referer.decode("latin-1")):
+        return Answer(403, b"Refused: another site's page asked. Nothing was run.")
+    return access.refusal(request, form)
+
+
+class UrlRequestPage(Resource):
+    isLeaf = True
+
+    def __init__(self, state: Any, name: str):
+        super().__init__()
+        self.state = state
+        self.name = name
+
+    def render(self, request):
+        if request.method not in (b"GET", b"POST", b"HEAD"):
+            return super().render(request)
+        set_admin_headers(request)
+        return render_async(request, self.answer)
+
+    async def answer(self, request) -> Answer:
+        form = form_fields(request) if request.method == b"POST" else None
+        refused = refusal(self.state, request, form)
+        if refused is not None:
+            return refused
+        addons = self.state.addons
+        rest = request.uri.decode("utf-8", "replace").split("/addon/", 1)[-1]
+        if request.method == b"POST" and form is not None:
+            request.content.seek(0)
+            rest += "?" + request.content.read().decode("utf-8", "replace")
+        for addon in addons.python_addons:
+            if self.name in addon.url_names() and addon.handler("urlRequest"):
+                return await self._python(addon, request, rest)
+        entry = addons.registry.url_entry(self.name)
+        if entry is None:
+            return Answer(404, b"No add-on answers here", headers=dict(NO_CACHE))
+        values = {"parentdir": str(addons.parent_dir), "param1": script_param(rest, self.name)}
+        describe = f"/addon/{self.name}"
+        if entry.wait_for_request_finish is None:
+            # The original answers at once and lets the script run on.
+            Deferred.fromCoroutine(addons.run_entry(entry, values, describe))
+            if entry.after_request:
+                return await self._page(entry.after_request, None)
+            return Answer(200, b"", HTML, headers=dict(NO_CACHE))
+        result = await addons.run_entry(entry, values, describe)
+        if not result.ok:
+            return Answer(500, f"The add-on {entry.addon} failed ({result.describe()}); the server's "
+                               "log has its output".encode(), headers=dict(NO_CACHE))
+        out = parse_output(result.stdout)
+        if out.reload_config:
+            await addons.reload_config()
+        if out.backup_files:
+            await self._copy(out.backup_files, entry.addon)
+        if entry.wait_for_request_finish == "":
+            if out.return_photo_file:
+                return await self._file(out.return_photo_file)
+            return Answer(200, b"", HTML, headers=dict(NO_CACHE))
+        page = entry.wait_for_request_finish
+        params = out.return_params
+        if params is not None and params.get("CHANGELOCATION"):
+            page = params["CHANGELOCATION"]
+        return await self._page(page, params)
+
+    async def _python(self, addon, request, rest: str) -> Answer:
+        addons = self.state.addons
+        name, _, query = rest.partition("?")
+        from .output import parse_query
+        call = UrlRequest(name=self.name, query=parse_query(query), raw_query=query,
+                          method=request.method.decode(), parent_dir=addons.parent_dir,
+                          photos=self.state.store.photos, pages=addons.pages,
+                          config=self.state.config)
+        d = in_daemon_thread(addons.reactor, addon.handler("urlRequest"), call)
+        d.addTimeout(60, addons.clock)
+        try:
+            page = await d
+        except Exception:
+            log.failure("Python add-on {name} failed on /addon/{url}", name=addon.name, url=self.name)
+            return Answer(500, f"The add-on {addon.name} failed; the server's log says why".encode())
+        if not isinstance(page, Page):
+            return Answer(200, b"", HTML, headers=dict(NO_CACHE))
+        return Answer(page.code, page.body, page.content_type.encode(), headers=dict(NO_CACHE))
+
+    async def _copy(self, named: list[str], addon: str) -> None:
+        store = self.state.store
+        relatives = []
+        for each in named:
+            relative = photos_relative(store.photos, each)
+            if relative is None:
+                log.warn("Add-on {addon} asked to copy {named}, which is not in the photos folder: "
+                         "not copied", addon=addon, named=each)
+            else:
+                relatives.append(relative)
+        failures = await self.state.in_thread(store.copy_files, relatives)
+        if self.state.backups is not None:
+            self.state.backups.note(failures, succeeded=store.backup_to)
+
+    def _pages_path(self, page: str) -> Optional[Path]:
+        pages_folder = self.state.addons.pages
+        relative = page.split("?", 1)[0].replace("\\", "/").lstrip("/")
+        path = Path(os.path.normpath(pages_folder / relative))
+        for root in (pages_folder, self.state.store.photos):
+            try:
+                path.relative_to(os.path.normpath(root))
+            except ValueError:
+                continue
+            return path
+        return None
+
+    async def _page(self, page: str, params: Optional[dict[str, str]]) -> Answer:
+        path = self._pages_path(page)
+        if path is None:
+            return Answer(404, b"The add-on's page is not in the pages folder", headers=dict(NO_CACHE))
+        try:
+            body = await self.state.in_thread(path.read_bytes)
+        except OSError:
+            log.warn("An add-on's page {path} cannot be read", path=path)
+            return Answer(404, b"The add-on's page is missing", headers=dict(NO_CACHE))
+        kind = content_type(path)
+        if params is not None and kind == HTML:
+            values = dict(params)
+            values["STANDARDHEADER"] = await self.state.in_thread(self._header)
+            body = fill_page(body.decode("utf-8", "replace"), values).encode("utf-8")
+        return Answer(200, body, kind, headers=dict(NO_CACHE))
+
+    def _header(self) -> str:
+        header = self.state.addons.parent_dir / "public" / "components" / "header.html"
+        try:
+            return header.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    async def _file(self, named: str) -> Answer:
+        return await self._page(named, None)
+
+
+class InstallAddon(Resource):
+    """
+    C{POST /addon/install-addon}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, state: Any):
+        super().__init__()
+        self.state = state
+
+    def render_POST(self, request):
+        set_admin_headers(request)
+        return render_async(request, self.answer)
+
+    async def answer(self, request) -> Answer:
+        uploaded = None
+        if request.receiver is not None:
+            try:
+                received = request.receiver.finish()
+            except Rejected as e:
+                return _json(400, {"finished": False, "message": str(e)})
+            request.receiver.disown()
+            os.close(received.fd)
+            uploaded, form = received.temp_path, dict(received.fields)
+        else:
+            form = form_fields(request)
+        try:
+            refused = refusal(self.state, request, form)
+            if refused is not None:
+                return refused
+            addons = self.state.addons
+            if addons is None:
+                return _json(404, {"finished": False, "message": "This server has no add-ons (a relay)"})
+            config = self.state.config
+            if config.lockDown:
+                return _json(403, {"finished": False, "message": "Add-ons cannot be installed or "
+                                   "removed: lockDown is on in config.json"})
+            try:
+                if form.get("uninstall"):
+                    report = await self.state.in_thread(uninstall, form["uninstall"],
+                                                        addons.parent_dir, addons.registry, config)
+                else:
+                    if uploaded is None:
+                        url = form.get("zipfileURL", "")
+                        if not url:
+                            return _json(400, {"finished": False, "message":
+                                               "Send zipfileURL=<address of a .zip>, an uploaded zip "
+                                               "(file1), or uninstall=<name>"})
+                        uploaded = self.state.store.temp / f"addon-{secrets.token_hex(8)}.zip"
+                        await download_zip(addons.reactor, url, uploaded, config.webProxy)
+                    report = await self.state.in_thread(install, uploaded, addons.parent_dir,
+                                                        addons.registry, config)
+            except InstallError as e:
+                log.warn("Add-on install or removal failed: {error}", error=str(e))
+                return _json(400, {"finished": False, "message": str(e)})
+        finally:
+            if uploaded is not None:
+                try:
+                    os.unlink(uploaded)
+                except OSError:
+                    pass
+        log.info("Add-on {name}: {message}", name=report.name, message=report.message)
+        return _json(200, {"finished": True, "name": report.name, "version": report.version,
+                           "message": report.message, "warnings": report.warnings})
+
+
+class InstalledAddons(Resource):
+    """
+    C{GET /addon/installed}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, state: Any):
+        super().__init__()
+        self.state = state
+
+    def render_GET(self, request):
+        set_admin_headers(request)
+        refused = refusal(self.state, request)
+        if refused is not None:
+            return answer_now(request, refused)
+        addons = self.state.addons
+        if addons is None:
+            return answer_now(request, _json(404, []))
+        listed = list_addons(addons.parent_dir, addons.registry, addons.python_addons)
+        return answer_now(request, _json(200, listed))
+
+
+async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> None:
+    """
+    Fetch C{url} (http or https, through the clinic's C{webProxy}) into
+    C{dest}, at most L{MAX_ZIP_BYTES}.  @raise InstallError.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
+
+    from ..proxy_tunnel import make_agent
+
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise InstallError("zipfileURL must be an http:// or https:// address")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = HTTPClient(make_agent(reactor, pool, web_proxy))
+    size = 0
+    with open(dest, "wb") as f:
+        def write(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > MAX_ZIP_BYTES:
+                raise InstallError("The add-on's zip is larger than 200 MiB")
+            f.write(data)
+        try:
+            response = await client.get(url, timeout=120)
+            if response.code != 200:
+                raise InstallError(f"Cannot download the add-on: {url} answered {response.code}")
+            await response.collect(write)
+        except InstallError:
+            raise
+        except Exception as e:
+            raise InstallError(f"Cannot download the add-on from {url}: {e}") from None
