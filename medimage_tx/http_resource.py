@@ -19,6 +19,7 @@ from .app_families import app_family
 from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
 from .addons.web import AddonResource
+from .connection_limits import connection_budget, open_file_limit, uses_select
 from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
@@ -36,6 +37,13 @@ UPLOAD_READ_SIZE = 256 * 1024
 #: A relay on the internet serves many clinics; one address gets this many
 #: connections at once (a clinic's PCs and phones behind one NAT fit).
 RELAY_CONNECTIONS_PER_ADDRESS = 32
+#: A phone on the clinic's WiFi opens one or two at a time (an upload, the
+#: app's scan or ping); a browser at most six per server.
+PC_CONNECTIONS_PER_ADDRESS = 32
+#: Connections at once in all, unless the open-file limit allows fewer
+#: (connection_limits.connection_budget).
+RELAY_CONNECTIONS = 10_000
+PC_CONNECTIONS = 1_000
 
 
 @dataclass
@@ -44,43 +52,75 @@ class Limits:
     Limits on what one client may make the server hold (issue: hostile input).
     """
 
-    header_seconds: float = 30.0  # from a request's first line to its last header
+    header_seconds: float = 30.0  # from connect (or a kept-alive request's first byte) to its last header
     body_base_seconds: float = 60.0  # plus the body at the slowest rate we wait for:
     min_body_rate: float = 16 * 1024  # bytes/s (128 kbit/s, a poor 3G upload)
     small_body: int = 64 * 1024  # the most a non-upload body may carry
-    connections_per_address: Optional[int] = None  # relay: a cap per client address
+    connections_per_address: Optional[int] = None  # default: per role, below
+    connections_in_total: Optional[int] = None  # default: per role, within the open-file limit
 
 
 class MedImageChannel(http.HTTPChannel):
     """
     HTTP/1.1 with tighter limits than Twisted's defaults: 64 headers, 8 KiB
-    request line, 16 KiB of headers in all; and, where the site says so, a
-    cap on connections per client address.
+    request line, 16 KiB of headers in all; a request's line and headers
+    must arrive within C{header_seconds} of the connection (or, on a
+    keep-alive connection, of the request's first byte); and caps on
+    connections per client address and in total.
     """
 
     maxHeaders = 64
     MAX_LENGTH = 8192
     totalHeadersSize = 16384
     _counted: Optional[str] = None
+    _header_deadline = None
+    _awaiting_request = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         site = self.site
         host = getattr(self.transport.getPeer(), "host", "")
-        cap = site.limits.connections_per_address
-        if cap is not None:
-            if site.connections.get(host, 0) >= cap:
-                self.transport.abortConnection()
-                return
-            site.connections[host] = site.connections.get(host, 0) + 1
-            self._counted = host
+        if not site.admit(host):
+            self.transport.abortConnection()
+            return
+        self._counted = host
+        self._start_header_deadline()
+
+    def _start_header_deadline(self) -> None:
+        self._stop_header_deadline()
+        self._header_deadline = self.site.state.reactor.callLater(
+            self.site.limits.header_seconds, self._too_slow)
+
+    def _stop_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _too_slow(self) -> None:
+        self._header_deadline = None
+        log.info("Cut off a client that sent its request too slowly")
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_request and data:
+            # The next request on a kept-alive connection: its time starts
+            # with its first byte (the idle timeout covers the wait for it).
+            self._awaiting_request = False
+            self._start_header_deadline()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._stop_header_deadline()  # the request's body deadline takes over
+        super().allHeadersReceived()
+
+    def requestDone(self, request) -> None:
+        self._awaiting_request = True
+        super().requestDone(request)
 
     def connectionLost(self, reason) -> None:
+        self._stop_header_deadline()
         if self._counted is not None:
-            connections = self.site.connections
-            connections[self._counted] -= 1
-            if connections[self._counted] <= 0:
-                del connections[self._counted]
+            self.site.release(self._counted)
             self._counted = None
         super().connectionLost(reason)
 
@@ -95,10 +135,6 @@ class MedImageRequest(server.Request):
     receiver: Optional[MultipartReceiver] = None
     body_too_large = False
     _deadline = None
-
-    def __init__(self, channel, *args, **kwargs):
-        super().__init__(channel, *args, **kwargs)
-        self._set_deadline(channel.site.limits.header_seconds)
 
     def _set_deadline(self, seconds: Optional[float]) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -304,10 +340,42 @@ class MedImageSite(server.Site):
         super().__init__(Root(state), parsePOSTFormSubmission=False, timeout=75)
         self.state = state
         self.limits = limits or Limits()
-        if state.relay is not None and self.limits.connections_per_address is None:
-            self.limits.connections_per_address = RELAY_CONNECTIONS_PER_ADDRESS
+        relay = state.relay is not None
+        if self.limits.connections_per_address is None:
+            self.limits.connections_per_address = (RELAY_CONNECTIONS_PER_ADDRESS if relay
+                                                   else PC_CONNECTIONS_PER_ADDRESS)
+        if self.limits.connections_in_total is None:
+            self.limits.connections_in_total = connection_budget(
+                RELAY_CONNECTIONS if relay else PC_CONNECTIONS, open_file_limit(), uses_select(state.reactor))
         self.connections: dict[str, int] = {}
+        self.open_connections = 0
+        self._refusals_logged_at: Optional[float] = None
         self.displayTracebacks = False
+
+    def admit(self, host: str) -> bool:
+        """
+        Count a new connection from C{host}, or refuse it (C{False}) when
+        the caps are reached.
+        """
+        limits = self.limits
+        if (self.open_connections >= limits.connections_in_total
+                or self.connections.get(host, 0) >= limits.connections_per_address):
+            now = self.state.reactor.seconds()
+            if self._refusals_logged_at is None or now - self._refusals_logged_at >= 60:
+                self._refusals_logged_at = now
+                log.warn("Refusing connections: {open} open (at most {total}; {per} per address)",
+                         open=self.open_connections, total=limits.connections_in_total,
+                         per=limits.connections_per_address)
+            return False
+        self.connections[host] = self.connections.get(host, 0) + 1
+        self.open_connections += 1
+        return True
+
+    def release(self, host: str) -> None:
+        self.open_connections -= 1
+        self.connections[host] -= 1
+        if self.connections[host] <= 0:
+            del self.connections[host]
 
     def log(self, request):
         # The access log would name patients' folders and files; the

@@ -20,6 +20,7 @@ from . import __version__
 from .addons import make_addon_service
 from .backups import BackupService
 from .config_watch import ConfigWatcher
+from .connection_limits import raise_open_file_limit
 from .config import ConfigError, Config, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
 from .drives import backup_drive_folders
@@ -399,6 +400,8 @@ def makeService(options: Options) -> MedImageService:
 
     data_dir = Path(options["data"]) if options["data"] else default_data_dir()
     config_path = Path(options["config"]) if options["config"] else None
+    # Room for many connections and the files they store, where the OS allows.
+    open_files = raise_open_file_limit()
     try:
         service = build_service(reactor, data_dir, config_path, options["port"], options["interface"],
                                 no_lan=bool(options["no-lan"]), discovery_port=options["discovery-port"])
@@ -407,4 +410,8 @@ def makeService(options: Options) -> MedImageService:
         raise StartupFailed(f"medimage: {e}")
     # Before twistd daemonizes: the launching process reports it.
     service.check_listeners()
+    limits = service.http.factory.limits
+    log.info("At most {total} connections at once, {per} per client address (open-file limit: {files})",
+             total=limits.connections_in_total, per=limits.connections_per_address,
+             files=open_files if open_files is not None else "none")
     return service
