@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 SOURCES := pyproject.toml $(shell find medimage_tx twisted -name '*.py' 2>/dev/null)
 
-.PHONY: run test clean
+.PHONY: run test mutate faults clean
 
 $(VENV)/installed: $(SOURCES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,5 +19,18 @@ run: $(VENV)/installed
 test: $(VENV)/installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# Not part of `make test` (too slow for CI); see docs/testing.md.
+# Mutation testing of the plain-Python modules with the fast tests; one
+# module: make mutate MUTANTS='medimage_tx.paths*'
+mutate: $(VENV)/installed
+	$(VENV)/bin/python -m pip install --quiet '.[mutate]'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
+	$(VENV)/bin/mutmut results
+
+# Issue 11's deliberate faults, one at a time, each against its tests.
+faults: $(VENV)/installed
+	$(VENV)/bin/python tools/faults.py $(FAULTS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info mutants

@@ -23,6 +23,20 @@ from twisted.internet.defer import ensureDeferred
 pytest_plugins = ["postgres_fixtures"]
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """
+    Mark every test that runs the reactor (servers, sockets, processes):
+    `make mutate` runs only the others, many times over.
+    """
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        if (function is not None and inspect.iscoroutinefunction(function)) or \
+                {"start_server", "http_client", "tiny_disk"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.reactor)
+
+
 def jpeg_bytes(size: int = 20_000, seed: int = 0) -> bytes:
     """
     Bytes that sniff as JPEG: the SOI/APP0 marker, noise, then EOI.
