@@ -24,3 +24,9 @@ RELAY_CONNECTIONS_PER_ADDRESS = 32
 LONGEST_WAIT_SECONDS = 60
 #: docs/security.md: Retry-After of a relay pairing over its quota.
 QUOTA_RETRY_AFTER_SECONDS = 120
+#: docs/security.md, the PC's own pages: wrong passwords per client address
+#: and in total per 15-minute bucket, and a session's life unused.
+SIGNIN_FAILURES_PER_ADDRESS = 5
+SIGNIN_FAILURES_IN_TOTAL = 50
+SIGNIN_BUCKET_SECONDS = 15 * 60
+SESSION_IDLE_SECONDS = 3600

@@ -13,11 +13,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
+import documented
+
 from medimage_tx.admin.hosts import OwnNames, split_host
-from medimage_tx.admin.sessions import (
-    FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS, IDLE_SECONDS, PasswordNotSet, SessionStore,
-    TooManyAttempts, WrongPassword,
-)
+from medimage_tx.admin.sessions import PasswordNotSet, SessionStore, TooManyAttempts, WrongPassword
 from medimage_tx.identity import fingerprint
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
@@ -63,9 +62,9 @@ def test_sessions_open_expire_and_close():
     store, current = sessions(clock)
     session = store.login("correct horse battery", "192.0.2.5")
     assert store.valid(session) and not store.valid("x" + session) and not store.valid(None)
-    clock.advance(IDLE_SECONDS - 1)
+    clock.advance(documented.SESSION_IDLE_SECONDS - 1)
     assert store.valid(session)  # use keeps it alive
-    clock.advance(IDLE_SECONDS)
+    clock.advance(documented.SESSION_IDLE_SECONDS)
     assert not store.valid(session)  # idle too long
     session = store.login("correct horse battery", "192.0.2.5")
     assert store.logout(session) and not store.valid(session)
@@ -84,18 +83,18 @@ def test_sessions_are_off_without_a_real_password(password):
 def test_wrong_passwords_are_throttled_per_address_and_in_total():
     clock = Clock()
     store, _ = sessions(clock)
-    for _ in range(FAILURES_PER_ADDRESS):
+    for _ in range(documented.SIGNIN_FAILURES_PER_ADDRESS):
         with pytest.raises(WrongPassword):
             store.login("guess", "192.0.2.66")
     with pytest.raises(TooManyAttempts):
         store.login("correct horse battery", "192.0.2.66")  # even the right one
     assert store.valid(store.login("correct horse battery", "192.0.2.5"))
-    for n in range(FAILURES_IN_TOTAL - FAILURES_PER_ADDRESS):
+    for n in range(documented.SIGNIN_FAILURES_IN_TOTAL - documented.SIGNIN_FAILURES_PER_ADDRESS):
         with pytest.raises(WrongPassword):
             store.login("guess", f"10.0.{n // 250}.{n % 250}")
     with pytest.raises(TooManyAttempts) as refused:
         store.login("correct horse battery", "192.0.2.5")
-    assert 0 < refused.value.retry_after <= 900
+    assert 0 < refused.value.retry_after <= documented.SIGNIN_BUCKET_SECONDS
     clock.advance(refused.value.retry_after)
     assert store.valid(store.login("correct horse battery", "192.0.2.66"))  # a new bucket
 
@@ -202,7 +201,7 @@ async def test_password_sessions_over_http(start_server, http_client):
     response, body = await get(http_client, url + "?pass=correct%20horse%20battery", Origin=EVIL)
     assert response.code == 403 and "sessionId" not in json.loads(body)
     # Guessing is throttled: past the limit even the right password is refused.
-    for _ in range(FAILURES_PER_ADDRESS):
+    for _ in range(documented.SIGNIN_FAILURES_PER_ADDRESS):
         await get(http_client, url + "?pass=guess")
     response, body = await get(http_client, url + "?pass=correct%20horse%20battery")
     assert response.code == 429 and json.loads(body)["success"] is False

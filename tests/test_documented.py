@@ -23,6 +23,7 @@ def doc_text(name: str) -> str:
 
 def code_value(name: str):
     from medimage_tx import http_resource, lan, pairing, relay, relay_queue, tap
+    from medimage_tx.admin import sessions
 
     values = {
         "GUESSES_PER_ADDRESS": lambda: pairing.FAILURES_PER_ADDRESS,
@@ -36,6 +37,10 @@ def code_value(name: str):
             / inspect.signature(lan.ReplyLimiter).parameters["window"].default),
         "RELAY_CONNECTIONS_PER_ADDRESS": lambda: http_resource.RELAY_CONNECTIONS_PER_ADDRESS,
         "LONGEST_WAIT_SECONDS": lambda: relay.MAX_WAIT,
+        "SIGNIN_FAILURES_PER_ADDRESS": lambda: sessions.FAILURES_PER_ADDRESS,
+        "SIGNIN_FAILURES_IN_TOTAL": lambda: sessions.FAILURES_IN_TOTAL,
+        "SIGNIN_BUCKET_SECONDS": lambda: sessions.THROTTLE_BUCKET_SECONDS,
+        "SESSION_IDLE_SECONDS": lambda: sessions.IDLE_SECONDS,
     }
     return values[name]()
 
@@ -49,6 +54,10 @@ PROMISES = [
     ("UDP_REPLIES_PER_SENDER_PER_SECOND", "protocol.md", r"a sender gets at most (\d+) replies a second"),
     ("RELAY_CONNECTIONS_PER_ADDRESS", "security.md", r"at most (\d+) connections at once per client address"),
     ("LONGEST_WAIT_SECONDS", "protocol.md", r"`\?wait=N` \(0-(\d+)\)"),
+    ("SIGNIN_FAILURES_PER_ADDRESS", "security.md", r"buckets: (\d+) per client address"),
+    ("SIGNIN_FAILURES_IN_TOTAL", "security.md", r"per client address and (\d+) in total per bucket"),
+    ("SIGNIN_BUCKET_SECONDS", "security.md", r"counted in fixed (\d+)-minute buckets"),
+    ("SESSION_IDLE_SECONDS", "security.md", r"they end after 1 (hour) unused"),
     ("QUOTA_RETRY_AFTER_SECONDS", "security.md", r"uploads get `\d+` with `Retry-After: (\d+)`"),
 ]
 
@@ -62,7 +71,7 @@ def test_documented_value_is_in_the_docs_and_the_code(name, doc, pattern):
     assert found, f"{doc} no longer says {pattern!r}"
     said = found.group(1)
     said = UNITS[said] if said in UNITS else int(said)
-    if name == "LEASE_SECONDS":
+    if name in ("LEASE_SECONDS", "SIGNIN_BUCKET_SECONDS"):
         said *= 60
     assert said == value, f"{doc} says {said}, tests/documented.py says {value}"
     if name == "QUOTA_RETRY_AFTER_SECONDS":
