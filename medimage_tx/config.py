@@ -194,8 +194,10 @@ def _folders(value: Any) -> tuple[str, ...]:
 
 def _global_id(value: Any) -> str:
     text = _string(value)
-    if text and not re.fullmatch(r"[A-Za-z0-9]{1,64}", text):
-        raise ValueError("expected letters and digits only")
+    # Letters and digits from the pairing service; early original servers
+    # made their own id with uuid.v4(), hyphens included, and still read it.
+    if text and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise ValueError("expected letters, digits and '-' only")
     return text
 
 

@@ -72,6 +72,13 @@ def test_headers_list_form_is_read_and_kept_on_save(tmp_path):
     assert saved["listenPort"] == "5566" and saved["globalId"] is None
 
 
+def test_an_early_originals_uuid_id_loads(tmp_path):
+    # Early original servers made their id with uuid.v4() and still read it.
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"globalId": "3b241101-e2bb-4255-8caf-4136c566a962", "readProxy": None}))
+    assert load_config(path).globalId == "3b241101-e2bb-4255-8caf-4136c566a962"
+
+
 def test_bad_header_list_entry_is_one_clear_line(tmp_path):
     from medimage_tx.config import ConfigError
 
