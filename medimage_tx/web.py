@@ -97,6 +97,8 @@ def answer_for_failure(failure: Failure, family: AppFamily = AppFamily.STANDARD)
     elif failure.check(TryLater):
         error = failure.value
         reason, retry_after = str(error), error.retry_after
+        # Trouble on our side is worth a line (reasons never name a photo).
+        log.warn("Not stored, the phone will send it again: {reason}", reason=reason)
         standard = Answer(error.status, one_line(reason), phrase=reason_phrase(error.phrase),
                           headers={b"retry-after": b"%d" % retry_after})
     else:

@@ -160,7 +160,8 @@ async def test_linux_shape_runs_a_relay_in_twistd(tmp_path, http_client):
         url = f"http://127.0.0.1:{port}"
         photo = jpeg_bytes(40_000)
         name = f"#{PAIRED_ID}-#NHID1234-arm-27-Nov-2026.jpg"
-        assert (await upload(http_client, url, name, photo))[0] == 200
+        code, body = await upload(http_client, url, name, photo)
+        assert code == 200, (body, process.output.decode(errors="replace"))
         # A relay: the PC reads it, and the phone's check follows it.
         check = await http_client.get(f"{url}/check={name.replace('#', '%23')}")
         assert await check.content() == b"true"
