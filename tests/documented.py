@@ -18,8 +18,8 @@ CODE_LIFETIME_SECONDS = 3600
 LEASE_SECONDS = 5 * 60
 #: docs/protocol.md, LAN discovery: a sender gets at most 5 replies a second.
 UDP_REPLIES_PER_SENDER_PER_SECOND = 5
-#: docs/security.md: the relay accepts 32 connections at once per address.
-RELAY_CONNECTIONS_PER_ADDRESS = 32
+#: docs/security.md: 32 connections at once per client address (both roles).
+CONNECTIONS_PER_ADDRESS = 32
 #: docs/protocol.md: `?wait=N`, N from 0 to 60.
 LONGEST_WAIT_SECONDS = 60
 #: docs/security.md: Retry-After of a relay pairing over its quota.

@@ -35,7 +35,8 @@ def code_value(name: str):
         "UDP_REPLIES_PER_SENDER_PER_SECOND": lambda: (
             inspect.signature(lan.ReplyLimiter).parameters["per_sender"].default
             / inspect.signature(lan.ReplyLimiter).parameters["window"].default),
-        "RELAY_CONNECTIONS_PER_ADDRESS": lambda: http_resource.RELAY_CONNECTIONS_PER_ADDRESS,
+        "CONNECTIONS_PER_ADDRESS": lambda: (http_resource.RELAY_CONNECTIONS_PER_ADDRESS,
+                                            http_resource.PC_CONNECTIONS_PER_ADDRESS),
         "LONGEST_WAIT_SECONDS": lambda: relay.MAX_WAIT,
         "SIGNIN_FAILURES_PER_ADDRESS": lambda: sessions.FAILURES_PER_ADDRESS,
         "SIGNIN_FAILURES_IN_TOTAL": lambda: sessions.FAILURES_IN_TOTAL,
@@ -52,7 +53,7 @@ PROMISES = [
     ("CODE_LIFETIME_SECONDS", "protocol.md", r"case-insensitive, valid for one (hour)"),
     ("LEASE_SECONDS", "protocol.md", r"until confirmed, or for (\d+) minutes"),
     ("UDP_REPLIES_PER_SENDER_PER_SECOND", "protocol.md", r"a sender gets at most (\d+) replies a second"),
-    ("RELAY_CONNECTIONS_PER_ADDRESS", "security.md", r"at most (\d+) connections at once per client address"),
+    ("CONNECTIONS_PER_ADDRESS", "security.md", r"connections at once: at most (\d+) per client address on both roles"),
     ("LONGEST_WAIT_SECONDS", "protocol.md", r"`\?wait=N` \(0-(\d+)\)"),
     ("SIGNIN_FAILURES_PER_ADDRESS", "security.md", r"buckets: (\d+) per client address"),
     ("SIGNIN_FAILURES_IN_TOTAL", "security.md", r"per client address and (\d+) in total per bucket"),

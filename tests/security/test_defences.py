@@ -546,7 +546,7 @@ class Connection(protocol.Protocol):
 @pytest_twisted.ensureDeferred
 async def test_relay_caps_connections_per_address_at_the_documented_number(start_server):
     relay = await start_relay(start_server)
-    cap = documented.RELAY_CONNECTIONS_PER_ADDRESS
+    cap = documented.CONNECTIONS_PER_ADDRESS
 
     async def connect(source: str) -> Connection:
         connection = Connection()
