@@ -74,10 +74,11 @@ def test_takes_over_config_and_files_waiting_photos_into_the_target(tmp_path, ca
     assert all_files(ours / "photos") == []  # keepMaster: false, as received photos
     assert all_files(ours / "tmp") == []
     assert f"Copied {original / 'config.json'} to {ours / 'config.json'} unchanged." in out
-    assert "2 filed, 0 already here, 0 not taken over" in out
+    assert "2 filed, 0 staged for add-ons, 0 already here, 0 not taken over" in out
     assert "filed: NHID1234/arm-27-Nov-2026-10-11-12.jpg" in out
     assert "ignored (hidden file): .DS_Store" in out
-    assert "medtech32" in out
+    assert f"Add-ons (medtech32): the original's addons folder is now {ours / 'addons'}" in out
+    assert (ours / "addons" / "medtech32").is_dir()
     assert f"Filed into {target}, as if just received." in out
     # The original's files are left as they were.
     assert (original / "photos" / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg").read_bytes() == arm
@@ -85,7 +86,7 @@ def test_takes_over_config_and_files_waiting_photos_into_the_target(tmp_path, ca
     # Running it again changes nothing and duplicates nothing.
     assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 0
     out = capsys.readouterr().out
-    assert "already holds" in out and "0 filed, 2 already here" in out
+    assert "already holds" in out and "0 filed, 0 staged for add-ons, 2 already here" in out
     assert len(all_files(target)) == 2
 
 
@@ -189,3 +190,42 @@ def test_keep_master_original_copies_only_what_the_target_lacks(tmp_path, capsys
     assert (target / "NHID1234" / "leg.jpg").read_bytes() == waiting
     # keepMaster: true here too, as the copied config says.
     assert (ours / "photos" / "NHID1234" / "leg.jpg").read_bytes() == waiting
+
+
+@pytest_twisted.ensureDeferred
+async def test_photos_with_add_ons_get_them_run_by_the_server_then_copied(tmp_path, capsys):
+    from twisted.internet import reactor
+
+    from medimage_tx.tap import build_service
+
+    target = tmp_path / "clinic"
+    target.mkdir()
+    original = original_install(tmp_path / "old", backupTo=[target.as_posix()])
+    hook = original / "addons" / "stamp" / "hook.sh"
+    hook.parent.mkdir(parents=True)
+    hook.write_text('echo "$1" >> "$(dirname "$0")/seen"\n')
+    (original / "addons" / "config.json").write_text(json.dumps({"events": {
+        "photoWritten": [{"addon": "stamp", "runProcess": "sh parentdir/addons/stamp/hook.sh param1",
+                          "priority": "medium", "active": True}],
+        "fileWritten": [], "urlRequest": []}}, indent=6))
+    photo = put(original, "NHID1234/arm.jpg", jpeg_bytes(20_000))
+    scan = put(original, "NHID1234/scan.pdf", b"%PDF-1.4\n" + b"x" * 2000)  # no fileWritten add-on
+    ours = tmp_path / "new"
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 0
+    out = capsys.readouterr().out
+    assert "1 filed, 1 staged for add-ons" in out
+    assert "staged for its add-ons: NHID1234/arm.jpg" in out
+    assert (target / "NHID1234" / "scan.pdf").read_bytes() == scan  # copied at once
+    assert not (target / "NHID1234" / "arm.jpg").exists()  # waits for its add-on
+    assert (ours / "photos" / "NHID1234" / "arm.jpg").read_bytes() == photo  # durable meanwhile
+    service = build_service(reactor, ours, port=0, interface="127.0.0.1", no_lan=True)
+    service.startService()
+    try:
+        await service.http.listening
+        await service.state.backups.recovered
+        await service.state.addons.idle()
+        seen = (ours / "addons" / "stamp" / "seen").read_text().split()
+        assert seen == [str(ours / "photos" / "NHID1234" / "arm.jpg")]
+        assert (target / "NHID1234" / "arm.jpg").read_bytes() == photo
+    finally:
+        await service.stopService()
