@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from conftest import all_files, jpeg_bytes, multipart, write_config
+from conftest import all_files, jpeg_bytes, multipart, post_upload, write_config
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 
@@ -30,10 +30,8 @@ FAMILIES = {
 
 
 async def post(client, url: str, body: bytes, boundary: str):
-    response = await client.post(
-        url + "/api/photo", data=body,
-        headers={b"Content-Type": [f"multipart/form-data; boundary={boundary}".encode()]})
-    return response, await response.content()
+    _, answer, response = await post_upload(client, url, body, f"multipart/form-data; boundary={boundary}".encode())
+    return response, answer
 
 
 def kept_by(family: str, response, body: bytes, permanent: bool) -> None:

@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
-from conftest import jpeg_bytes, multipart, write_config
+from conftest import jpeg_bytes, upload_photo, write_config
 from processes import WatchedProcess, spawn
 
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -59,13 +59,11 @@ def free_port() -> int:
 
 
 async def try_upload(client, url: str, name: str, content: bytes) -> bool:
-    body, content_type = multipart(name, content)
     try:
-        response = await client.post(url + "/api/photo", data=body, headers={b"Content-Type": [content_type]})
-        answer = await response.content()
+        code, answer, _ = await upload_photo(client, url, name, content)
     except Exception:
-        return False  # killed mid-request: the phone keeps the photo and retries
-    return response.code == 200 and answer == b"Received upload successfully!"
+        return False  # killed mid-request (or too slow): the phone keeps the photo and retries
+    return code == 200 and answer == b"Received upload successfully!"
 
 
 def visible_partials(*folders: Path) -> list[Path]:
