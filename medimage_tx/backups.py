@@ -42,12 +42,22 @@ class BackupService(Service):
 
     def startService(self) -> None:
         super().startService()
-        d = self.in_thread(self.store.recover)
+        # Here, before the server takes uploads (local and quick); the rest in
+        # a thread.  In the thread, it raced the first uploads and removed
+        # their temporary files.
+        removed = self.store.remove_unfinished_uploads()
+        d = self.in_thread(self.store.recover, True)
+        d.addCallback(self._count_removed, removed)
         d.addCallback(self._recovered)
         d.addErrback(lambda f: self.log.failure("Recovery of staged photos failed", f))
         d.addBoth(lambda _: self._start_loop())
         #: Fires once recovery is done (tests wait for it).
         self.recovered = d
+
+    @staticmethod
+    def _count_removed(report: RecoveryReport, removed: int) -> RecoveryReport:
+        report.temp_files_removed += removed
+        return report
 
     def _start_loop(self) -> None:
         if self.running and not self._loop.running:

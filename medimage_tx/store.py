@@ -465,21 +465,33 @@ class PhotoStore:
                 report.photos_backed_up += 1
         return report
 
-    def recover(self) -> RecoveryReport:
+    def remove_unfinished_uploads(self) -> int:
         """
-        After a crash: remove temporary files, then finish backups.
+        Remove the temporary files a crash left in C{tmp/}.  Only before the
+        server takes uploads: later, they would be uploads under way.
         """
-        removed = 0
-        folders = [self.temp] + [t / INCOMING for t in self.backup_to]
-        for folder in folders:
-            if folder.is_dir():
-                for leftover in folder.iterdir():
-                    if leftover.is_file():
-                        _unlink_quietly(leftover)
-                        removed += 1
+        return _remove_files_in([self.temp])
+
+    def recover(self, uploads_done: bool = False) -> RecoveryReport:
+        """
+        After a crash: remove temporary files (those in C{tmp/} too unless
+        C{uploads_done}), then finish backups.
+        """
+        removed = 0 if uploads_done else self.remove_unfinished_uploads()
+        removed += _remove_files_in([t / INCOMING for t in self.backup_to])
         report = self.retry_pending(RecoveryReport(temp_files_removed=removed))
         return report
 
+
+def _remove_files_in(folders: list[Path]) -> int:
+    removed = 0
+    for folder in folders:
+        if folder.is_dir():
+            for leftover in folder.iterdir():
+                if leftover.is_file():
+                    _unlink_quietly(leftover)
+                    removed += 1
+    return removed
 
 
 def _is_inside(base: Path, relative: str) -> bool:

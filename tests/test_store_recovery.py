@@ -97,3 +97,33 @@ def test_readonly_target_reported(tmp_path):
     assert (store.photos / "P" / "x.jpg").read_bytes() == photo
     assert store.pending_photos() == ["P/x.jpg"]
     assert not temp.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovery_never_removes_an_upload_under_way(tmp_path):
+    # It once ran wholly in a thread after the start and removed the
+    # temporary file of the first upload (a 500 for the phone).
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    from medimage_tx.tap import build_service
+
+    data = tmp_path / "pc"
+    (data / "tmp").mkdir(parents=True)
+    (data / "tmp" / "upload-crashed.part").write_bytes(b"left by a crash")
+    service = build_service(reactor, data, port=0, interface="127.0.0.1", no_lan=True)
+    # Hold the threaded part of the recovery until an upload is under way,
+    # as a busy machine does.
+    backups, release = service.state.backups, Deferred()
+    in_thread = backups.in_thread
+    backups.in_thread = lambda f, *args: release.addCallback(lambda _: in_thread(f, *args))
+    service.startService()
+    try:
+        under_way = data / "tmp" / "upload-now.part"
+        under_way.write_bytes(b"an upload that started with the server")
+        release.callback(None)
+        await backups.recovered
+        assert under_way.exists()
+        assert not (data / "tmp" / "upload-crashed.part").exists()
+    finally:
+        await service.stopService()
