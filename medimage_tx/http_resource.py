@@ -134,6 +134,7 @@ class MedImageRequest(server.Request):
 
     receiver: Optional[MultipartReceiver] = None
     body_too_large = False
+    body_size = 0  # bytes of body received, for the log
     _deadline = None
 
     def _set_deadline(self, seconds: Optional[float]) -> None:
@@ -169,6 +170,7 @@ class MedImageRequest(server.Request):
         self.notifyFinish().addBoth(self._discard_upload)
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.body_size += len(data)
         if self.receiver is not None:
             self.receiver.write(data)
         elif self.content.tell() + len(data) <= self.channel.site.limits.small_body:
@@ -196,7 +198,20 @@ class PhotoUpload(StateResource):
 
     def render_POST(self, request: MedImageRequest):
         content_type = request.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
-        return render_async(request, self.receive, family=app_family(content_type))
+        return render_async(request, self.receive_logged, family=app_family(content_type))
+
+    async def receive_logged(self, request: MedImageRequest) -> Answer:
+        try:
+            return await self.receive(request)
+        except (Rejected, TryLater) as e:
+            # So IT can see why a doctor's phone showed an error.  The
+            # reason never holds the patient's name; the file name would.
+            refused = isinstance(e, Rejected)
+            log.warn("{what} an upload from {client}: {reason} ({size} bytes received){after}",
+                     what="Refused" if refused else "Could not store", reason=str(e),
+                     client=getattr(request.getClientAddress(), "host", "?"), size=request.body_size,
+                     after="" if refused else "; the phone keeps the photo and sends it again")
+            raise
 
     async def receive(self, request: MedImageRequest) -> Answer:
         started = time.monotonic()

@@ -26,6 +26,7 @@ from .discovery import DiscoveryService
 from .drives import backup_drive_folders
 from .durable import BackgroundJSONWriter, read_json
 from .http_resource import make_site
+from . import logs
 from .state import ServerState
 from .pairing import PairingBook
 from .puller import RelayPuller
@@ -51,6 +52,7 @@ class Options(usage.Options):
     optFlags = [
         ["no-lan", None, "LAN mode off: no mDNS, no UDP scan replies, HTTP on 127.0.0.1 "
                          "unless --interface is given; phones reach this PC through the relay"],
+        ["verbose", "v", "log debug lines too (every retry, Twisted's own chatter)"],
     ]
     optParameters = [
         ["config", "c", None, "config.json to use [default: DATA/config.json]"],
@@ -96,6 +98,10 @@ class Options(usage.Options):
             runner["logfile"] = str(self.data_dir() / "medimage.log")
         if daemon and "umask" in runner and runner["umask"] is None:
             runner["umask"] = process_umask()
+        if runner.get("logger") is None and not runner.get("syslog"):
+            # twistd's --logger takes a name to import; the settings go beside it.
+            logs.for_twistd.update(log_path=runner.get("logfile"), verbose=bool(self["verbose"]))
+            runner["logger"] = "medimage_tx.logs.twistd_observer"
 
 
 def _port_option(option: str, value: str) -> int:

@@ -83,3 +83,6 @@ async def test_serve_receives_a_photo_and_stops_cleanly(tmp_path, http_client):
     assert not (data / "twistd.pid").exists()
     assert not (tmp_path / "twistd.pid").exists()
     assert b"Main loop terminated" in process.output
+    # No Twisted chatter: listeners starting and stopping, object addresses.
+    assert b"Starting factory" not in process.output and b"Stopping factory" not in process.output
+    assert b"starting on" not in process.output and b"Port" not in process.output

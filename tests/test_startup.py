@@ -108,7 +108,7 @@ async def test_a_daemon_starts_keeps_its_pid_in_the_data_folder_stores_readable_
         body, content_type = multipart("#NHID5-hand.jpg", jpeg_bytes())
         response = await http_client.post(f"http://127.0.0.1:{port}/api/photo", data=body,
                                           headers={b"Content-Type": [content_type]})
-        assert response.code == 200
+        assert response.code == 200, (data / "medimage.log").read_text()[-3000:]
         for folder in (data / "photos", clinic):
             assert stat.S_IMODE((folder / "NHID5" / "hand.jpg").stat().st_mode) == 0o644
             assert stat.S_IMODE((folder / "NHID5").stat().st_mode) == 0o755

@@ -41,7 +41,7 @@ async def test_twistd_runs_receives_and_stops_cleanly(tmp_path, http_client):
         response = await http_client.post(
             f"http://127.0.0.1:{port}/api/photo", data=body, headers={b"Content-Type": [content_type]}
         )
-        assert response.code == 200
+        assert response.code == 200, process.output.decode()[-3000:]
         assert await response.content() == b"Received upload successfully!"
         assert (target / "NHID1234" / "arm-27-Nov-2026-10-11-12.jpg").read_bytes() == photo
     finally:

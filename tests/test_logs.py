@@ -1,0 +1,129 @@
+"""
+Logs that help: one line per refused upload (reason, size, client address,
+never the patient's name).
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.logger import formatEvent, globalLogPublisher
+
+from conftest import jpeg_bytes, multipart
+
+
+@pytest.fixture
+def log_lines():
+    lines: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace", "").startswith("medimage_tx"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.parametrize("case", ["wrong type", "too large", "no file1"])
+@pytest_twisted.ensureDeferred
+async def test_a_refused_upload_writes_one_line_without_the_patient_name(
+        start_server, http_client, log_lines, case):
+    server = await start_server(maxUploadSize=50_000)
+    content = {"wrong type": b"MZ\x90\x00 not a photo" * 100, "too large": jpeg_bytes(80_000),
+               "no file1": jpeg_bytes(1_000)}[case]
+    body, content_type = multipart("#SmithJohn1970-arm.jpg", content,
+                                   field="file2" if case == "no file1" else "file1")
+    response = await http_client.post(f"{server.url}/api/photo", data=body,
+                                      headers={b"Content-Type": [content_type]})
+    assert response.code == 400
+    reason = (await response.content()).decode()
+    refused = [line for line in log_lines if "an upload from" in line]
+    assert refused == [f"Refused an upload from 127.0.0.1: {reason} ({len(body)} bytes received)"]
+    assert "SmithJohn" not in "\n".join(log_lines)
+
+
+def _emit(observer_target, count: int, text: str = "line") -> None:
+    from twisted.logger import Logger
+
+    logger = Logger(namespace="medimage_tx.test", observer=observer_target)
+    for n in range(count):
+        logger.info("{text} {n}", text=text, n=n)
+
+
+def test_log_file_rotates_and_keeps_a_bounded_number(tmp_path, monkeypatch):
+    from medimage_tx import logs
+
+    monkeypatch.setattr(logs, "ROTATE_BYTES", 2_000)
+    path = tmp_path / "medimage.log"
+    observer = logs.make_observer(str(path))
+    _emit(observer, 2_000)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["medimage.log"] + [f"medimage.log.{n}" for n in range(1, logs.KEEP_FILES + 1)]
+    assert "line 1999" in path.read_text()
+
+
+def test_an_unwritable_log_file_is_one_line(tmp_path):
+    from medimage_tx.logs import LogFileTrouble, make_observer
+
+    with pytest.raises(LogFileTrouble, match=f"cannot write the log file {tmp_path}/no/such/x.log: "
+                                             "No such file or directory"):
+        make_observer(str(tmp_path / "no" / "such" / "x.log"))
+
+
+def test_twisted_chatter_is_left_out_unless_verbose():
+    import io
+
+    from twisted.internet.protocol import Factory
+    from twisted.logger import Logger
+
+    from medimage_tx.logs import make_observer
+
+    quiet, verbose = io.StringIO(), io.StringIO()
+    observers = [make_observer(None, stream=quiet), make_observer(None, verbose=True, stream=verbose)]
+    for observer in observers:
+        globalLogPublisher.addObserver(observer)
+    try:
+        factory = Factory()
+        factory.doStart()
+        factory.doStop()
+        Logger(namespace="medimage_tx.test").debug("a debug line")
+        Logger(namespace="medimage_tx.test").info("an info line")
+    finally:
+        for observer in observers:
+            globalLogPublisher.removeObserver(observer)
+    assert "Starting factory" in verbose.getvalue() and "a debug line" in verbose.getvalue()
+    assert "factory" not in quiet.getvalue() and "a debug line" not in quiet.getvalue()
+    assert "an info line" in quiet.getvalue()
+
+
+def test_no_plugin_cache_warning_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    # As for a service user who may not write twisted/plugins/dropin.cache:
+    # here the cache path is a folder, which even root cannot write over.
+    import io
+    import sys
+
+    from twisted.plugin import IPlugin, getPlugins
+
+    from medimage_tx.logs import make_observer
+
+    package = tmp_path / "clinicplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nothing.py").write_text("")
+    (package / "dropin.cache").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import clinicplugins
+
+    quiet, everything = io.StringIO(), io.StringIO()
+    observers = [make_observer(None, stream=quiet), make_observer(None, verbose=True, stream=everything)]
+    for observer in observers:
+        globalLogPublisher.addObserver(observer)
+    try:
+        assert list(getPlugins(IPlugin, clinicplugins)) == []
+    finally:
+        for observer in observers:
+            globalLogPublisher.removeObserver(observer)
+        sys.modules.pop("clinicplugins", None)
+    assert "Unable to write to plugin cache" in everything.getvalue()
+    assert "plugin cache" not in quiet.getvalue()
