@@ -40,17 +40,16 @@ async def edit_and_check(server, **changes) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_edit_of_backup_to_says_it_waits_for_a_restart(start_server, tmp_path, log_lines):
-    old, new = tmp_path / "old", tmp_path / "new"
-    old.mkdir()
-    new.mkdir()
-    server = await start_server(backupTo=[old.as_posix()])
-    await edit_and_check(server, backupTo=[new.as_posix()], maxUploadSize=1000, globalId="SecretId123")
+async def test_an_edit_of_keep_master_says_it_waits_for_a_restart(start_server, tmp_path, log_lines):
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    server = await start_server(backupTo=[clinic.as_posix()], keepMaster=True)
+    await edit_and_check(server, keepMaster=False, maxUploadSize=1000, globalId="SecretId123")
     [line] = [line for line in log_lines if "config.json changed" in line]
-    assert line == ("config.json changed: restart the server to apply backupTo (the old values stay in use "
+    assert line == ("config.json changed: restart the server to apply keepMaster (the old values stay in use "
                     "until then); applied now: globalId, maxUploadSize")
     assert "SecretId123" not in "\n".join(log_lines)
-    assert server.store.backup_to == (old,)  # what the log says is what happens
+    assert server.store.keep_master is True  # what the log says is what happens
     assert server.service.state.config.maxUploadSize == 1000
 
 
@@ -67,4 +66,4 @@ def test_changed_keys_sorts_live_from_restart(tmp_path):
     old = parse_config({"listenPort": 5566, "headers": {}}, path)
     new = parse_config({"listenPort": 5567, "headers": {"X-A": "b"}, "countryCode": "NZ"}, path)
     assert changed_keys(old, new) == (["countryCode", "headers"], ["listenPort"])
-    assert "backupTo" in NEEDS_RESTART and "readProxy" not in NEEDS_RESTART
+    assert "keepMaster" in NEEDS_RESTART and "readProxy" not in NEEDS_RESTART
