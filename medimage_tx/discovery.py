@@ -61,17 +61,20 @@ class ScanResponder(DatagramProtocol):
         status = discovery.status
         nonce = parse_probe(data)
         sender = address[0]
-        if nonce is None or not discovery.limiter.allow(sender):
-            status.probes_ignored += 1
-            return
-        local = local_address_for(sender, status.interfaces)
+        local = local_address_for(sender, status.interfaces) if nonce is not None else None
         port = discovery.http_port()
         if local is None or port is None:
-            status.probes_ignored += 1
+            status.probes_ignored += 1  # not a probe, not from our LAN, or not serving yet
             return
         config = discovery.state.config
         url = f"{discovery.scheme()}://{local}:{port}"
-        reply = reply_for(nonce, config.serverName, url, discovery.scheme() == "https", config.globalId)
+        # Never more bytes back than the probe carried (spoofed senders).
+        reply = reply_for(nonce, config.serverName, url, discovery.scheme() == "https", config.globalId,
+                          limit=len(data))
+        # Only probes that would get a reply spend the budgets.
+        if reply is None or not discovery.limiter.allow(sender):
+            status.probes_ignored += 1
+            return
         try:
             self.transport.write(reply, address)
         except OSError as e:

@@ -2,6 +2,11 @@
 LAN discovery rules as plain Python (PROTOCOL.md B1, B3): which interfaces
 to advertise on, what a probe is, what the reply says, and how often one
 sender gets an answer.
+
+UDP senders can be spoofed, so a reply is never larger than the probe it
+answers (no amplification: our probes are padded to L{PROBE_SIZE}, room
+for any reply), goes only to senders on one of our own subnets, and comes
+out of a budget per sender and in total (L{ReplyLimiter}).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from .identity import fingerprint, proof
 SERVICE_TYPE = "_medimage._tcp.local."
 PROTOCOL_VERSION = 1
 MAX_PROBE = 512
-MAX_REPLY = 1024
+#: What L{make_probe} pads a probe to: a reply must fit in its probe.
+PROBE_SIZE = MAX_PROBE
+MAX_REPLY = PROBE_SIZE
 
 # Adapters that are not the clinic's network: used only when named in
 # discoveryInterfaces.
@@ -99,21 +106,34 @@ def parse_probe(data: bytes) -> Optional[str]:
     return nonce
 
 
-def make_probe(nonce: str) -> bytes:
-    return json.dumps({"medimage": "scan", "v": PROTOCOL_VERSION, "nonce": nonce}).encode()
-
-
-def reply_for(nonce: str, name: str, url: str, tls: bool, global_id: str) -> bytes:
+def make_probe(nonce: str, size: int = PROBE_SIZE) -> bytes:
     """
-    The reply to a probe: small (never more than L{MAX_REPLY} bytes), with
-    C{fp} and, for a probe with a nonce, C{proof}; never the id itself.
+    A probe padded to C{size} bytes (with a C{pad} field of spaces), so that
+    servers, which never answer with more bytes than a probe carried, have
+    room for their reply.
+    """
+    bare = {"medimage": "scan", "v": PROTOCOL_VERSION, "nonce": nonce}
+    padding = size - len(json.dumps({**bare, "pad": ""}).encode())
+    return json.dumps({**bare, "pad": " " * max(0, padding)}).encode()
+
+
+def reply_for(nonce: str, name: str, url: str, tls: bool, global_id: str,
+              limit: int = MAX_REPLY) -> Optional[bytes]:
+    """
+    The reply to a probe, with C{fp} and, for a probe with a nonce,
+    C{proof}; never the id itself.  At most C{limit} bytes (the size of the
+    probe): the name is left out if the reply would not fit with it, and
+    there is no reply (L{None}) if it does not fit even so.
     """
     reply = {"medimage": "server", "v": PROTOCOL_VERSION, "name": name[:100], "url": url,
              "tls": tls, "fp": fingerprint(global_id) if global_id else None}
     if global_id and nonce:
         reply["proof"] = proof(global_id, nonce)
-    data = json.dumps(reply).encode()
-    return data if len(data) <= MAX_REPLY else json.dumps({**reply, "name": ""}).encode()
+    for candidate in (reply, {**reply, "name": ""}):
+        data = json.dumps(candidate).encode()
+        if len(data) <= min(limit, MAX_REPLY):
+            return data
+    return None
 
 
 def parse_reply(data: bytes) -> Optional[dict]:
@@ -129,7 +149,9 @@ def parse_reply(data: bytes) -> Optional[dict]:
 def local_address_for(sender: str, interfaces: Sequence[Interface]) -> Optional[str]:
     """
     The address of the interface a probe from C{sender} came in on: the one
-    whose subnet holds the sender, else the one the OS would answer from.
+    whose subnet holds the sender.  A sender on no subnet of ours gets no
+    reply: scans are broadcast on the LAN, and anything else may be a
+    spoofed address that we would send replies to.
     """
     try:
         sender_ip = ipaddress.IPv4Address(sender)
@@ -138,24 +160,20 @@ def local_address_for(sender: str, interfaces: Sequence[Interface]) -> Optional[
     for interface in interfaces:
         if sender_ip in interface.network:
             return interface.address
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect((sender, 9))  # no packet is sent: this only asks the routing table
-        address = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return address if any(i.address == address for i in interfaces) else None
+    return None
 
 
 class ReplyLimiter:
     """
-    At most C{per_sender} replies per sender and C{in_total} replies in all
-    per C{window} seconds: a probe flood cannot turn us into an amplifier.
+    Budgets for scan replies, per C{window} seconds: at most C{per_sender}
+    replies to one sender, and C{in_total} in all.  Fair to everyone: a
+    sender's first reply in a window may use the whole total, its further
+    replies only the first half of it, so a few busy senders cannot use up
+    the replies that others' first probes need.  Only senders that got a
+    reply are remembered (at most C{in_total}).
     """
 
-    def __init__(self, now, per_sender: int = 5, in_total: int = 100, window: float = 1.0):
+    def __init__(self, now, per_sender: int = 5, in_total: int = 1024, window: float = 1.0):
         self.now = now
         self.per_sender = per_sender
         self.in_total = in_total
@@ -169,7 +187,8 @@ class ReplyLimiter:
         if now - self._start >= self.window:
             self._start, self._counts, self._total = now, {}, 0
         count = self._counts.get(sender, 0)
-        if count >= self.per_sender or self._total >= self.in_total:
+        room = self.in_total if count == 0 else self.in_total // 2
+        if count >= self.per_sender or self._total >= room:
             return False
         self._counts[sender] = count + 1
         self._total += 1

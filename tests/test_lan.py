@@ -23,7 +23,7 @@ from medimage_tx.client import app_file_name, matching_server, Found, read_pairi
 from medimage_tx.discovery import DiscoveryService, ScanResponder
 from medimage_tx.identity import fingerprint, proof
 from medimage_tx.lan import (
-    MAX_REPLY, Interface, ReplyLimiter, local_address_for, make_probe, parse_probe, reply_for,
+    MAX_REPLY, PROBE_SIZE, Interface, ReplyLimiter, local_address_for, make_probe, parse_probe, reply_for,
     usable_interfaces,
 )
 
@@ -97,11 +97,39 @@ def test_local_address_is_the_interface_of_the_probe():
 
 def test_reply_limiter():
     now = [0.0]
-    limiter = ReplyLimiter(lambda: now[0], per_sender=2, in_total=3)
+    limiter = ReplyLimiter(lambda: now[0], per_sender=2, in_total=4)
     assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
-    assert limiter.allow("b") and not limiter.allow("c")
+    assert limiter.allow("b") and limiter.allow("c") and not limiter.allow("d")
     now[0] = 1.5
     assert limiter.allow("a")
+
+
+def test_reply_limiter_keeps_half_the_budget_for_first_replies():
+    now = [0.0]
+    limiter = ReplyLimiter(lambda: now[0], per_sender=5, in_total=10)
+    busy = [limiter.allow(sender) for sender in ("a", "b") for _ in range(5)]
+    # a: 5 (repeats until half the budget is used); b: its first reply only.
+    assert busy == [True] * 6 + [False] * 4
+    assert all(limiter.allow(f"phone{n}") for n in range(4))  # first replies get the rest
+    assert not limiter.allow("late")
+
+
+def test_a_reply_never_outgrows_its_probe():
+    probe = make_probe("ab" * 16)
+    assert len(probe) == PROBE_SIZE and parse_probe(probe) == "ab" * 16
+    reply = reply_for("ab" * 16, "Reception " * 10, "http://198.51.100.2:5566", False, PAIRED_ID, len(probe))
+    assert reply is not None and len(reply) <= len(probe) and json.loads(reply)["name"]
+    bare = json.dumps({"medimage": "scan", "v": 1, "nonce": "ab" * 16}).encode()
+    assert reply_for("ab" * 16, "PC", "http://198.51.100.2:5566", False, PAIRED_ID, len(bare)) is None
+    # Too little room for the name: the reply goes without it.
+    unnamed = reply_for("ab", "N" * 100, "http://198.51.100.2:5566", False, PAIRED_ID, 250)
+    assert unnamed is not None and len(unnamed) <= 250 and json.loads(unnamed)["name"] == ""
+
+
+def test_no_reply_to_senders_off_our_subnets():
+    wifi = Interface("wlan0", "198.51.100.2", "255.255.255.0")
+    assert local_address_for("203.0.113.9", [wifi]) is None
+    assert local_address_for("8.8.8.8", [wifi]) is None
 
 
 def test_matching_server_needs_proof_not_only_fp():
