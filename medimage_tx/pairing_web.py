@@ -117,12 +117,13 @@ class PairPage(AdminResource):
             return values[0].decode("utf-8", "replace").strip() if values else ""
 
         config = self.state.config
+        linked = any(request.args.get(name) for name in (b"proxyServer", b"customPairing"))
         return answer_now(request, self._form(request, {
             "proxyServer": arg(b"proxyServer") or relay_of(config.readProxy),
             "country": arg(b"country") or _text(config.raw.get("countryCode")),
             "style": arg(b"style"),
             "customPairing": arg(b"customPairing"),
-        }))
+        }, notice=LINK_NOTICE if linked else ""))
 
     def render_POST(self, request, form: dict[str, str]):
         return render_async(request, self._pair, form)
@@ -149,12 +150,13 @@ class PairPage(AdminResource):
                  new=", a new id confirmed by the admin" if pairing.new_id else "")
         return html_page(200, "Pair a phone", code_html(issued.code, wanted))
 
-    def _form(self, request, values: dict[str, str], error: str = "", code: int = 200) -> Answer:
+    def _form(self, request, values: dict[str, str], error: str = "", code: int = 200,
+              notice: str = "") -> Answer:
         config = self.state.config
         current = relay_of(config.readProxy)
         status = (f"<p>This PC is paired with the relay <code>{html.escape(current)}</code>.</p>"
                   if current and config.globalId else "<p>This PC is not paired with a relay yet.</p>")
-        problem = f"<p><strong>{html.escape(error)}</strong></p>" if error else ""
+        problem = f"<p><strong>{html.escape(error)}</strong></p>" if error else notice
 
         def field(name: str, label: str, hint: str = "") -> str:
             value = html.escape(values.get(name, ""), quote=True)
@@ -194,6 +196,9 @@ class PairPage(AdminResource):
             + "<button type='submit'>Yes, give this PC a new pairing</button> "
             "<a href='/pair'>No, keep the current pairing</a></form>"))
 
+
+LINK_NOTICE = ("<p><strong>The link you followed filled in this form: check that the relay and "
+               "the pairing service are your clinic's before you press the button.</strong></p>")
 
 PAIRING_NOTE = (
     "<p>The code goes to the pairing service; this page contacts nothing until you press the "

@@ -45,6 +45,8 @@ def test_own_names():
     for host in [None, "", "evil.example:5566", "192.0.2.8:5566", "127.0.0.1.evil.example",
                  "localhost.evil.example", "pc-7.evil.example", "clinic-pc.example"]:
         assert not names.allows(host), host
+    assert names.is_own_address("192.0.2.7") and names.is_own_address("2001:db8::7")
+    assert not names.is_own_address("192.0.2.8") and not names.is_own_address("pc-7")
     # A new address is known after the refresh interval, a gone one forgotten.
     addresses[0] = "192.0.2.8"
     assert names.allows("192.0.2.7")
@@ -117,6 +119,7 @@ async def test_cross_origin_reader_of_the_status_page_learns_nothing(start_serve
     secrets = [str(target), str(pc.photos), PAIRED_ID, fingerprint(PAIRED_ID), "Photos received",
                "Bytes", "Paired"]
     for headers in ({"Origin": EVIL}, {"Origin": b"null"}, {"Sec-Fetch-Site": b"cross-site"},
+                    {"Referer": EVIL + b"/page.html"},
                     {"Origin": EVIL, "Host": pc.url[7:].encode()}):
         response, body = await get(http_client, pc.url + "/", **headers)
         assert response.code == 200 and body.strip(), headers

@@ -212,6 +212,7 @@ async def test_pair_page_shows_a_form_and_contacts_nobody(start_server, http_cli
     body = await text(page)
     assert page.code == 200 and "<form method='post' action='/pair'>" in body
     assert "value='http://relay.example:5566'" in body and "AtomJump" in body
+    assert "The link you followed filled in this form" in body
     assert central.requests == [] and "id='code'" not in body
 
 

@@ -71,9 +71,12 @@ class Access:
 
     def is_local(self, request) -> bool:
         """
-        The peer is this machine (loopback).  Only meaningful with L{host_ok}.
+        The peer is this machine: a loopback address, or one of its own
+        interface addresses (a browser on the PC that opened its LAN
+        address).  Only meaningful with L{host_ok}.
         """
-        return is_loopback(getattr(request.getClientAddress(), "host", "") or "")
+        peer = getattr(request.getClientAddress(), "host", "") or ""
+        return is_loopback(peer) or self.names.is_own_address(peer)
 
     def session_id(self, request) -> Optional[str]:
         value = request.getCookie(SESSION_COOKIE)
@@ -94,9 +97,10 @@ class Access:
         A page of another origin (or another site) made this request: it
         must learn nothing from the answer.
         """
-        origin = request.getHeader(b"origin")
-        if origin is not None and not self._is_own_origin(request, origin.decode("latin-1")):
-            return True
+        for header in (b"origin", b"referer"):  # a foreign Referer: an old browser's <img>
+            value = request.getHeader(header)
+            if value is not None and not self.is_own_origin(request, value.decode("latin-1")):
+                return True
         site = (request.getHeader(b"sec-fetch-site") or b"").lower()
         return site in (b"cross-site", b"same-site")
 
@@ -111,9 +115,13 @@ class Access:
             if referer is None:
                 return False
             origin = referer
-        return self._is_own_origin(request, origin.decode("latin-1"))
+        return self.is_own_origin(request, origin.decode("latin-1"))
 
-    def _is_own_origin(self, request, origin: str) -> bool:
+    def is_own_origin(self, request, origin: str) -> bool:
+        """
+        C{origin} (an C{Origin} value or a URL) is this server as the
+        request addressed it: same scheme, host and port.
+        """
         host = request.getHeader(b"host")
         if host is None:
             return False
@@ -126,6 +134,8 @@ class Access:
                     and _port(theirs) == _port(ours))
         except ValueError:
             return False
+
+    _is_own_origin = is_own_origin  # the name add-ons first used
 
     # -- CSRF -------------------------------------------------------------
 

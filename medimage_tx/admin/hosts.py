@@ -124,6 +124,16 @@ class OwnNames:
             return self._known | {server_name, server_name + ".local"}
         return self._known
 
+    def is_own_address(self, address: str) -> bool:
+        """
+        C{address} (a peer's IP) is one of this machine's own.
+        """
+        try:
+            ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        return _canonical(address) in self.known()
+
     def allows(self, host_header: Optional[str]) -> bool:
         """
         True if C{host_header} (a C{Host} value, port allowed) names this

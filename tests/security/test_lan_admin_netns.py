@@ -86,5 +86,9 @@ async def test_a_lan_device_gets_nothing_and_a_signed_in_admin_gets_in(lan, tmp_
         assert confirm["status"] == 200 and "new id" in confirm["body"]  # asks before sending anything
         assert after["status"] == 200 and str(target) not in after["body"]
         assert (data / "config.json").read_text() == before
+
+        # A browser on the PC itself that opened its LAN address is the PC.
+        [own_status] = await browse(lan, "pcA", base, [get("/")])
+        assert str(target) in own_status["body"]
     finally:
         await stop(pc)
