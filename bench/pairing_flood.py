@@ -52,7 +52,13 @@ def start(twistd: str, data: Path) -> tuple[subprocess.Popen, int]:
 
 
 def read_answer(stream) -> tuple[int, bytes]:
-    status = int(stream.readline().split()[1])
+    """
+    One answer; raises L{EOFError} if the server closed the connection.
+    """
+    line = stream.readline()
+    if not line:
+        raise EOFError
+    status = int(line.split()[1])
     length = 0
     while (line := stream.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")
@@ -81,6 +87,9 @@ def flood(port: int, source: str, batch: int, stop, answers) -> None:
                 for _ in range(batch):
                     status, _ = read_answer(stream)
                     answers[str(status)] = answers.get(str(status), 0) + 1
+        except EOFError:
+            # Closed by the relay (past a limit): a new connection, and on.
+            answers["closed"] = answers.get("closed", 0) + 1
         except OSError:
             answers["error"] = answers.get("error", 0) + 1
 
@@ -141,7 +150,7 @@ def main() -> None:
         print(f"uploads, no flood:   {summary(quiet)}")
         print(f"uploads, with flood: {summary(flooded)}")
         answers = dict(answers)
-        total = sum(v for k, v in answers.items() if k != "error")
+        total = sum(v for k, v in answers.items() if k.isdigit())
         print(f"flood: {args.flooders} addresses x {args.batch} pipelined issues; {total} answered in "
               f"{seconds:.1f} s ({total / seconds:.0f}/s): " +
               ", ".join(f"{k}: {v}" for k, v in sorted(answers.items(), key=str)))

@@ -63,8 +63,12 @@ class PairingService(Resource):
         proxy_server = field("proxyServer")
         if not proxy_server.startswith(("http://", "https://")) or any(c.isspace() for c in proxy_server):
             return Answer(400, b"proxyServer must be the relay's http(s) address")
-        pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country"),
-                                  client_address(request))
+        try:
+            pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country"),
+                                      client_address(request))
+        except TryLater:
+            close_after_answer(request)
+            raise
         try:
             await self.save()
         except CancelledError:
@@ -86,6 +90,7 @@ class PairingService(Resource):
     async def _compare(self, request, code: str) -> Answer:
         compare = self.book.compare(code, client_address(request))
         if compare is None:
+            close_after_answer(request)
             return Answer(200, NOMATCH.encode())  # over the limits: not even looked up
         # The guess is counted on disk before its answer can tell anything.
         try:
@@ -98,6 +103,17 @@ class PairingService(Resource):
                            phrase="Cannot check pairing codes now; try again later")
         self.book.settle(compare)
         return Answer(200, redeem_answer(compare.pairing).encode())
+
+
+def close_after_answer(request) -> None:
+    """
+    A client past a limit gets its answer and then the connection closes:
+    requests it pipelined behind are dropped unread, so a flood costs it a
+    new connection (capped per address) for every answer instead of
+    keeping the reactor busy with a batch of refusals.
+    """
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False
 
 
 def client_address(request) -> str:
