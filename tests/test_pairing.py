@@ -190,6 +190,24 @@ async def test_pc_pairs_through_the_central_service_and_a_photo_arrives(
 
 
 @pytest_twisted.ensureDeferred
+async def test_relay_takes_any_id_of_16_to_20_characters(start_server, http_client):
+    """
+    Ids come from whichever pairing service the PC used (AtomJump's too):
+    our relay queues uploads for any 16-20 letters and digits, and no other.
+    """
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False)
+    for paired_id in ["aB3dE5gH7jK9mN1p", "ZyXwVuTsRqPoNmLkJiHg", "uPSE4UWHmJ8XqFUqvf"]:
+        code = await send_photo_through(http_client, f"{relay.url}/write/{paired_id}", "#P1-x.jpg", jpeg_bytes())
+        assert code == 200, paired_id
+        waiting = await http_client.get(f"{relay.url}/check=%23{paired_id}-%23P1-x.jpg")
+        assert await text(waiting) == "true", paired_id
+    for paired_id in ["aB3dE5gH7jK9mN1", "ZyXwVuTsRqPoNmLkJiHgF"]:
+        code = await send_photo_through(http_client, f"{relay.url}/write/{paired_id}", "#P1-x.jpg", jpeg_bytes())
+        assert code != 200, paired_id
+
+
+@pytest_twisted.ensureDeferred
 async def test_pc_pairs_through_our_relays_own_code_service(start_server, http_client):
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False)
