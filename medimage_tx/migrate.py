@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import Config, ConfigError, fsync_folder, load_config
+from .config import Config, ConfigError, fsync_folder, load_config, parse_config
 from .errors import Rejected, TryLater
 from .paths import inside
 from .store import PhotoStore
@@ -104,21 +104,23 @@ def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = F
 
     @param replace: when C{config_path} holds another config, keep it as
         C{config.json.before-migration} and go on; otherwise refuse.
-    @raise MigrationError: nothing was changed.
+    @raise MigrationError: the migration cannot start (nothing was
+        changed), or this server's data folder cannot be used.
     """
     original = original.expanduser().absolute()
     source = original / "config.json"
     if not source.is_file():
         raise MigrationError(f"{original}: no config.json here; give the folder of the original "
                              f"MedImage server (the one holding config.json, photos and addons)")
+    config_path = config_path.expanduser().absolute()
     try:
-        load_config(source)  # usable here, before anything is touched
+        # Usable at its new place (relative paths there), before anything is touched.
+        parse_config(load_config(source).raw, config_path)
         source_bytes = source.read_bytes()
     except ConfigError as e:
         raise MigrationError(f"the original's config cannot be used: {e}") from None
     except OSError as e:
         raise MigrationError(f"{source}: cannot read: {e.strerror}") from None
-    config_path = config_path.expanduser().absolute()
     report = MigrationReport(original=original, config_from=source, config_to=config_path)
     _copy_config(source_bytes, config_path, replace, report)
     config = load_config(config_path)

@@ -229,3 +229,15 @@ async def test_photos_with_add_ons_get_them_run_by_the_server_then_copied(tmp_pa
         assert (target / "NHID1234" / "arm.jpg").read_bytes() == photo
     finally:
         await service.stopService()
+
+
+def test_a_config_unusable_at_its_new_place_changes_nothing(tmp_path, capsys):
+    original = original_install(tmp_path / "old", httpsKey="keys/key.pem", httpsCert="keys/cert.pem")
+    (original / "keys").mkdir()
+    (original / "keys" / "key.pem").write_text("key")
+    (original / "keys" / "cert.pem").write_text("cert")
+    ours = tmp_path / "new"
+    assert main(["migrate", "--from", str(original), "--data", str(ours)]) == 1
+    error = capsys.readouterr().err
+    assert "cannot read 'keys/key.pem'" in error and error.count("\n") == 1
+    assert not (ours / "config.json").exists()
