@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -73,12 +74,12 @@ def issue_request(port: int) -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
-def flood(port: int, source: str, batch: int, stop, answers) -> None:
+def flood(port: int, source: str, batch: int, stop, answers, kind: str = "issue") -> None:
     """
     One flooder, in its own process (so the measuring client never waits
     for the GIL); C{answers} counts answers by status.
     """
-    request = issue_request(port)
+    request = issue_request(port) if kind == "issue" else b"GET /check=x.jpg HTTP/1.1\r\nHost: relay\r\n\r\n"
     while not stop.is_set():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=120, source_address=(source, 0)) as s:
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="issues pipelined per connection")
     parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of flood before measuring")
+    parser.add_argument("--kind", choices=["issue", "check"], default="issue",
+                        help="what to pipeline: code issues, or cheap GET /check= requests")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pairing-flood-"))
     process, port = start(args.twistd, work / "relay")
@@ -135,7 +138,7 @@ def main() -> None:
         quiet = upload_latencies(port, args.uploads, photo)
         manager = multiprocessing.Manager()
         stop, answers = manager.Event(), manager.dict()
-        flooders = [multiprocessing.Process(target=flood, args=(port, f"127.0.6.{n + 1}", args.batch, stop, answers))
+        flooders = [multiprocessing.Process(target=flood, args=(port, f"127.0.6.{n + 1}", args.batch, stop, answers, args.kind))
                     for n in range(args.flooders)]
         started = time.perf_counter()
         for thread in flooders:
@@ -151,13 +154,15 @@ def main() -> None:
         print(f"uploads, with flood: {summary(flooded)}")
         answers = dict(answers)
         total = sum(v for k, v in answers.items() if k.isdigit())
-        print(f"flood: {args.flooders} addresses x {args.batch} pipelined issues; {total} answered in "
+        print(f"flood: {args.flooders} addresses x {args.batch} pipelined {args.kind} requests; {total} answered in "
               f"{seconds:.1f} s ({total / seconds:.0f}/s): " +
               ", ".join(f"{k}: {v}" for k, v in sorted(answers.items(), key=str)))
         print(f"relay CPU: {cpu_seconds(process.pid):.1f} s")
     finally:
         process.terminate()
         process.wait(30)
+        if os.environ.get("KEEP_BENCH_LOG"):
+            print((work / "relay" / "server.log").read_text()[-3000:])
         shutil.rmtree(work, ignore_errors=True)
 
 
