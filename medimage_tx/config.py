@@ -356,7 +356,14 @@ def parse_config(raw: Any, path: Path) -> Config:
     if bool(values["httpsKey"]) != bool(values["httpsCert"]):
         missing = "httpsCert" if values["httpsKey"] else "httpsKey"
         raise ConfigError(f"{path}: key {missing!r}: HTTPS needs both httpsKey and httpsCert")
-    for key in ("httpsKey", "httpsCert", "relayCA"):
+    if values["relayCA"]:
+        from .relay_tls import load_ca_certificates  # here: it imports this module
+
+        try:
+            load_ca_certificates(resolve_path(values["relayCA"], path.parent))
+        except ValueError as e:
+            raise ConfigError(f"{path}: key 'relayCA': {e}") from None
+    for key in ("httpsKey", "httpsCert"):
         if values[key]:
             try:
                 check_readable(values[key], path.parent)

@@ -23,6 +23,7 @@ Shared by the PC's C{/pair} page and the C{pair} command.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
@@ -32,6 +33,7 @@ from twisted.web.client import HTTPConnectionPool
 from .identity import PAIRED_ID
 from .pairing import BadPairingAnswer, IssuedCode, parse_issue_answer
 from .proxy_tunnel import make_agent
+from .relay_tls import explain, is_tls_refusal
 
 #: AtomJump's central pairing service: every MedImage app version redeems
 #: codes there (PROTOCOL.md A5), so it is the default.
@@ -201,16 +203,22 @@ def paired_changes(config: Any, issued: IssuedCode, wanted: PairRequest) -> dict
     return changes
 
 
-def one_off_client(reactor: Any, web_proxy: str) -> HTTPClient:
+def one_off_client(reactor: Any, web_proxy: str, tls=None) -> HTTPClient:
     """
     A client whose connections close after use: pairing is rare.
+
+    @param tls: L{relay_tls.RelayTLSPolicy} (C{relayCA}); default the OS's trust.
     """
-    return HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy))
+    return HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy, tls))
 
 
-async def request_code(client: HTTPClient, pairing: PairingPlan) -> IssuedCode:
+async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Optional[Path] = None,
+                       via_proxy: bool = False) -> IssuedCode:
     """
     Register with the pairing service and return its checked answer.
+
+    @param ca_file: C{relayCA}, trusted by C{client}; and C{via_proxy}
+        (C{webProxy} is set): to explain a refused certificate.
 
     @raise PairingError: in our words; the service's body is never repeated.
     """
@@ -218,7 +226,11 @@ async def request_code(client: HTTPClient, pairing: PairingPlan) -> IssuedCode:
     try:
         response = await client.post(url, data=pairing.form(), allow_redirects=False,
                                      timeout=TIMEOUT_SECONDS)
-    except Exception:
+    except Exception as e:
+        if is_tls_refusal(e):
+            # Not the PC's internet connection: say what is wrong and what to do.
+            explained = await explain(e, url, ca_file, direct=not via_proxy)
+            raise PairingError(f"Cannot pair: {explained}.")
         raise PairingError("Cannot reach the pairing service. Check this PC's internet connection "
                            "(and webProxy in config.json).")
     body = await _read_capped(response)

@@ -102,22 +102,27 @@ class TunnellingEndpointFactory:
     goes through a CONNECT tunnel of the proxy at C{proxy_host:proxy_port}.
     """
 
-    def __init__(self, reactor, proxy_host: str, proxy_port: int, auth: Optional[bytes]):
+    def __init__(self, reactor, proxy_host: str, proxy_port: int, auth: Optional[bytes], tls=None):
         self.reactor = reactor
         self.proxy = HostnameEndpoint(reactor, proxy_host, proxy_port)
         self.auth = auth
-        self.tls = BrowserLikePolicyForHTTPS()
+        self.tls = tls or BrowserLikePolicyForHTTPS()
 
     def endpointForURI(self, uri):
         tunnel = TunnelEndpoint(self.proxy, uri.host, uri.port, self.auth)
         return wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), tunnel)
 
 
-def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str):
+def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None):
     """
     An agent that goes direct, or through the clinic's HTTP proxy.
+
+    @param tls: an C{IPolicyForHTTPS} (L{relay_tls.RelayTLSPolicy} for
+        C{relayCA}); default Twisted's, which trusts what the OS trusts.
     """
-    return WebProxyAgent(reactor, pool, web_proxy) if web_proxy else Agent(reactor, pool=pool)
+    if web_proxy:
+        return WebProxyAgent(reactor, pool, web_proxy, tls)
+    return Agent(reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(), pool=pool)
 
 
 def proxy_authorization(web_proxy: str) -> Optional[bytes]:
@@ -139,13 +144,13 @@ class WebProxyAgent:
     (credentials to the proxy only, never inside the tunnel to the relay).
     """
 
-    def __init__(self, reactor: Any, pool: HTTPConnectionPool, web_proxy: str):
+    def __init__(self, reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None):
         proxy = urlsplit(web_proxy)
         host, port = proxy.hostname, proxy.port or 80
         self.auth = proxy_authorization(web_proxy)
         self.plain = ProxyAgent(HostnameEndpoint(reactor, host, port), reactor, pool=pool)
         self.tunnelled = Agent.usingEndpointFactory(
-            reactor, TunnellingEndpointFactory(reactor, host, port, self.auth), pool=pool)
+            reactor, TunnellingEndpointFactory(reactor, host, port, self.auth, tls), pool=pool)
 
     def request(self, method, uri, headers=None, bodyProducer=None):
         if uri.startswith(b"https://"):

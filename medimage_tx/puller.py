@@ -26,6 +26,7 @@ from treq.client import HTTPClient
 from .naming import DEFAULT_STEM, clean_text, safe_component, strip_extension
 from .proxy_tunnel import make_agent
 from .relay import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
+from .relay_tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
 from .sniff import HEAD_SIZE, choose_type
 
 
@@ -80,6 +81,7 @@ class RelayPuller(Service):
         self._pool: Optional[HTTPConnectionPool] = None
         self._supports_ack: Optional[bool] = None
         self._outage: Optional[str] = None
+        self._tls: Optional[RelayTLSPolicy] = None
         self._read_url = ""
         self._web_proxy = ""
         self._generation = 0
@@ -132,7 +134,7 @@ class RelayPuller(Service):
                 if generation != self._generation:
                     return  # cancelled for a new config; the new loop runs
                 failures += 1
-                self._note_outage(e)
+                await self._note_outage(e, config)
                 delay = backoff_delay(failures, self.backoff_start, self.backoff_max)
                 await deferLater(self.clock, delay * random.uniform(0.5, 1.0))
                 continue
@@ -143,16 +145,22 @@ class RelayPuller(Service):
             if not got and not self._supports_ack:
                 await deferLater(self.clock, self.legacy_interval)
 
-    def _note_outage(self, error: Exception) -> None:
-        reason = str(error) or error.__class__.__name__
-        if self._outage is None:
+    async def _note_outage(self, error: Exception, config) -> None:
+        # One warning per outage, in words IT can act on (a refused
+        # certificate says why); each retry only at debug level (--verbose).
+        first, self._outage = self._outage is None, one_line(error)
+        self._supports_ack = None  # ask again once it is back
+        if first:
+            reason = await explain(error, config.readProxy, relay_ca_path(config), direct=not config.webProxy)
             self.log.warn("Cannot get photos from the relay: {reason}. Retrying with backoff.",
                           reason=reason)
-        self._outage = reason
-        self._supports_ack = None  # ask again once it is back
+        else:
+            self.log.debug("The relay still cannot be reached: {reason}", reason=self._outage)
 
     def _client(self, config) -> HTTPClient:
-        return HTTPClient(make_agent(self.reactor, self._pool, config.webProxy))
+        if self._tls is None or self._tls.ca_file != relay_ca_path(config):
+            self._tls = policy_for(config)
+        return HTTPClient(make_agent(self.reactor, self._pool, config.webProxy, self._tls))
 
     async def _pull_once(self, config) -> bool:
         client = self._client(config)

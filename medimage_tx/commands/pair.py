@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from twisted.internet import defer, task
 
     from ..config import ConfigError, load_or_create_config, save_config
+    from ..relay_tls import policy_for
     from ..pc_pairing import PairingError, PairRequest, one_off_client, paired_changes, plan, relay_of, request_code
     from ..tap import default_data_dir
 
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     async def pair(reactor):
         try:
-            issued = await request_code(one_off_client(reactor, config.webProxy), pairing)
+            tls = policy_for(config)
+            issued = await request_code(one_off_client(reactor, config.webProxy, tls), pairing,
+                                        tls.ca_file, via_proxy=bool(config.webProxy))
         except PairingError as e:
             print(f"medimage: {e} Nothing was changed.", file=sys.stderr)
             raise SystemExit(1)
