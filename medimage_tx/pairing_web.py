@@ -62,12 +62,14 @@ class PairingService(Resource):
             return form.get(name, [""])[0].strip()
 
         proxy_server = field("proxyServer")
+        address = client_address(request)
         if not proxy_server.startswith(("http://", "https://")) or any(c.isspace() for c in proxy_server):
+            log.info("Pairing: refused a code request from {address}: no usable proxyServer", address=address)
             return Answer(400, b"proxyServer must be the relay's http(s) address")
         try:
-            pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country"),
-                                      client_address(request))
-        except TryLater:
+            pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country"), address)
+        except TryLater as e:
+            log.info("Pairing: refused a code request from {address}: {why}", address=address, why=str(e))
             close_after_answer(request)
             raise
         try:
@@ -79,7 +81,8 @@ class PairingService(Resource):
             log.failure("Pairing: cannot save pairing.json")
             raise TryLater("Cannot issue a pairing code right now; try again later.",
                            phrase="Cannot issue a pairing code now; try again later")
-        log.info("Pairing: issued a code for {fp}", fp=fingerprint(pairing.paired_id))
+        log.info("Pairing: issued a code for {fp} to {address}", fp=fingerprint(pairing.paired_id),
+                 address=address)
         return Answer(200, issue_answer(pairing).encode())
 
     def render_GET(self, request):
@@ -89,8 +92,10 @@ class PairingService(Resource):
         return render_async(request, self._compare, values[0].decode("utf-8", "replace"))
 
     async def _compare(self, request, code: str) -> Answer:
-        compare = self.book.compare(code, client_address(request))
+        address = client_address(request)
+        compare = self.book.compare(code, address)
         if compare is None:
+            log.info("Pairing: a code from {address} was not checked: over the guess limits", address=address)
             close_after_answer(request)
             return Answer(200, NOMATCH.encode())  # over the limits: not even looked up
         # The guess is counted on disk before its answer can tell anything.
@@ -103,6 +108,11 @@ class PairingService(Resource):
             raise TryLater("Cannot check pairing codes right now; try again later.",
                            phrase="Cannot check pairing codes now; try again later")
         self.book.settle(compare)
+        if compare.pairing is None:
+            log.info("Pairing: a code from {address} matched nothing", address=address)
+        else:
+            log.info("Pairing: a phone at {address} paired with {fp}", address=address,
+                     fp=fingerprint(compare.pairing.paired_id))
         return Answer(200, redeem_answer(compare.pairing).encode())
 
 

@@ -5,6 +5,8 @@ never the patient's name).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
@@ -127,3 +129,30 @@ def test_no_plugin_cache_warning_when_the_cache_cannot_be_written(tmp_path, monk
         sys.modules.pop("clinicplugins", None)
     assert "Unable to write to plugin cache" in everything.getvalue()
     assert "plugin cache" not in quiet.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_pairing_attempt_logs_one_line_with_its_result(start_server, http_client, log_lines):
+    from twisted.internet.task import Clock
+
+    from medimage_tx.identity import fingerprint
+    from test_pairing import pair_on_page, shown_code
+    from test_relay import fast_retries
+
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True, allowGettingRemotePhotos=False)
+    pc = await start_server("pc", tune=fast_retries)
+    response, page = await pair_on_page(http_client, pc.url, proxyServer=relay.url,
+                                        customPairing=relay.url + "/med-genid.php")
+    assert response.code == 200, page
+    code = shown_code(page)
+    paired_id = json.loads((pc.data / "config.json").read_text())["globalId"]
+    wrong = "".join("A" if c != "A" else "B" for c in code)
+    for guess in (wrong, code):
+        await (await http_client.get(f"{relay.url}/med-genid.php?compare={guess}")).content()
+    pairing = [line for line in log_lines if "air" in line]
+    fp = fingerprint(paired_id)
+    assert f"Pairing: issued a code for {fp} to 127.0.0.1" in pairing
+    assert any(line.startswith(f"Paired with a relay (id {fp}") for line in pairing)
+    assert "Pairing: a code from 127.0.0.1 matched nothing" in pairing
+    assert f"Pairing: a phone at 127.0.0.1 paired with {fp}" in pairing
+    assert paired_id not in "\n".join(log_lines)
