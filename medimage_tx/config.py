@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
     "discoveryPort": 5566,
     "discoveryInterfaces": [],
     "relayQuotaBytes": 1024 * MIB,
+    "relayTotalBytes": 20 * 1024 * MIB,
+    "relayMinFreeBytes": 1024 * MIB,
+    "relayExpiryDays": 7,
     "httpsPort": None,
     "fileMode": None,
     "relayCA": "",
@@ -126,6 +129,9 @@ class Config:
     discoveryPort: int
     discoveryInterfaces: tuple[str, ...]
     relayQuotaBytes: int
+    relayTotalBytes: int
+    relayMinFreeBytes: int
+    relayExpiryDays: float
     httpsPort: Optional[int]
     fileMode: Optional[int]
     relayCA: str
@@ -178,6 +184,12 @@ def _positive(value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise ValueError(f"expected a whole number of 1 or more, got {value!r}")
     return value
+
+
+def _days(value: Any) -> float:
+    if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= 3650:
+        raise ValueError(f"expected a number of days above 0 (fractions allowed), got {value!r}")
+    return float(value)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -330,6 +342,9 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "discoveryPort": _port,
     "discoveryInterfaces": _strings,
     "relayQuotaBytes": _positive,
+    "relayTotalBytes": _positive,
+    "relayMinFreeBytes": _count,
+    "relayExpiryDays": _days,
     "httpsPort": lambda value: None if value is None else _port(value),
     "fileMode": lambda value: None if value is None else _file_mode(value),
     "relayCA": _string,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import http, pages, server
 from twisted.web.resource import Resource
@@ -20,7 +21,7 @@ from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
 from .addons.web import AddonResource
 from .connection_limits import connection_budget, open_file_limit, uses_select
-from .errors import Rejected, TryLater
+from .errors import Rejected
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
 from .pairing_web import PairingService, PairPage
@@ -225,12 +226,8 @@ class PhotoUpload(StateResource):
             if relay is not None:
                 paired_id, parts = relay_parts(
                     received.filename, checked_extension(received, config), config)
-                if relay.queue.queued_bytes(paired_id) + received.size > config.relayQuotaBytes:
-                    # Disk-filling protection: the PC must collect first.
-                    raise TryLater("The relay holds too much for this pairing; the PC has not "
-                                   "collected it yet. Try again later.", retry_after=120, status=429,
-                                   phrase="Too many photos wait for your clinic's computer; "
-                                          "the photo stays on the phone")
+                # Room is held before storing, so parallel uploads cannot overshoot.
+                reservation = relay.reserve(paired_id, received.size, config)
             else:
                 parts = accepted_parts(received, config)
         except Exception:
@@ -240,9 +237,21 @@ class PhotoUpload(StateResource):
         if relay is None:
             stored = await self.state.store_photo(received.temp_path, received.fd, parts)
         else:
-            stored = await self.state.in_thread(store.store, received.temp_path, received.fd, parts)
+            storing = self.state.in_thread(store.store, received.temp_path, received.fd, parts)
+
+            def queue(stored):
+                relay.queue.put(paired_id, stored.relative, received.size, reservation)
+                return stored
+
+            def give_back_room(failure):
+                relay.queue.release(reservation)
+                return failure
+
+            storing.addCallbacks(queue, give_back_room)
+            # A phone that hangs up now does not stop the store: what lands
+            # on disk is queued (and its room accounted for) all the same.
+            stored = await detached(storing)
         if relay is not None:
-            relay.queue.put(paired_id, stored.relative, received.size)
             self.state.stats.photos_received += 0 if stored.duplicate else 1
             self.state.stats.bytes_received += 0 if stored.duplicate else received.size
             # Never a patient folder or file name in a relay's log.
@@ -260,6 +269,15 @@ class PhotoUpload(StateResource):
             again=" (a retry: already stored)" if stored.duplicate else "",
         )
         return Answer(200, RECEIVED)
+
+
+def detached(d: Deferred) -> Deferred:
+    """
+    C{d}'s result, through a Deferred whose cancelling leaves C{d} running.
+    """
+    result: Deferred = Deferred()
+    d.chainDeferred(result)
+    return result
 
 
 class Check(StateResource):

@@ -12,18 +12,22 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.static import NoRangeStaticProducer
 
-from .errors import Rejected
+from .errors import Rejected, TryLater
 from .identity import PAIRED_ID, fingerprint
 from .paths import inside
-from .relay_queue import RelayQueue
+from .relay_queue import QuotaFull, RelayQueue, Reservation
 from .store import PhotoStore
 from .web import NOT_READABLE, Answer, answer_now, render_async
 
@@ -73,6 +77,7 @@ class Relay:
                                 on_available=self._wake)
         self._waiters: dict[str, list[Deferred]] = {}
         self._expiry_call = None
+        self._full = False
 
     def load_existing(self) -> int:
         """
@@ -86,9 +91,47 @@ class Relay:
             if path.is_file() and "/" in relative and PAIRED_ID.fullmatch(paired_id):
                 stat = path.stat()
                 found.append((stat.st_mtime_ns, relative, paired_id, stat.st_size))
-        for _, relative, paired_id, size in sorted(found):
-            self.queue.put(paired_id, relative, size)
+        # Their age counts towards expiry: the file's time, on the relay's clock.
+        now, wall = self.clock.seconds(), time.time()
+        for mtime_ns, relative, paired_id, size in sorted(found):
+            age = max(0.0, wall - mtime_ns / 1e9)
+            self.queue.put(paired_id, relative, size, queued_at=now - age)
         return len(found)
+
+    def reserve(self, paired_id: str, size: int, config) -> Reservation:
+        """
+        Hold room for a photo before it is stored, or raise L{TryLater}:
+        the pairing holds C{relayQuotaBytes}, the relay C{relayTotalBytes},
+        or the disk would keep less than C{relayMinFreeBytes} free.
+        """
+        try:
+            reservation = self.queue.reserve(paired_id, size, config.relayQuotaBytes,
+                                             config.relayTotalBytes)
+        except QuotaFull as full:
+            if full.scope == "pairing":
+                # Disk-filling protection: the PC must collect first.
+                raise TryLater("The relay holds too much for this pairing; the PC has not "
+                               "collected it yet. Try again later.", retry_after=120, status=429,
+                               phrase="Too many photos wait for your clinic's computer; "
+                                      "the photo stays on the phone") from None
+            self._note_full(f"it holds {self.queue.total_bytes()} bytes (relayTotalBytes)")
+            raise relay_full() from None
+        # The upload is already in the relay's tmp folder, on the same disk.
+        free = free_bytes(self.store.photos)
+        if free is not None and free < config.relayMinFreeBytes:
+            self.queue.release(reservation)
+            self._note_full(f"{free} bytes free on its disk (relayMinFreeBytes)")
+            raise relay_full()
+        if self._full:
+            self._full = False
+            self.log.info("Relay: room again for uploads")
+        return reservation
+
+    def _note_full(self, why: str) -> None:
+        if not self._full:
+            self._full = True
+            self.log.warn("Relay: full, refusing uploads with 503 until photos are collected "
+                          "or expire: {why}", why=why)
 
     def wait(self, paired_id: str, timeout: float) -> Deferred:
         """
@@ -131,6 +174,69 @@ class Relay:
         self.queue.requeue_expired()
         self.leased()
 
+
+
+def relay_full() -> TryLater:
+    return TryLater("The relay is full. Try again later.", retry_after=300, status=507,
+                    phrase="The relay is full; the photo stays on the phone")
+
+
+def free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+class RelayExpiry(Service):
+    """
+    Removes photos nobody collected within C{relayExpiryDays}: at start and
+    every hour.  Logs one line per pairing, by fingerprint only.
+    """
+
+    log = Logger()
+    name = "relay-expiry"
+    interval = 3600.0
+
+    def __init__(self, state, clock: Any):
+        self.state = state
+        self.clock = clock
+        self._loop: Optional[LoopingCall] = None
+        #: The last sweep's file removal (fired once the files are gone).
+        self.removing: Deferred = succeed(None)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: self.log.failure("The relay's expiry stopped", f))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def sweep(self):
+        relay, days = self.state.relay, self.state.config.relayExpiryDays
+        expired = relay.queue.expire_older_than(self.clock.seconds() - days * 86400)
+        if not expired:
+            return None
+        per_id: dict[str, list[int]] = {}
+        for photo in expired:
+            per_id.setdefault(photo.paired_id, []).append(photo.size)
+        for paired_id, sizes in per_id.items():
+            self.log.warn("Relay: removed {count} photo(s) ({size} bytes) for {fp}: not collected "
+                          "within {days:g} days (relayExpiryDays)", count=len(sizes), size=sum(sizes),
+                          fp=fingerprint(paired_id), days=days)
+        self.removing = self.state.in_thread(_remove_photos, relay.store.photos,
+                                             [p.relative for p in expired])
+        return self.removing
+
+
+def _remove_photos(photos: Path, relatives: list[str]) -> None:
+    for relative in relatives:
+        remove_photo(photos, relative)
 
 
 def remove_photo(photos: Path, relative: str) -> None:

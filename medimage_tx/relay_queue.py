@@ -1,16 +1,23 @@
 """
 The relay's queue bookkeeping (PROTOCOL.md A4, B4): per paired id, photos
 oldest first; a photo sent with acknowledgement is leased (hidden from other
-reads) until confirmed, and comes back if the lease runs out.
+reads) until confirmed, and comes back if the lease runs out.  Room is
+reserved before a photo is stored, so parallel uploads cannot overshoot the
+per-pairing quota or the relay's total; photos nobody collects expire.
 
 The files themselves live in the relay's L{PhotoStore}; this module only
 knows their relative paths, so a shared store for several relay machines
-can replace it behind the same five calls: L{put}, L{peek}, L{lease},
-L{confirm}, L{requeue_expired} (plus L{take} for old readers).
+can replace it behind the same calls: L{reserve}/L{release}, L{put},
+L{peek}, L{lease}, L{confirm}, L{requeue_expired}, L{expire_older_than}
+(plus L{take} and L{give_back} for old readers).
+
+Every call costs O(log n) or less in the number of queued photos: a read
+never scans the queue (80,000 queued photos used to cost 27 ms a read).
 """
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -19,14 +26,16 @@ from typing import Callable, Optional
 DEFAULT_LEASE_SECONDS = 300.0
 
 
-@dataclass
+@dataclass(eq=False)
 class QueuedPhoto:
     paired_id: str
     relative: str  # "<id>/<folders>/<name>" under the relay's photos folder
     size: int
     order: int
+    queued_at: float = 0.0
     receipt: Optional[str] = None
     leased_until: Optional[float] = None
+    waiting: bool = False  # readable now (not leased, not taken, not removed)
 
     @property
     def file_name(self) -> str:
@@ -34,6 +43,28 @@ class QueuedPhoto:
         The C{file-name} header value of PROTOCOL.md A4.
         """
         return "/" + self.relative
+
+
+@dataclass(eq=False)
+class Reservation:
+    """
+    Room held for one photo between "the body arrived" and "it is queued".
+    """
+
+    paired_id: str
+    size: int
+    open: bool = True
+
+
+class QuotaFull(Exception):
+    """
+    No room for this photo: C{scope} is C{"pairing"} (this id holds its
+    quota) or C{"relay"} (the relay holds its total).
+    """
+
+    def __init__(self, scope: str):
+        super().__init__(scope)
+        self.scope = scope
 
 
 @dataclass
@@ -47,20 +78,78 @@ class RelayQueue:
     now: Callable[[], float]
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     on_available: Callable[[str], None] = lambda paired_id: None
-    _queues: dict[str, list[QueuedPhoto]] = field(default_factory=dict)
-    _by_relative: dict[str, QueuedPhoto] = field(default_factory=dict)
+    _photos: dict[str, QueuedPhoto] = field(default_factory=dict)  # by relative path
+    # Per id, a heap of (order, push, photo) of the readable photos; entries
+    # whose photo is no longer waiting are dropped when they reach the top.
+    _waiting: dict[str, list[tuple[int, int, QueuedPhoto]]] = field(default_factory=dict)
+    _count: dict[str, int] = field(default_factory=dict)  # photos held per id
+    _held: dict[str, int] = field(default_factory=dict)  # bytes queued + reserved per id
+    _total: int = 0  # bytes queued + reserved in all
+    _receipts: dict[str, QueuedPhoto] = field(default_factory=dict)
+    # Leases by expiry: (leased_until, push, photo); stale entries skipped.
+    _leases: list[tuple[float, int, QueuedPhoto]] = field(default_factory=list)
     _next_order: int = 0
+    _pushes: int = 0  # tie-breaker: heap entries never compare photos
 
-    def put(self, paired_id: str, relative: str, size: int) -> QueuedPhoto:
+    # Room
+
+    def reserve(self, paired_id: str, size: int, per_id_limit: int, total_limit: int) -> Reservation:
+        """
+        Hold room for a photo of C{size} bytes, or raise L{QuotaFull}.
+        Check and hold happen in one call, so uploads that arrive together
+        cannot all pass the check and overshoot.
+        """
+        if self._held.get(paired_id, 0) + size > per_id_limit:
+            raise QuotaFull("pairing")
+        if self._total + size > total_limit:
+            raise QuotaFull("relay")
+        self._add_bytes(paired_id, size)
+        return Reservation(paired_id, size)
+
+    def release(self, reservation: Reservation) -> None:
+        """
+        The photo was not queued after all: give its room back.
+        """
+        if reservation.open:
+            reservation.open = False
+            self._add_bytes(reservation.paired_id, -reservation.size)
+
+    def queued_bytes(self, paired_id: str) -> int:
+        """
+        What the relay holds for one id (waiting, leased and reserved).
+        """
+        return self._held.get(paired_id, 0)
+
+    def total_bytes(self) -> int:
+        """
+        What the relay holds in all (waiting, leased and reserved).
+        """
+        return self._total
+
+    # Queueing and reading
+
+    def put(self, paired_id: str, relative: str, size: int,
+            reservation: Optional[Reservation] = None, queued_at: Optional[float] = None) -> QueuedPhoto:
         """
         Queue a stored photo (a repeated put of the same path is one photo).
+        Its C{reservation}, if any, becomes the photo's own room.
         """
-        if relative in self._by_relative:
-            return self._by_relative[relative]
-        photo = QueuedPhoto(paired_id, relative, size, self._next_order)
+        existing = self._photos.get(relative)
+        if existing is not None:
+            if reservation is not None:
+                self.release(reservation)
+            return existing
+        if reservation is not None and reservation.open:
+            reservation.open = False
+            self._add_bytes(reservation.paired_id, size - reservation.size)
+        else:
+            self._add_bytes(paired_id, size)
+        photo = QueuedPhoto(paired_id, relative, size, self._next_order,
+                            self.now() if queued_at is None else queued_at)
         self._next_order += 1
-        self._queues.setdefault(paired_id, []).append(photo)
-        self._by_relative[relative] = photo
+        self._photos[relative] = photo
+        self._count[paired_id] = self._count.get(paired_id, 0) + 1
+        self._make_waiting(photo)
         self.on_available(paired_id)
         return photo
 
@@ -69,9 +158,13 @@ class RelayQueue:
         The oldest photo waiting for C{paired_id} that is not leased.
         """
         self.requeue_expired()
-        for photo in self._queues.get(paired_id, ()):
-            if photo.leased_until is None:
+        heap = self._waiting.get(paired_id)
+        while heap:
+            photo = heap[0][2]
+            if photo.waiting and self._photos.get(photo.relative) is photo:
                 return photo
+            heapq.heappop(heap)
+        self._waiting.pop(paired_id, None)
         return None
 
     def lease(self, paired_id: str) -> Optional[QueuedPhoto]:
@@ -79,17 +172,22 @@ class RelayQueue:
         Hide the oldest waiting photo until it is confirmed or the lease
         runs out; its C{receipt} confirms it.
         """
-        photo = self.peek(paired_id)
+        photo = self._pop_waiting(paired_id)
         if photo is not None:
+            if photo.receipt is not None:
+                self._receipts.pop(photo.receipt, None)  # only the newest receipt counts
             photo.receipt = secrets.token_urlsafe(18)
             photo.leased_until = self.now() + self.lease_seconds
+            self._receipts[photo.receipt] = photo
+            self._pushes += 1
+            heapq.heappush(self._leases, (photo.leased_until, self._pushes, photo))
         return photo
 
     def take(self, paired_id: str) -> Optional[QueuedPhoto]:
         """
         Remove the oldest waiting photo (an old reader: no confirmation).
         """
-        photo = self.peek(paired_id)
+        photo = self._pop_waiting(paired_id)
         if photo is not None:
             self._remove(photo)
         return photo
@@ -98,13 +196,13 @@ class RelayQueue:
         """
         Put a taken photo back in its place (its sending failed).
         """
-        if photo.relative in self._by_relative:
+        if photo.relative in self._photos:
             return
         photo.leased_until = None
-        queue = self._queues.setdefault(photo.paired_id, [])
-        queue.append(photo)
-        queue.sort(key=lambda p: p.order)
-        self._by_relative[photo.relative] = photo
+        self._photos[photo.relative] = photo
+        self._count[photo.paired_id] = self._count.get(photo.paired_id, 0) + 1
+        self._add_bytes(photo.paired_id, photo.size)
+        self._make_waiting(photo)
         self.on_available(photo.paired_id)
 
     def confirm(self, paired_id: str, receipt: str) -> Optional[QueuedPhoto]:
@@ -112,11 +210,11 @@ class RelayQueue:
         The reader stored the photo: remove it.  A receipt stays good after
         its lease ran out, as long as nobody else has leased the photo since.
         """
-        for photo in self._queues.get(paired_id, ()):
-            if photo.receipt is not None and secrets.compare_digest(photo.receipt, receipt):
-                self._remove(photo)
-                return photo
-        return None
+        photo = self._receipts.get(receipt)
+        if photo is None or photo.paired_id != paired_id or self._photos.get(photo.relative) is not photo:
+            return None
+        self._remove(photo)
+        return photo
 
     def requeue_expired(self) -> list[str]:
         """
@@ -124,35 +222,90 @@ class RelayQueue:
         """
         now = self.now()
         woken = []
-        for paired_id, queue in self._queues.items():
-            for photo in queue:
-                if photo.leased_until is not None and photo.leased_until <= now:
-                    photo.leased_until = None
-                    woken.append(paired_id)
-        for paired_id in set(woken):
+        while self._leases and self._leases[0][0] <= now:
+            leased_until, _, photo = heapq.heappop(self._leases)
+            if photo.leased_until != leased_until or self._photos.get(photo.relative) is not photo:
+                continue  # confirmed, or leased again since: a stale entry
+            photo.leased_until = None
+            self._make_waiting(photo)
+            woken.append(photo.paired_id)
+        for paired_id in dict.fromkeys(woken):
             self.on_available(paired_id)
         return woken
 
     def next_expiry(self) -> Optional[float]:
-        times = [p.leased_until for q in self._queues.values() for p in q if p.leased_until is not None]
-        return min(times) if times else None
+        while self._leases:
+            leased_until, _, photo = self._leases[0]
+            if photo.leased_until == leased_until and self._photos.get(photo.relative) is photo:
+                return leased_until
+            heapq.heappop(self._leases)
+        return None
 
-    def queued_bytes(self, paired_id: str) -> int:
+    def expire_older_than(self, cutoff: float) -> list[QueuedPhoto]:
         """
-        What the relay holds for one id (waiting and leased).
+        Remove the waiting photos queued at or before C{cutoff} (nobody
+        collected them) and return them; leased ones stay until their
+        lease ends.  Costs O(ids + expired): each id's oldest come first.
         """
-        return sum(p.size for p in self._queues.get(paired_id, ()))
+        expired = []
+        for paired_id in list(self._waiting):
+            heap = self._waiting[paired_id]
+            while heap:
+                photo = heap[0][2]
+                if not (photo.waiting and self._photos.get(photo.relative) is photo):
+                    heapq.heappop(heap)
+                elif photo.queued_at <= cutoff:
+                    heapq.heappop(heap)
+                    photo.waiting = False
+                    self._remove(photo)
+                    expired.append(photo)
+                else:
+                    break
+            if not heap:
+                self._waiting.pop(paired_id, None)
+        return expired
 
     def holds(self, relative: str) -> bool:
         """
         Whether the photo is still on the relay (waiting or leased).
         """
-        return relative in self._by_relative
+        return relative in self._photos
+
+    def __len__(self) -> int:
+        return len(self._photos)
+
+    # Inside
+
+    def _add_bytes(self, paired_id: str, size: int) -> None:
+        held = self._held.get(paired_id, 0) + size
+        if held:
+            self._held[paired_id] = held
+        else:
+            self._held.pop(paired_id, None)
+        self._total += size
+
+    def _make_waiting(self, photo: QueuedPhoto) -> None:
+        photo.waiting = True
+        self._pushes += 1
+        heapq.heappush(self._waiting.setdefault(photo.paired_id, []), (photo.order, self._pushes, photo))
+
+    def _pop_waiting(self, paired_id: str) -> Optional[QueuedPhoto]:
+        photo = self.peek(paired_id)
+        if photo is not None:
+            heapq.heappop(self._waiting[paired_id])
+            photo.waiting = False
+        return photo
 
     def _remove(self, photo: QueuedPhoto) -> None:
-        queue = self._queues.get(photo.paired_id, [])
-        if photo in queue:
-            queue.remove(photo)
-        if not queue:
-            self._queues.pop(photo.paired_id, None)
-        self._by_relative.pop(photo.relative, None)
+        photo.waiting = False
+        if self._photos.get(photo.relative) is not photo:
+            return
+        del self._photos[photo.relative]
+        if photo.receipt is not None:
+            self._receipts.pop(photo.receipt, None)
+        count = self._count[photo.paired_id] - 1
+        if count:
+            self._count[photo.paired_id] = count
+        else:
+            del self._count[photo.paired_id]
+        self._add_bytes(photo.paired_id, -photo.size)

@@ -30,7 +30,7 @@ from . import logs
 from .state import ServerState
 from .pairing import PairingBook
 from .puller import RelayPuller
-from .relay import Relay
+from .relay import Relay, RelayExpiry
 from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore, process_umask
 from .tls import TLSConfigError, server_tls_options
@@ -299,6 +299,8 @@ def build_service(
                                      address=(config.httpsPort, interface or ""))
     backups.setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
+    if relay is not None:
+        RelayExpiry(state, clock).setServiceParent(service)
     http.setServiceParent(service)
     if service.https is not None:
         service.https.setServiceParent(service)
