@@ -21,7 +21,7 @@ from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
 from .addons.web import AddonResource
 from .connection_limits import connection_budget, open_file_limit, uses_select
-from .errors import Rejected
+from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
 from .pairing_web import PairingService, PairPage
