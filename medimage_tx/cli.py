@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "pair": "medimage_tx.commands.pair",
     "discover": "medimage_tx.commands.discover",
     "send": "medimage_tx.commands.send",
+    "service": "medimage_tx.commands.service",
     "migrate": "medimage_tx.commands.migrate",
     "addon": "medimage_tx.commands.addon",
 }
