@@ -4,10 +4,22 @@
 PYTHON ?= python3
 VENV := .venv
 SOURCES := pyproject.toml $(shell find medimage_tx twisted -name '*.py' 2>/dev/null)
+# pyproject's requires-python, as a check any Python can run.
+SUPPORTED := import sys; sys.exit(sys.version_info < (3, 11))
+
+# A $(VENV) made with an unsupported Python (say Ubuntu 22.04's 3.10) is made
+# again, instead of sticking until someone runs `make clean`.
+ifneq ($(wildcard $(VENV)/bin/python),)
+ifneq ($(shell $(VENV)/bin/python -c '$(SUPPORTED)' 2>/dev/null && echo ok),ok)
+$(info $(VENV) was made with an unsupported Python: making it again)
+$(shell rm -rf $(VENV))
+endif
+endif
 
 .PHONY: run test mutate faults clean
 
 $(VENV)/installed: $(SOURCES)
+	@$(PYTHON) -c '$(SUPPORTED)' || { echo "make: $(PYTHON) is older than Python 3.11; give a newer one, e.g. make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet '.[test]'
