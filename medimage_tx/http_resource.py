@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
@@ -29,7 +30,8 @@ from .relay import ReadResource
 from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
 from .pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
-from .web import NOT_READABLE, Answer, StateResource, add_config_headers, answer_now, render_async
+from .web import (NOT_READABLE, Answer, StateResource, add_config_headers, answer_for_failure,
+                  answer_now, render_async)
 
 log = Logger()
 
@@ -135,6 +137,8 @@ class MedImageRequest(server.Request):
 
     receiver: Optional[MultipartReceiver] = None
     body_too_large = False
+    _chunked = False
+    _refused = False
     body_size = 0  # bytes of body received, for the log
     _deadline = None
 
@@ -160,6 +164,7 @@ class MedImageRequest(server.Request):
         self._set_deadline(limits.body_base_seconds + expected / limits.min_body_rate)
         boundary = boundary_of(self.requestHeaders.getRawHeaders(b"content-type", [b""])[0])
         self.content = BytesIO()
+        self._chunked = length is None
         if boundary is None or len(boundary) > 200:
             return  # a small body at most: kept in memory, the rest dropped
         # Read big bodies in bigger pieces: a quarter of the CPU per photo
@@ -171,15 +176,43 @@ class MedImageRequest(server.Request):
         self.notifyFinish().addBoth(self._discard_upload)
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
         self.body_size += len(data)
         if self.receiver is not None:
             self.receiver.write(data)
+            if self.receiver.refuse_now:
+                self._refuse_now(self.receiver.error)
         elif self.content.tell() + len(data) <= self.channel.site.limits.small_body:
             self.content.write(data)
         else:
             self.body_too_large = True
+            if self._chunked:
+                self._refuse_now(Rejected("The request body is too large"))
+
+    def _refuse_now(self, error: Exception) -> None:
+        """
+        The body broke a hard limit (finding 4): answer now, in the form the
+        sending app reads as "not stored", and close instead of reading the
+        rest.  Like Twisted's own early 400, written straight to the wire.
+        """
+        self._refused = True
+        self._set_deadline(None)
+        content_type = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
+        answer = answer_for_failure(Failure(error), app_family(content_type))
+        phrase = answer.phrase or http.RESPONSES.get(answer.code, b"Refused")
+        headers = {b"content-type": answer.content_type, b"content-length": b"%d" % len(answer.body),
+                   b"connection": b"close", **answer.headers}
+        log.info("Refused a request body at once: {reason}", reason=str(error))
+        self.channel.transport.write(
+            b"HTTP/1.1 %d %s\r\n" % (answer.code, phrase)
+            + b"".join(b"%s: %s\r\n" % item for item in headers.items())
+            + b"\r\n" + answer.body)
+        self.channel.loseConnection()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return  # already answered, and the connection is closing
         self._set_deadline(None)  # all in: from here on it is our time, not the client's
         super().requestReceived(command, path, version)
 

@@ -13,11 +13,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable
 
+from .errors import Rejected
+
 DEFAULT_STEM = "image"
 
 # Longest folder or stem we keep, in bytes; leaves room for a "-N" suffix and
 # an extension under the 255-byte name limit.
 MAX_COMPONENT = 200
+
+# The app sends a pairing id, a patient id and a name or two as folders, in
+# a name of well under 200 bytes.  Past these, a name is refused up front
+# (finding 11: 1,300 folders made mkdir overflow Python's stack).
+MAX_FOLDERS = 16
+MAX_NAME_BYTES = 1024
 
 # Names Windows will not create, with or without an extension.
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
@@ -100,6 +108,7 @@ def map_upload_name(
     1-4).  Words starting with C{#} are folders, in order; a folder equal to
     C{global_id} is dropped; the other words join with C{-} into the stem.
     """
+    check_name_bounds(filename)
     name = strip_extension(filename, extensions)
     name = clean_text(name, allowed_chars)
     folders: list[str] = []
@@ -113,6 +122,20 @@ def map_upload_name(
             words.append(word)
     stem = safe_component("-".join(w for w in words if w)) or DEFAULT_STEM
     return MappedName(tuple(folders), stem)
+
+
+def check_name_bounds(filename: str, separator: str = "#") -> None:
+    """
+    Refuse a name too long, or with too many folders, to be one an app sent.
+
+    @param separator: what starts a folder (C{#} in an upload's name, C{/}
+        in a relay's C{file-name} header).
+    @raise Rejected: with the limit, in one line.
+    """
+    if len(filename.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        raise Rejected(f"The file name is too long: the limit is {MAX_NAME_BYTES} bytes")
+    if filename.count(separator) > MAX_FOLDERS:
+        raise Rejected(f"The file name has too many folders: the limit is {MAX_FOLDERS}")
 
 
 def with_suffix_number(stem: str, number: int) -> str:

@@ -30,6 +30,14 @@ ENVELOPE_ALLOWANCE = 64 * 1024
 # The text fields (like "title") are ignored, but kept bounded.
 MAX_TEXT_FIELDS = 64 * 1024
 
+# The apps send two or three parts with a few short headers each.  Past
+# these, the body is an attack (finding 4: field names of gigabytes) and is
+# refused at once, without reading the rest.
+MAX_PARTS = 16
+MAX_PART_HEADER_BYTES = 8 * 1024  # one part's header names and values together
+MAX_FIELD_NAME = 256  # bytes of a part's name="..."
+HEADERS_TOO_LONG = f"A part's headers in the upload are too long: the limit is {MAX_PART_HEADER_BYTES} bytes"
+
 
 @dataclass
 class ReceivedFile:
@@ -65,6 +73,12 @@ class MultipartReceiver:
 
     Errors are remembered, not raised, while the body streams in (the HTTP
     layer cannot answer before the body is read); L{finish} raises them.
+    When L{refuse_now} is set, the body broke a hard limit and the HTTP
+    layer answers at once and closes instead of reading the rest.
+
+    @param declared_length: the body's C{Content-Length}, or L{None} for a
+        chunked body, which may then carry at most the largest allowed
+        upload plus its envelope.
     """
 
     def __init__(
@@ -91,33 +105,48 @@ class MultipartReceiver:
         self._header_value = bytearray()
         self._part: Optional[str] = None  # "file", a field name, or None to skip
         self._text = bytearray()
+        self._parts = 0
+        self._part_header_bytes = 0
+        self._body_bytes = 0
+        self._body_limit = max_file_size + ENVELOPE_ALLOWANCE if declared_length is None else None
+        self.refuse_now = False
         if declared_length is not None and declared_length > max_file_size + ENVELOPE_ALLOWANCE:
             self._fail(Rejected(
                 f"Upload too large: {declared_length} bytes declared, "
                 f"the limit is {max_file_size} bytes"
             ))
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": self._on_header_field,
-                "on_header_value": self._on_header_value,
-                "on_header_end": self._on_header_end,
-                "on_headers_finished": self._on_headers_finished,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-            },
-        )
+        callbacks = {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+        }
+        try:
+            # Newer python-multipart has header limits of its own (4 KiB a
+            # line, 8 headers); ours below are the ones that count.
+            self._parser = MultipartParser(boundary, callbacks, max_header_size=MAX_PART_HEADER_BYTES,
+                                           max_header_count=64)
+        except TypeError:
+            self._parser = MultipartParser(boundary, callbacks)
 
     # Feeding
 
     def write(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_limit is not None and self._body_bytes > self._body_limit:
+            self._stop(f"Upload too large: the limit is {self._max_file_size} bytes")
         if self._error is not None:
             return
         try:
             self._parser.write(data)
-        except MultipartParseError:
-            self._fail(Rejected("Malformed multipart body"))
+        except MultipartParseError as e:
+            if str(e).startswith("Maximum header"):
+                self._stop(HEADERS_TOO_LONG)  # the parser's own header limits
+            else:
+                self._fail(Rejected("Malformed multipart body"))
         except OSError as e:
             self._fail(disk_trouble(e))
 
@@ -167,22 +196,45 @@ class MultipartReceiver:
         self._fd = None
         self._temp_path = None
 
+    @property
+    def error(self) -> Optional[Exception]:
+        return self._error
+
     def _fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = error
         self.discard()
+
+    def _stop(self, reason: str) -> None:
+        self.refuse_now = True
+        self._fail(Rejected(reason))
 
     # Parser callbacks
 
     def _on_part_begin(self) -> None:
         self._part_headers = {}
         self._part = None
+        self._part_header_bytes = 0
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            self._stop(f"Too many parts in the upload: the limit is {MAX_PARTS}")
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
+        if self._count_header_bytes(end - start):
+            self._header_field += data[start:end]
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
+        if self._count_header_bytes(end - start):
+            self._header_value += data[start:end]
+
+    def _count_header_bytes(self, count: int) -> bool:
+        if self._error is not None:
+            return False
+        self._part_header_bytes += count
+        if self._part_header_bytes > MAX_PART_HEADER_BYTES:
+            self._stop(HEADERS_TOO_LONG)
+            return False
+        return True
 
     def _on_header_end(self) -> None:
         self._part_headers[bytes(self._header_field).strip().lower()] = bytes(self._header_value).strip()
@@ -190,7 +242,12 @@ class MultipartReceiver:
         self._header_value.clear()
 
     def _on_headers_finished(self) -> None:
+        if self._error is not None:
+            return
         _, params = parse_options_header(self._part_headers.get(b"content-disposition", b""))
+        if len(params.get(b"name", b"")) > MAX_FIELD_NAME:
+            self._stop(f"A field name in the upload is too long: the limit is {MAX_FIELD_NAME} bytes")
+            return
         name = params.get(b"name", b"").decode("utf-8", "replace")
         if name == FILE_FIELD and b"filename" in params and not self._done_with_file:
             self._filename = params[b"filename"].decode("utf-8", "replace")
@@ -229,7 +286,9 @@ class MultipartReceiver:
         chunk = memoryview(data)[start:end]
         self._size += len(chunk)
         if self._size > self._max_file_size:
-            self._fail(Rejected(f"Upload too large: the limit is {self._max_file_size} bytes"))
+            reason = f"Upload too large: the limit is {self._max_file_size} bytes"
+            # Without a Content-Length, the rest could be endless: stop now.
+            self._stop(reason) if self._body_limit is not None else self._fail(Rejected(reason))
             return
         if len(self._head) < HEAD_SIZE:
             self._head += chunk[: HEAD_SIZE - len(self._head)]

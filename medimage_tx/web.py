@@ -102,7 +102,12 @@ def answer_for_failure(failure: Failure, family: AppFamily = AppFamily.STANDARD)
         standard = Answer(error.status, one_line(reason), phrase=reason_phrase(error.phrase),
                           headers={b"retry-after": b"%d" % retry_after})
     else:
-        log.failure("Unexpected error while answering a request", failure)
+        # One line, never a traceback per request (finding 11): a request
+        # that trips a bug must not be able to flood the log.
+        frame = failure.frames[-1] if failure.frames else None
+        log.error("Unexpected error while answering a request: {kind}: {message}{where}",
+                  kind=failure.type.__name__, message=" ".join(str(failure.value).split())[:200],
+                  where=f" (at {frame[1]}:{frame[2]})" if frame else "")
         reason, retry_after = "Internal server error", 30
         standard = Answer(500, b"Internal server error", headers={b"retry-after": b"30"},
                           phrase=b"Server error; the photo stays on the phone")
