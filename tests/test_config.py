@@ -88,3 +88,11 @@ def test_native_paths():
 
 def test_passwords_are_redacted():
     assert redact_url("http://user:secret@proxy:3128") == "http://user:***@proxy:3128"
+
+
+def test_native_paths_edges():
+    assert native_path(" D: ", "nt") == "D:\\"  # a bare drive means its root
+    assert native_path("d:", "nt") == "d:\\"
+    assert native_path("D:/x", "nt") == "D:\\x"
+    assert native_path("///server//share", "posix") == "//server//share"
+    assert native_path(" relative/x ", "posix") == "relative/x"

@@ -210,3 +210,59 @@ async def test_send_command_delivers_with_app_naming(start_server, tmp_path):
     assert b"100%" in run.output  # the progress bar of a large file
     [stored] = list((target / "moles").iterdir())
     assert stored.name.startswith("John123-") and stored.read_bytes() == photo.read_bytes()
+
+
+# Edges of the rules (found by `make mutate`).
+
+
+def test_interfaces_skip_loopback_flags_and_read_past_other_families():
+    addresses = {
+        "a0": [Addr(socket.AF_INET6, "2001:db8::1", "ffff::"), Addr(socket.AF_INET, "192.0.2.1", "255.255.255.0")],
+        "b0": [Addr(socket.AF_INET, "192.0.2.2", "255.255.255.0")],  # flagged loopback
+        "c0": [Addr(socket.AF_INET, "192.0.2.3", None), Addr(socket.AF_INET, "198.51.100.3", "255.255.255.0")],
+        "d0": [Addr(socket.AF_INET, "192.0.2.4", "255.255.255.0")],  # no stats: gone
+    }
+    stats = {"a0": Stat(True, "up"), "b0": Stat(True, "up,loopback"), "c0": Stat(True, "up")}
+    assert usable_interfaces(addresses, stats) == [
+        Interface("a0", "192.0.2.1", "255.255.255.0"), Interface("c0", "198.51.100.3", "255.255.255.0")]
+    assert usable_interfaces(addresses, stats, named=["c0"]) == [Interface("c0", "198.51.100.3", "255.255.255.0")]
+    assert Interface("a0", "192.0.2.1", "255.255.255.0").broadcast == "192.0.2.255"
+
+
+@pytest.mark.parametrize("name, virtual", [
+    ("Intel Virtual Adapter", True), ("Microsoft Hyper-V Network Adapter", True), ("vboxnet0", True),
+    ("eth0", False), ("Wi-Fi", False), ("enp3s0", False),
+])
+def test_virtual_adapters(name, virtual):
+    from medimage_tx.lan import is_virtual
+
+    assert is_virtual(name) is virtual
+
+
+def test_local_address_falls_back_to_the_route_and_only_to_our_interfaces():
+    loopback = Interface("lo", "127.0.0.1", "255.255.255.255")
+    # 127.0.0.9 is in no interface's subnet: the routing table answers from 127.0.0.1.
+    assert local_address_for("127.0.0.9", [loopback]) == "127.0.0.1"
+    assert local_address_for("127.0.0.9", [Interface("eth0", "192.0.2.1", "255.255.255.0")]) is None
+    assert local_address_for("not an address", [loopback]) is None
+    assert local_address_for("::1", [loopback]) is None
+
+
+def test_replies_are_counted_per_sender_and_in_total_per_window():
+    now = [0.0]
+    limiter = ReplyLimiter(lambda: now[0])
+    assert [limiter.allow("a") for _ in range(6)] == [True] * 5 + [False]
+    now[0] = 0.999
+    assert not limiter.allow("a") and limiter.allow("b")
+    now[0] = 1.0
+    assert limiter.allow("a")
+    everyone = ReplyLimiter(lambda: now[0], per_sender=1000, in_total=3)
+    assert [everyone.allow(str(n)) for n in range(4)] == [True, True, True, False]
+
+
+def test_replies_parse_only_server_answers():
+    from medimage_tx.lan import parse_reply
+
+    assert parse_reply(b'{"medimage": "server", "url": "http://x"}') == {"medimage": "server", "url": "http://x"}
+    for data in (b"[]", b"nope", b'{"medimage": "scan", "url": "x"}', b'{"medimage": "server", "url": 5}', b"\xff"):
+        assert parse_reply(data) is None

@@ -78,3 +78,17 @@ def test_dot_and_separator_soup_never_escapes(pieces):
     path = mapped("".join(pieces))
     assert ".." not in path and "\\" not in path and "\x00" not in path
     assert all(part and part not in (".", "..") for part in path.split("/"))
+
+
+def test_suffix_numbers_for_different_photos_under_one_name():
+    from medimage_tx.naming import with_suffix_number
+
+    assert [with_suffix_number("arm", n) for n in (0, 1, 2, 10)] == ["arm", "arm-1", "arm-2", "arm-10"]
+
+
+def test_long_parts_are_cut_to_whole_characters_within_the_limit():
+    from medimage_tx.naming import MAX_COMPONENT
+
+    mapped = map_upload_name("#" + "é" * 150 + "-" + "x" * 300 + ".jpg", allowed_chars="\\w#.-")
+    assert len(mapped.folders[0].encode()) <= MAX_COMPONENT and set(mapped.folders[0]) == {"é"}
+    assert mapped.stem == "x" * MAX_COMPONENT

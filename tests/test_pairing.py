@@ -16,9 +16,10 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from central_pairing import pair_on_page, shown_code
+import documented
 from conftest import jpeg_bytes, multipart
 from medimage_tx.pairing import (
-    CODE_ALPHABET, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS, NOMATCH, BadPairingAnswer, PairingBook,
+    CODE_ALPHABET, NOMATCH, BadPairingAnswer, PairingBook,
     guess_odds, parse_issue_answer, redeem_answer,
 )
 from processes import spawn
@@ -70,7 +71,7 @@ def test_wrong_guesses_hit_the_per_address_limit(tmp_path):
     pairings = book(tmp_path, clock)
     live = pairings.issue("", "https://relay:5566", "")
     wrong = next(c for c in ("AAAA", "BBBB") if c != live.code)
-    for _ in range(FAILURES_PER_ADDRESS):
+    for _ in range(documented.GUESSES_PER_ADDRESS):
         assert pairings.redeem(wrong, "attacker") is None
     # Now even the right code is not revealed to that address...
     assert pairings.redeem(live.code, "attacker") is None
@@ -87,15 +88,15 @@ def test_wrong_guesses_from_many_addresses_lock_redemption(tmp_path):
     guesses = (c1 + c2 + c3 + c4 for c1 in CODE_ALPHABET for c2 in CODE_ALPHABET
                for c3 in CODE_ALPHABET for c4 in CODE_ALPHABET)
     found = 0
-    for attempt in range(5 * FAILURES_IN_TOTAL):
+    for attempt in range(5 * documented.GUESSES_IN_TOTAL):
         guess = next(guesses)
         address = f"bot{attempt % 50}"
         if pairings.redeem(guess, address) is not None:
             found += 1
-    # Unless the code is among the first FAILURES_IN_TOTAL guesses, nothing
+    # Unless the code is among the first documented.GUESSES_IN_TOTAL guesses, nothing
     # after the lock reveals it, not even the right code.
     first_allowed = [c1 + c2 + c3 + c4 for c1 in CODE_ALPHABET for c2 in CODE_ALPHABET
-                     for c3 in CODE_ALPHABET for c4 in CODE_ALPHABET][:FAILURES_IN_TOTAL]
+                     for c3 in CODE_ALPHABET for c4 in CODE_ALPHABET][:documented.GUESSES_IN_TOTAL]
     assert found == (1 if live.code in first_allowed else 0)
     assert pairings.redeem(live.code, "phone") is None  # locked for everyone
     # Counted in minute buckets: a failure counts for an hour and at most a minute more.
@@ -290,3 +291,30 @@ async def test_pair_command_for_headless_pcs(start_server, http_client, tmp_path
     assert await process.exited() == 1
     assert process.output.decode().strip().startswith("medimage: Cannot reach the pairing service")
     assert json.loads(config_path.read_text())["globalId"] == paired_id
+
+
+def test_issue_answer_parsed_strictly_with_one_line_reasons():
+    issued = parse_issue_answer(" aB3d uPSE4UWHmJ8XqFUqvf https://relay.example:5566/ NZ\n")
+    assert (issued.code, issued.paired_id, issued.proxy_server) == ("aB3d", "uPSE4UWHmJ8XqFUqvf", "https://relay.example:5566")
+    assert issued.read_proxy == "https://relay.example:5566/read/uPSE4UWHmJ8XqFUqvf"
+    assert parse_issue_answer("AB uPSE4UWHmJ8XqFUqvf http://r").code == "AB"  # three words are enough
+    reasons = {
+        "ABCD uPSE4UWHmJ8XqFUqvf": "expected '<code> <id> <relay>'",
+        "A uPSE4UWHmJ8XqFUqvf https://r": "the code in the answer is not a pairing code",
+        "ABCDEFGHJKMNP uPSE4UWHmJ8XqFUqvf https://r": "the code in the answer is not a pairing code",
+        "AB-D uPSE4UWHmJ8XqFUqvf https://r": "the code in the answer is not a pairing code",
+        "ABCD uPSE4UWHmJ8X-qFUqvf https://r": "the id in the answer is not a valid id",
+        "ABCD uPSE4UWHmJ8XqFUqvf relay:5566": "the relay address in the answer is not an http(s) address",
+    }
+    for answer, reason in reasons.items():
+        with pytest.raises(BadPairingAnswer) as refused:
+            parse_issue_answer(answer)
+        assert str(refused.value) == reason
+
+
+def test_redeem_answer_as_the_original():
+    from medimage_tx.pairing import Pairing
+
+    pairing = Pairing("ABCD", "uPSE4UWHmJ8XqFUqvf", "https://relay:5566/", "NZ", 0.0)
+    assert redeem_answer(pairing) == "https://relay:5566/write/uPSE4UWHmJ8XqFUqvf"
+    assert redeem_answer(None) == NOMATCH == "nomatch"

@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
+import documented
 from conftest import jpeg_bytes
 from medimage_tx.errors import TryLater
 from medimage_tx.relay_store import schema
@@ -167,14 +168,13 @@ async def test_concurrent_leases_never_hand_out_one_photo_twice(two_nodes, tmp_p
 
 @pytest_twisted.ensureDeferred
 async def test_code_issued_on_one_node_redeems_on_the_other_and_limits_are_shared(two_nodes):
-    from medimage_tx.pairing import FAILURES_PER_ADDRESS
 
     clock, (a, b) = two_nodes
     book_a, book_b = PostgresPairingBook(a), PostgresPairingBook(b)
     pairing = await book_a.issue("", "https://relay.example", "NZ")
     found = await book_b.redeem(pairing.code.lower(), "192.0.2.1")
     assert (found.paired_id, found.proxy_server) == (pairing.paired_id, "https://relay.example")
-    for i in range(FAILURES_PER_ADDRESS):
+    for i in range(documented.GUESSES_PER_ADDRESS):
         book = (book_a, book_b)[i % 2]
         assert await book.redeem("ZZZZ9", "192.0.2.7") is None
     # The right code no longer works from that address, on either node.

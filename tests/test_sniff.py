@@ -68,3 +68,74 @@ def test_text_rules():
 
 def test_binary_type_not_in_list_is_rejected_even_with_matching_name():
     assert choose_type(b"%PDF-1.4", has_nul=False, named_extension=".pdf", allowed_types=(MP4,)) is None
+
+
+# Edges of the rules, one family each (found by `make mutate`).
+
+
+def test_iso_media_families_by_brand():
+    from medimage_tx.sniff import detect_mimes
+
+    assert detect_mimes(ftyp(b"avif", b"avif", b"mif1")) == {"image/avif"}
+    assert detect_mimes(ftyp(b"qt  ", b"qt  ")) == {"video/quicktime"}
+    assert "video/3gpp" in detect_mimes(ftyp(b"3gp4", b"isom"))
+    assert "video/3gpp2" in detect_mimes(ftyp(b"3g2a", b"isom"))
+    assert "audio/mp4" in detect_mimes(ftyp(b"M4B ", b"isom"))
+    assert "image/heif" in detect_mimes(ftyp(b"msf1", b"isom"))
+    # A HEIF brand among the compatible ones makes it HEIF, unless it is also an MP4.
+    assert "image/heic" in detect_mimes(ftyp(b"abcd", b"abcd", b"heic"))
+    assert detect_mimes(ftyp(b"abcd", b"heic", b"mp42")) == {"video/mp4", "video/x-m4v", "application/mp4"}
+    # Only the brands inside the ftyp box count, not bytes after it.
+    short = (16).to_bytes(4, "big") + b"ftypabcd\x00\x00\x00\x00heicheic"
+    assert "image/heic" not in detect_mimes(short)
+    assert detect_mimes(b"\x00\x00\x00\x10fty" + b"p" * 0) == frozenset()
+
+
+def test_other_magic_numbers():
+    from medimage_tx.sniff import describe, detect_mimes
+
+    assert detect_mimes(b"GIF87a...") == {"image/gif"} and detect_mimes(b"GIF89a...") == {"image/gif"}
+    assert detect_mimes(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == {"image/webp"}
+    assert "audio/wav" in detect_mimes(b"RIFF\x00\x00\x00\x00WAVEfmt ")
+    assert detect_mimes(b"RIFF\x00\x00\x00\x00AVI LIST") == frozenset()
+    assert detect_mimes(b"II*\x00") == detect_mimes(b"MM\x00*") == {"image/tiff"}
+    assert "audio/ogg" in detect_mimes(b"OggS\x00")
+    assert detect_mimes(b"PK\x03\x04") == {"application/zip"}
+    assert describe(b"\x89PNG\r\n\x1a\n") == "image/png" and describe(b"??") == "unrecognised content"
+
+
+@pytest.mark.parametrize("head, is_mp3", [
+    (b"\xff\xfb", True), (b"\xff\xf3\x90", True), (b"\xff", False), (b"\xfe\xfb", False),
+    (b"\xff\xe0", False), (b"\xff\x1b", False), (b"ID3", True), (b"", False),
+])
+def test_mp3_frame_sync(head, is_mp3):
+    from medimage_tx.sniff import detect_mimes
+
+    assert ("audio/mpeg" in detect_mimes(head)) is is_mp3
+
+
+@pytest.mark.parametrize("allowed", [
+    AllowedType(".txt", "text/plain"), AllowedType(".tab", "application/csv"),
+    AllowedType(".csv", "application/octet-stream"), AllowedType(".json", "application/octet-stream"),
+])
+def test_text_types_by_mime_or_extension(allowed):
+    content = b'{"a": 1}' if allowed.extension == ".json" else b"a\tb\n"
+    assert choose_type(content, has_nul=False, named_extension=allowed.extension, allowed_types=(allowed,)) == allowed
+    assert choose_type(content, has_nul=False, named_extension=".other", allowed_types=(allowed,)) is None
+
+
+def test_a_binary_type_is_never_taken_as_text():
+    octets = AllowedType(".bin", "application/octet-stream")
+    assert choose_type(b"plain words", has_nul=False, named_extension=".bin", allowed_types=(octets,)) is None
+
+
+def test_the_named_entry_wins_among_entries_of_one_type():
+    m4v = AllowedType(".m4v", "video/mp4")
+    head = ftyp(b"isom", b"isom")
+    assert choose_type(head, has_nul=False, named_extension=".m4v", allowed_types=(MP4, m4v)) == m4v
+    assert choose_type(head, has_nul=False, named_extension=".x", allowed_types=(MP4, m4v)) == MP4
+
+
+def test_utf8_cut_only_at_the_very_end_is_text():
+    assert choose_type(b"ab\xe2\x82", has_nul=False, named_extension=".csv", allowed_types=(CSV,)) == CSV
+    assert choose_type(b"a\xe2\x82bcdef", has_nul=False, named_extension=".csv", allowed_types=(CSV,)) is None

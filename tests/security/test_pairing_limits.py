@@ -19,9 +19,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
+import documented
 from conftest import jpeg_bytes, multipart, write_config
 from medimage_tx.pairing import (
-    CODE_ALPHABET, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS, ISSUES_PER_ADDRESS, NOMATCH,
+    CODE_ALPHABET, ISSUES_PER_ADDRESS, NOMATCH,
 )
 from test_crash import free_port, kill9, spawn_server
 
@@ -114,11 +115,11 @@ async def test_a_crash_gives_no_fresh_guesses(tmp_path):
         assert status == 200
         live = body.decode().split()[0]
         guesses = wrong_codes(live)
-        addresses = FAILURES_IN_TOTAL // FAILURES_PER_ADDRESS
+        addresses = documented.GUESSES_IN_TOTAL // documented.GUESSES_PER_ADDRESS
         for n in range(addresses):
-            batch = b"".join(compare_request(next(guesses)) for _ in range(FAILURES_PER_ADDRESS))
-            answers = await in_thread(http, port, batch, f"127.0.3.{n + 1}", FAILURES_PER_ADDRESS)
-            assert [b for _, _, b in answers] == [NOMATCH.encode()] * FAILURES_PER_ADDRESS
+            batch = b"".join(compare_request(next(guesses)) for _ in range(documented.GUESSES_PER_ADDRESS))
+            answers = await in_thread(http, port, batch, f"127.0.3.{n + 1}", documented.GUESSES_PER_ADDRESS)
+            assert [b for _, _, b in answers] == [NOMATCH.encode()] * documented.GUESSES_PER_ADDRESS
         await kill9(relay)
         relay = spawn_server(data, port)
         await relay.port()
