@@ -215,3 +215,36 @@ async def test_finding_9_custom_pairing_is_no_probe_of_the_intranet(start_server
         stop(process)
         await intranet_port.stopListening()
     await process.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_origin_means_the_same_scheme_too(start_server, tmp_path):
+    """
+    Over HTTPS, a form posted from the plain-HTTP origin of the same host
+    and port is another origin (a man in the middle could serve that one);
+    the session cookie is Secure.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.ssl import Certificate
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+    from treq.client import HTTPClient
+
+    from test_tls import make_certificate
+
+    key_path, cert_path = make_certificate(tmp_path)
+    pc = await start_server("pc", httpsKey=str(key_path), httpsCert=str(cert_path),
+                            basicAuthent="correct horse battery")
+    url = pc.url.replace("http://", "https://")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    trust = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert_path.read_bytes()))
+    client = HTTPClient(Agent(reactor, contextFactory=trust, pool=pool))
+    response, page = await request(client, "GET", url + "/admin/login")
+    assert "Secure" in response.headers.getRawHeaders(b"set-cookie")[0].decode()
+    token = re.search(r"name='csrf' value='([0-9a-f]+)'", page).group(1)
+    form = urlencode({"csrf": token, "password": "correct horse battery"}).encode()
+    response, _ = await request(client, "POST", url + "/admin/login", form, Origin=pc.url.encode())
+    assert response.code == 403
+    response, _ = await request(client, "POST", url + "/admin/login", form, Origin=url.encode())
+    assert response.code == 303
+    cookie = response.headers.getRawHeaders(b"set-cookie")[0].decode()
+    assert "medimage_session=" in cookie and "Secure" in cookie and "HttpOnly" in cookie
