@@ -218,17 +218,20 @@ class PhotoStore:
         drop C{relative}'s add-on mark.  Returns the failed targets.
         """
         failures = []
-        for each in dict.fromkeys(copy):
-            if not self.backup_to or not (self.photos / each).is_file():
-                continue
-            if each != relative:
-                self.mark_pending(each)
-            failures.extend(self.ensure_backups(each))
-        if self._marker_addons(relative):
-            # Not copied under this name (renamed, removed, or no targets):
-            # a failed copy would have rewritten the mark without add-ons.
-            _unlink_quietly(self._marker(relative))
-        self.release(relative)
+        try:
+            for each in dict.fromkeys(copy):
+                if not self.backup_to or not (self.photos / each).is_file():
+                    continue
+                if each != relative:
+                    self.mark_pending(each)
+                failures.extend(self.ensure_backups(each))
+            if self._marker_addons(relative):
+                # Not copied under this name (renamed, removed, or no targets):
+                # a failed copy would have rewritten the mark without add-ons.
+                _unlink_quietly(self._marker(relative))
+        finally:
+            # Whatever happened, the retries may take it from here.
+            self.release(relative)
         return failures
 
     def copy_files(self, relatives: Sequence[str]) -> list[tuple[str, str]]:
@@ -255,9 +258,14 @@ class PhotoStore:
 
     # Busy photos
 
-    def hold(self, relative: str) -> None:
+    def hold(self, relative: str) -> bool:
+        """
+        Mark C{relative} busy; returns whether it was not busy already.
+        """
         with self._busy_lock:
+            new = relative not in self._busy
             self._busy.add(relative)
+            return new
 
     def release(self, relative: str) -> None:
         with self._busy_lock:
@@ -288,14 +296,22 @@ class PhotoStore:
                         return relative, True
                     break  # a different photo has this name: try the next
                 dest = places[0]
+                # Busy before it appears: a retry must not copy it (or move
+                # it away) before its add-ons have run.
+                held = addons and self.hold(relative)
                 try:
                     link_no_overwrite(temp_path, dest)
                 except FileExistsError:
+                    if held:
+                        self.release(relative)
                     continue  # someone got there first: look again
+                except BaseException:
+                    if held:
+                        self.release(relative)
+                    raise
                 if addons:
                     # The phone's 200 comes before the add-ons and copies:
                     # the mark must survive a crash.
-                    self.hold(relative)
                     self.mark_pending(relative, addons=True)
                     _fsync_quietly(self._marker(relative))
                 else:
