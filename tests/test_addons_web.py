@@ -311,3 +311,20 @@ def test_command_line_install_list_remove_and_lockdown(tmp_path):
     done = cli("--config", str(config), "install", str(zip_path))
     assert done.returncode == 1 and "lockDown" in done.stderr
     assert not (config.parent / "addons" / "myaddon").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_install_from_an_uploaded_zip(start_server, browser, tmp_path):
+    server = await start_server()
+    token, cookie = await csrf(browser, server)
+    boundary = "----addonzip"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{token}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file1\"; filename=\"myaddon.zip\"\r\n"
+            "Content-Type: application/zip\r\n\r\n").encode() + addon_zip() + f"\r\n--{boundary}--\r\n".encode()
+    response = await browser.post(server.url + "/addon/install-addon", data=body, headers={
+        b"Content-Type": [f"multipart/form-data; boundary={boundary}".encode()], b"Cookie": [cookie],
+        b"Origin": [server.url.encode()]})
+    answer = json.loads(await response.content())
+    assert response.code == 200 and answer["name"] == "myaddon", answer
+    assert (server.data / "addons" / "myaddon" / "hook.sh").exists()
+    assert all_files(server.data / "tmp") == []  # the uploaded zip is gone
