@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 
+import psutil
 import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
@@ -137,3 +138,25 @@ async def test_add_ons_of_a_photo_left_by_a_crash_run_at_the_next_start(start_se
     assert calls(data) == [{"argv": [str(data / "photos" / "P1" / "x.jpg")], "cwd": str(data)}]
     assert (target / "P1" / "x.jpg").read_bytes() == photo
     assert all_files(data / "pending") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_server_stops_add_ons_and_they_run_again_at_start(start_server, http_client, tmp_path):
+    target = tmp_path / "clinic"
+    target.mkdir()
+    server = await start_server(backupTo=[target.as_posix()])
+    write_script(server.data, "hang.sh", "#!/bin/sh\nexec sleep 600\n")
+    write_registry(server.data, photoWritten=[entry("parentdir/addons/test/hang.sh param1")])
+    photo = jpeg_bytes()
+    assert await upload(http_client, server, "#P1-x.jpg", photo) == (200, b"Received upload successfully!")
+    [pid] = server.service.state.addons.processes
+    await server.service.stopService()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (target / "P1" / "x.jpg").exists()
+    assert json.loads(next((server.data / "pending").glob("*.json")).read_text())["addons"] is True
+    write_script(server.data, "record.py", RECORD_ARGS)
+    write_registry(server.data, photoWritten=[entry(f"{PYTHON} parentdir/addons/test/record.py param1")])
+    again = await start_server(backupTo=[target.as_posix()])  # the same folder
+    await again.service.state.addons.idle()
+    assert [c["argv"] for c in calls(again.data)] == [[str(again.photos / "P1" / "x.jpg")]]
+    assert (target / "P1" / "x.jpg").read_bytes() == photo

@@ -33,7 +33,7 @@ from .command import CannotRun, build_command
 from .output import AddonOutput, parse_output
 from .python_api import PythonAddon, Result, StoredFile
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
-from .runner import RunResult, run_process
+from .runner import RunResult, kill_tree, run_process
 
 log = Logger()
 
@@ -113,6 +113,14 @@ class AddonService(Service):
         self._in_flight: set[Deferred] = set()
         #: Ids of the add-on processes running now.
         self.processes: set[int] = set()
+
+    def stopService(self):
+        super().stopService()
+        # Add-ons still running are stopped; their photos stay marked, so
+        # they run again (and are then copied) at the next start.
+        for pid in list(self.processes):
+            kill_tree(pid)
+        return self.idle()
 
     @property
     def parent_dir(self) -> Path:
@@ -213,6 +221,10 @@ class AddonService(Service):
                     continue
                 current = await self._run_python(addon, handler, event, current, extra)
         finally:
+            if not self.running:
+                # Stopped meanwhile: the photo stays staged and marked, its
+                # add-ons run again at the next start, then it is copied.
+                return
             if not (photos / current).is_file() and current == relative:
                 log.error("An add-on removed {path} from the photos folder without saying what it "
                           "became (backupFileRenamed:); it cannot be copied to the target folders",
