@@ -132,8 +132,8 @@ def run_process(reactor: Any, command: Command, cwd: str, env: Mapping[str, str]
     argv, path = list(command.argv), cwd
     if os.name == "posix" and os.path.abspath(cwd) != os.path.abspath("."):
         # Twisted forks the whole server to start a process in another
-        # folder (4 ms of reactor time); a shell that changes folder and
-        # execs is started with posix_spawn instead (about 1 ms).
+        # folder; a shell that changes folder and execs is started with
+        # posix_spawn instead, which costs the reactor less.
         argv, path = [IN_FOLDER[0], IN_FOLDER[1], IN_FOLDER[2], "sh", cwd] + argv, None
     try:
         transport = reactor.spawnProcess(collector, argv[0], argv, env=dict(env), path=path)
