@@ -86,3 +86,35 @@ async def test_serve_receives_a_photo_and_stops_cleanly(tmp_path, http_client):
     # No Twisted chatter: listeners starting and stopping, object addresses.
     assert b"Starting factory" not in process.output and b"Stopping factory" not in process.output
     assert b"starting on" not in process.output and b"Port" not in process.output
+
+
+def test_windows_paths_use_no_unix_only_calls(monkeypatch, capsys, tmp_path):
+    # What runs on Windows: no fork (--daemon is refused), no systemd; the
+    # umask read, the log file and its rotation work without /proc or SIGUSR1.
+    import argparse
+    import signal
+
+    from medimage_tx import logs
+    from medimage_tx.commands import serve, service
+    from medimage_tx.store import process_umask
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert serve.run(argparse.Namespace(rest=["--daemon", "--data", "C:\\MedImage"])) == 2
+    assert "--daemon is for Unix" in capsys.readouterr().err
+    assert service.run(argparse.Namespace(dry_run=True)) == 2
+    assert "NSSM" in capsys.readouterr().err
+    assert serve.twistd_arguments(["--data", "C:\\MedImage", "--logfile", "C:\\MedImage\\medimage.log"]) == [
+        "--nodaemon", "--logfile=C:\\MedImage\\medimage.log", "medimage", "--data", "C:\\MedImage"]
+    monkeypatch.delattr(signal, "SIGUSR1")
+    monkeypatch.setattr("builtins.open", _no_proc(open))
+    assert 0 <= process_umask() <= 0o777
+    observer = logs.make_observer(str(tmp_path / "medimage.log"))
+    assert observer is not None
+
+
+def _no_proc(real_open):
+    def open_without_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+    return open_without_proc
