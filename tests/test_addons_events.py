@@ -6,6 +6,8 @@ for photos pulled from a relay.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 
@@ -237,3 +239,28 @@ async def test_registry_edits_count_without_restart_and_inactive_entries_do_not_
     assert [c["argv"] for c in calls(server.data)] == [[str(server.photos / "NHID1234" /
                                                              "arm-27-Nov-2026-10-11-12-2.jpg")]]
     assert len(all_files(targets[0])) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_glacial_runs_at_low_priority_and_target_folder_add_ons_get_the_copy(
+        start_server, http_client, tmp_path):
+    server, targets = await start_with_targets(start_server, tmp_path)
+    write_script(server.data, "where.py", """\
+import json, os, sys
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "where.jsonl"), "a") as f:
+    f.write(json.dumps({"param1": sys.argv[1], "exists": os.path.isfile(sys.argv[1]),
+                        "nice": os.nice(0)}) + "\\n")
+""")
+    write_registry(server.data, photoWritten=[
+        entry(f"{PYTHON} parentdir/addons/test/where.py param1", priority="glacial"),
+        entry(f"{PYTHON} parentdir/addons/test/where.py param1", useTargetFolderFile=True),
+    ])
+    assert (await send(http_client, server, APP_NAME, jpeg_bytes()))[0] == 200
+    await server.service.state.addons.idle()
+    lines = (server.data / "addons" / "test" / "where.jsonl").read_text().splitlines()
+    glacial, target = (json.loads(line) for line in lines)
+    base = os.nice(0)
+    assert glacial == {"param1": str(server.photos / STORED), "exists": True, "nice": min(base + 10, 19)}
+    assert target == {"param1": str(targets[0] / STORED), "exists": True, "nice": base}
+    for folder in targets:
+        assert (folder / STORED).exists()

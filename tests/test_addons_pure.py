@@ -19,7 +19,7 @@ from medimage_tx.addons.output import parse_output, parse_query
 from medimage_tx.addons.registry import Registry
 from medimage_tx.addons.web import encode_uri_component, fill_page, script_param
 
-WHICH = {"node": "/usr/bin/node", "sh": "/bin/sh", "magick": "/usr/bin/magick"}.get
+WHICH = {"node": "/usr/bin/node", "sh": "/bin/sh", "magick": "/usr/bin/magick", "nice": "/usr/bin/nice"}.get
 VALUES = {"parentdir": "/srv/Med Image", "param1": "/srv/Med Image/photos/P 1/x.jpg",
           "param2": "undefined", "param3": "undefined"}
 
@@ -29,9 +29,12 @@ def test_priorities_build_the_processes_the_original_runs():
     assert medium.argv == ("/usr/bin/node", "/srv/Med Image/addons/w/size.js",
                            "/srv/Med Image/photos/P 1/x.jpg")  # a value with spaces stays one argument
     assert not medium.low_priority
-    glacial = build_command("magick param1 -resize 50% param1.small.jpg", "glacial", VALUES, which=WHICH)
-    assert glacial.low_priority and glacial.argv[0] == "/usr/bin/magick"
+    glacial = build_command("magick param1 -resize 50% param1.small.jpg", "glacial", VALUES, which=WHICH,
+                            os_name="posix")
+    assert glacial.argv[:4] == ("/usr/bin/nice", "-n", "10", "/usr/bin/magick")
     assert glacial.argv[-1] == "/srv/Med Image/photos/P 1/x.jpg.small.jpg"
+    windows = build_command("magick param1", "glacial", VALUES, which=WHICH, os_name="nt")
+    assert windows.low_priority and windows.argv[0] == "/usr/bin/magick"
     high = build_command("node parentdir/addons/s/session.js param1", "high", VALUES, which=WHICH)
     assert high.argv[:3] == ("/usr/bin/node", "-e", NODE_LOADER)
     for priority in ("low", None, "unknown"):  # the original's default is the shell

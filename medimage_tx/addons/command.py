@@ -107,7 +107,12 @@ def build_command(
             argv[0] = node
     else:
         argv[0] = _program(argv[0], values.get("parentdir"), which)
-    return Command(tuple(argv), low_priority=(priority == "glacial"))
+    if priority == "glacial":
+        nice = which("nice") if os_name != "nt" else None
+        if nice:
+            return Command(tuple([nice, "-n", "10"] + argv))  # as the original's "nice -10"
+        return Command(tuple(argv), low_priority=True)  # lowered once it runs (Windows)
+    return Command(tuple(argv))
 
 
 def _shell_command(run_process: str, values: Mapping[str, str], which, os_name: str) -> Command:
