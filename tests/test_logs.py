@@ -156,3 +156,45 @@ async def test_each_pairing_attempt_logs_one_line_with_its_result(start_server, 
     assert "Pairing: a code from 127.0.0.1 matched nothing" in pairing
     assert f"Pairing: a phone at 127.0.0.1 paired with {fp}" in pairing
     assert paired_id not in "\n".join(log_lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_outage_is_one_warning_not_lines_per_retry(tmp_path):
+    # A real twistd PC whose relay closes every connection at once: after
+    # several retries, one warning and no Twisted chatter in its log.
+    import signal
+    import sys
+    from pathlib import Path
+
+    from twisted.internet import defer, protocol, reactor
+
+    from conftest import write_config
+    from processes import spawn
+
+    tries: list = []
+    enough = defer.Deferred()
+
+    class Refuse(protocol.Protocol):
+        def connectionMade(self):
+            tries.append(1)
+            if len(tries) == 4 and not enough.called:
+                enough.callback(None)
+            self.transport.loseConnection()
+
+    relay = reactor.listenTCP(0, protocol.Factory.forProtocol(Refuse), interface="127.0.0.1")
+    data = tmp_path / "pc"
+    write_config(data / "config.json", readProxy=f"http://127.0.0.1:{relay.getHost().port}/read/OutageTestPairing01",
+                 globalId="OutageTestPairing01")
+    twistd = Path(sys.executable).parent / "twistd"
+    process = spawn([str(twistd), "--nodaemon", "--pidfile=", "medimage", "--no-lan", "--data", str(data),
+                     "--port", "0", "--interface", "127.0.0.1"], str(tmp_path))
+    try:
+        await enough.addTimeout(60, reactor)
+    finally:
+        if not process.ended.called:
+            process.transport.signalProcess(signal.SIGTERM)
+        await process.exited()
+        await relay.stopListening()
+    output = process.output.decode()
+    assert output.count("Cannot get photos from the relay") == 1, output
+    assert "factory" not in output.lower() and "Failure" not in output
