@@ -30,3 +30,9 @@ SIGNIN_FAILURES_PER_ADDRESS = 5
 SIGNIN_FAILURES_IN_TOTAL = 50
 SIGNIN_BUCKET_SECONDS = 15 * 60
 SESSION_IDLE_SECONDS = 3600
+#: docs/protocol.md, Issuing: codes issued per address and in total per
+#: hour, codes live at once, and the longest issue fields.
+ISSUES_PER_ADDRESS = 30
+ISSUES_IN_TOTAL = 1000
+MAX_LIVE_CODES = 1000
+LONGEST_GUID, LONGEST_PROXY_SERVER, LONGEST_COUNTRY = 64, 256, 64

@@ -38,6 +38,12 @@ def code_value(name: str):
         "CONNECTIONS_PER_ADDRESS": lambda: (http_resource.RELAY_CONNECTIONS_PER_ADDRESS,
                                             http_resource.PC_CONNECTIONS_PER_ADDRESS),
         "LONGEST_WAIT_SECONDS": lambda: relay.MAX_WAIT,
+        "ISSUES_PER_ADDRESS": lambda: pairing.ISSUES_PER_ADDRESS,
+        "ISSUES_IN_TOTAL": lambda: pairing.ISSUES_IN_TOTAL,
+        "MAX_LIVE_CODES": lambda: pairing.MAX_LIVE_CODES,
+        "LONGEST_GUID": lambda: pairing.MAX_GUID,
+        "LONGEST_PROXY_SERVER": lambda: pairing.MAX_PROXY_SERVER,
+        "LONGEST_COUNTRY": lambda: pairing.MAX_COUNTRY,
         "SIGNIN_FAILURES_PER_ADDRESS": lambda: sessions.FAILURES_PER_ADDRESS,
         "SIGNIN_FAILURES_IN_TOTAL": lambda: sessions.FAILURES_IN_TOTAL,
         "SIGNIN_BUCKET_SECONDS": lambda: sessions.THROTTLE_BUCKET_SECONDS,
@@ -59,6 +65,12 @@ PROMISES = [
     ("SIGNIN_FAILURES_IN_TOTAL", "security.md", r"per client address and (\d+) in total per bucket"),
     ("SIGNIN_BUCKET_SECONDS", "security.md", r"counted in fixed (\d+)-minute buckets"),
     ("SESSION_IDLE_SECONDS", "security.md", r"they end after 1 (hour) unused"),
+    ("ISSUES_PER_ADDRESS", "protocol.md", r"One client address may have (\d+) codes issued per hour"),
+    ("ISSUES_IN_TOTAL", "protocol.md", r"all together ([\d,]+) per hour"),
+    ("MAX_LIVE_CODES", "protocol.md", r"at most ([\d,]+) codes are live at once"),
+    ("LONGEST_GUID", "protocol.md", r"`guid` may be at most (\d+) characters"),
+    ("LONGEST_PROXY_SERVER", "protocol.md", r"`proxyServer` (\d+) and"),
+    ("LONGEST_COUNTRY", "protocol.md", r"`country` (\d+), else `400`"),
     ("QUOTA_RETRY_AFTER_SECONDS", "security.md", r"uploads get `\d+` with `Retry-After: (\d+)`"),
 ]
 
@@ -71,7 +83,7 @@ def test_documented_value_is_in_the_docs_and_the_code(name, doc, pattern):
     found = re.search(pattern, doc_text(doc))
     assert found, f"{doc} no longer says {pattern!r}"
     said = found.group(1)
-    said = UNITS[said] if said in UNITS else int(said)
+    said = UNITS[said] if said in UNITS else int(said.replace(",", ""))
     if name in ("LEASE_SECONDS", "SIGNIN_BUCKET_SECONDS"):
         said *= 60
     assert said == value, f"{doc} says {said}, tests/documented.py says {value}"

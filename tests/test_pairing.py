@@ -318,3 +318,44 @@ def test_redeem_answer_as_the_original():
     pairing = Pairing("ABCD", "uPSE4UWHmJ8XqFUqvf", "https://relay:5566/", "NZ", 0.0)
     assert redeem_answer(pairing) == "https://relay:5566/write/uPSE4UWHmJ8XqFUqvf"
     assert redeem_answer(None) == NOMATCH == "nomatch"
+
+
+def test_issuing_limits_are_the_documented_ones():
+    from medimage_tx.errors import Rejected, TryLater
+    from medimage_tx.pairing import PairingBook
+
+    clock = Clock()
+    book = PairingBook(clock.seconds)
+    for _ in range(documented.ISSUES_PER_ADDRESS):
+        book.issue("", "https://relay", "NZ", "clinic")
+    with pytest.raises(TryLater) as refused:
+        book.issue("", "https://relay", "NZ", "clinic")
+    assert refused.value.status == 429 and 1 <= refused.value.retry_after <= documented.CODE_LIFETIME_SECONDS + 61
+    assert str(refused.value) == "Too many pairing codes were asked for; try again later."
+    assert book.issue("", "https://relay", "NZ", "another clinic").code  # per address
+    longest = ("g" * documented.LONGEST_GUID, "h" * documented.LONGEST_PROXY_SERVER, "c" * documented.LONGEST_COUNTRY)
+    assert book.issue(*longest, "third").country == longest[2]
+    for too_long in range(3):
+        fields = list(longest)
+        fields[too_long] += "x"
+        with pytest.raises(Rejected, match="at most 64, 256 and 64 characters"):
+            book.issue(*fields, "fourth")
+
+
+def test_live_codes_are_capped_at_the_documented_number():
+    from medimage_tx.errors import TryLater
+    from medimage_tx.pairing import PairingBook
+
+    clock = Clock()
+    book = PairingBook(clock.seconds)
+    for n in range(documented.MAX_LIVE_CODES):
+        book.issue("", "https://relay", "", f"10.0.{n // 30}.1")
+    assert book.live_codes() == documented.MAX_LIVE_CODES
+    clock.advance(60)
+    with pytest.raises(TryLater) as refused:
+        book.issue("", "https://relay", "", "newcomer")
+    assert refused.value.status == 429
+    assert refused.value.retry_after == documented.CODE_LIFETIME_SECONDS - 60 + 1  # until the oldest expires
+    clock.advance(documented.CODE_LIFETIME_SECONDS)
+    book.purge_expired()
+    assert book.live_codes() == 0

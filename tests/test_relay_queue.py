@@ -213,3 +213,14 @@ def test_indexes_agree_with_a_plain_model(steps):
         for i in ids:
             assert queue.queued_bytes(i) == 3 * sum(1 for m in model.values() if m["id"] == i)
     assert len(queue) == len(model)
+
+
+def test_photos_given_back_out_of_order_keep_their_places():
+    q, _ = queue(Clock())
+    for name in ("1", "2", "3"):
+        q.put(A, f"{A}/{name}.jpg", 1)
+    first, second = q.take(A), q.take(A)
+    q.give_back(second)
+    q.give_back(first)
+    assert q.put(A, f"{A}/1.jpg", 1) is first  # known again, as the same photo
+    assert [q.take(A).relative for _ in range(3)] == [f"{A}/1.jpg", f"{A}/2.jpg", f"{A}/3.jpg"]

@@ -248,8 +248,9 @@ async def test_permissive_allowed_chars_still_store_flat_names(start_server, htt
     "a/ ..", " a.jpg", "a.jpg ", "a/", "a/../b.jpg",
 ])
 def test_inside_refuses_every_path_that_is_not_plainly_inside(tmp_path, relative):
-    with pytest.raises(Rejected):
+    with pytest.raises(Rejected) as refused:
         inside(tmp_path, relative)
+    assert str(refused.value) == "Invalid file path"  # the one line a client sees
 
 
 def test_inside_accepts_plain_relative_paths(tmp_path):
