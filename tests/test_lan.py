@@ -239,13 +239,12 @@ def test_virtual_adapters(name, virtual):
     assert is_virtual(name) is virtual
 
 
-def test_local_address_falls_back_to_the_route_and_only_to_our_interfaces():
-    loopback = Interface("lo", "127.0.0.1", "255.255.255.255")
-    # 127.0.0.9 is in no interface's subnet: the routing table answers from 127.0.0.1.
-    assert local_address_for("127.0.0.9", [loopback]) == "127.0.0.1"
-    assert local_address_for("127.0.0.9", [Interface("eth0", "192.0.2.1", "255.255.255.0")]) is None
-    assert local_address_for("not an address", [loopback]) is None
-    assert local_address_for("::1", [loopback]) is None
+def test_senders_on_none_of_our_subnets_get_no_reply_address():
+    assert local_address_for("127.0.0.9", [Interface("lo", "127.0.0.1", "255.0.0.0")]) == "127.0.0.1"
+    assert local_address_for("127.0.0.9", [Interface("lo", "127.0.0.1", "255.255.255.255")]) is None
+    assert local_address_for("203.0.113.9", [Interface("eth0", "192.0.2.1", "255.255.255.0")]) is None
+    assert local_address_for("not an address", [Interface("lo", "127.0.0.1", "255.0.0.0")]) is None
+    assert local_address_for("::1", [Interface("lo", "127.0.0.1", "255.0.0.0")]) is None
 
 
 def test_replies_are_counted_per_sender_and_in_total_per_window():
