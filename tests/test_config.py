@@ -96,3 +96,44 @@ def test_native_paths_edges():
     assert native_path("D:/x", "nt") == "D:\\x"
     assert native_path("///server//share", "posix") == "//server//share"
     assert native_path(" relative/x ", "posix") == "relative/x"
+
+
+def test_half_https_names_the_missing_key(tmp_path):
+    from medimage_tx.config import parse_config
+
+    for given, missing in (({"httpsKey": "k.pem"}, "httpsCert"), ({"httpsCert": "c.pem"}, "httpsKey")):
+        with pytest.raises(ConfigError) as refused:
+            parse_config(given, tmp_path / "config.json")
+        assert f"key {missing!r}: HTTPS needs both httpsKey and httpsCert" in str(refused.value)
+
+
+def test_server_name_defaults_to_the_host_name(tmp_path):
+    import socket
+
+    from medimage_tx.config import parse_config
+
+    assert parse_config({}, tmp_path / "config.json").serverName == (socket.gethostname() or "MedImage")
+    assert parse_config({"serverName": "Reception"}, tmp_path / "config.json").serverName == "Reception"
+
+
+@pytest.mark.parametrize("proxy, good", [
+    ("", True), ("http://user:pw@proxy.clinic:3128", True), ("https://proxy:8080/", True),
+    ("HTTP://proxy:3128", False), ("proxy:3128", False), ("http://proxy:3128/path", False), ("http://a b", False),
+])
+def test_web_proxy_must_be_a_plain_proxy_address(tmp_path, proxy, good):
+    from medimage_tx.config import parse_config
+
+    if good:
+        assert parse_config({"webProxy": proxy}, tmp_path / "config.json").webProxy == proxy
+    else:
+        with pytest.raises(ConfigError, match="expected http://user:password@host:port"):
+            parse_config({"webProxy": proxy}, tmp_path / "config.json")
+
+
+def test_json_is_written_beside_the_file_and_leaves_no_temporary(tmp_path):
+    from medimage_tx.config import write_json_atomically
+
+    path = tmp_path / "config.json"
+    write_json_atomically(path, {"é": 1})
+    assert path.read_text(encoding="utf-8") == '{\n    "\\u00e9": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

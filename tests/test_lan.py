@@ -265,3 +265,15 @@ def test_replies_parse_only_server_answers():
     assert parse_reply(b'{"medimage": "server", "url": "http://x"}') == {"medimage": "server", "url": "http://x"}
     for data in (b"[]", b"nope", b'{"medimage": "scan", "url": "x"}', b'{"medimage": "server", "url": 5}', b"\xff"):
         assert parse_reply(data) is None
+
+
+def test_reply_has_exactly_the_documented_fields():
+    decoded = json.loads(reply_for("ab", "Reception", "http://198.51.100.2:5566", True, PAIRED_ID))
+    assert decoded == {"medimage": "server", "v": 1, "name": "Reception", "url": "http://198.51.100.2:5566",
+                       "tls": True, "fp": fingerprint(PAIRED_ID), "proof": proof(PAIRED_ID, "ab")}
+    assert json.loads(reply_for("", "n" * 500, "http://x", False, ""))["name"] == "n" * 100
+    # Too long with the name: without it; too long even so: no reply.
+    long_url = "http://" + "u" * (MAX_REPLY - 150)
+    assert json.loads(reply_for("", "n" * 100, long_url, False, ""))["name"] == ""
+    assert len(reply_for("", "n" * 100, long_url, False, "")) <= MAX_REPLY
+    assert reply_for("", "n", "http://" + "u" * MAX_REPLY, False, "") is None
