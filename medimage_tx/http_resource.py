@@ -30,6 +30,7 @@ from .relay import ReadResource
 from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
 from .pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
+from .webadmin import add_admin_pages
 from .web import (NOT_READABLE, Answer, StateResource, add_config_headers, answer_for_failure,
                   answer_now, render_async)
 
@@ -295,6 +296,8 @@ class PhotoUpload(StateResource):
         if not stored.duplicate:
             self.state.stats.photos_received += 1
             self.state.stats.bytes_received += received.size
+            if self.state.activity is not None:
+                self.state.activity.note(stored.relative, "phone")
         log.info(
             "Received {path} ({size} bytes) in {ms:.0f} ms{again}",
             path=stored.relative, size=received.size,
@@ -369,6 +372,7 @@ class Root(Resource):
         admin = Resource()
         admin.putChild(b"login", LoginPage(state))
         admin.putChild(b"logout", LogoutPage(state))
+        add_admin_pages(admin, state)
         self.putChild(b"admin", admin)
         addon = AddonResource(state)
         addon.putChild(b"get-session", GetSession(state))  # the original's basic-authentication

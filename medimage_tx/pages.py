@@ -8,8 +8,9 @@ import html
 import json
 import os
 
-from . import __version__
-from .admin import AdminResource, set_admin_headers
+from .admin import AdminResource
+from .webadmin.home import home_page
+from .webadmin.layout import send
 from .web import Answer, StateResource, add_config_headers, answer_now, html_page, table_html
 
 
@@ -41,8 +42,9 @@ SHORT_STATUS = html_page(200, "MedImage", (
 
 class StatusPage(StateResource):
     """
-    C{GET /}: the full status page for the PC's admin (the PC itself, or a
-    password session, through one of its own names, from its own pages);
+    C{GET /}: the web admin's home page (webadmin.home) for the PC's admin
+    (the PC itself, or a password session, through one of its own names,
+    from its own pages);
     for everyone else, above all the apps' cross-origin LAN scan, a short
     answer with the config headers that reveals nothing.  Old apps find a
     WiFi server by this page answering 200.
@@ -53,46 +55,7 @@ class StatusPage(StateResource):
         if access.cross_origin(request) or not access.is_admin(request):
             add_config_headers(request, self.state.config.headers)
             return answer_now(request, SHORT_STATUS)
-        set_admin_headers(request)
-        return answer_now(request, self.page(admin_links(request, access)))
-
-    def page(self, links_html: str = "") -> Answer:
-        config, stats, store = self.state.config, self.state.stats, self.state.store
-        failing = self.state.backups.failing if self.state.backups else {}
-        rows = [
-            ("Version", f"medimage_tx {__version__}"),
-            ("Role", "Relay (proxy server)" if config.role == "relay" else "Clinic PC server"),
-            ("Server name", config.serverName),
-            ("Photos received since start", str(stats.photos_received)),
-            ("Bytes received since start", str(stats.bytes_received)),
-            ("Bytes transferred from the relay", str(config.transfer)),
-            ("Photos arrive in", str(store.photos)),
-            ("Copied to", ", ".join(map(str, store.backup_to)) or "(no backupTo folders)"),
-            ("Paired with a relay", "yes" if config.readProxy else "no"),
-            ("LAN discovery", _discovery_summary(self.state.discovery)),
-        ]
-        rows += [(f"Problem with {target}", reason) for target, reason in failing.items()]
-        return html_page(200, "MedImage server", table_html(rows) + links_html)
-
-
-def _discovery_summary(status) -> str:
-    if status is None:
-        return "off (see /discovery)"
-    if status.udp_problem:
-        return f"on, but {status.udp_problem} (see /discovery)"
-    return "on (see /discovery)"
-
-
-def admin_links(request, access) -> str:
-    """
-    Where the admin goes from the status page; signing out for a session.
-    """
-    links = ("<p><a href='/pair'>Pair phones through a relay</a> &middot; "
-             "<a href='/discovery'>LAN discovery</a></p>")
-    if access.signed_in(request):
-        links += ("<form method='post' action='/admin/logout'>" + access.csrf_field(request)
-                  + "<button type='submit'>Sign out</button></form>")
-    return links
+        return send(request, home_page(request, self.state))
 
 
 class DiscoveryPage(AdminResource):

@@ -86,6 +86,13 @@ class RelayPuller(Service):
         self._web_proxy = ""
         self._generation = 0
 
+    @property
+    def outage(self) -> Optional[str]:
+        """
+        Why the relay cannot be reached now (one line), or L{None}.
+        """
+        return self._outage
+
     def startService(self) -> None:
         super().startService()
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)

@@ -48,6 +48,12 @@ class ServerState:
     config_stamp: Optional[tuple[int, int]] = None
     #: The add-ons (medimage_tx.addons.AddonService), on a clinic PC.
     addons: Any = None
+    #: The web admin's view of recent photos (webadmin.activity.Activity).
+    activity: Any = None
+    #: The latest log lines (webadmin.log_ring.LogRing), for the logs page.
+    log_ring: Any = None
+    #: The relay puller (puller.RelayPuller) on a clinic PC, for its status.
+    puller: Any = None
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
     def in_thread(self, f: Callable, *args: Any):

@@ -30,6 +30,8 @@ from . import logs
 from .state import ServerState
 from .pairing import PairingBook
 from .puller import RelayPuller
+from .webadmin.activity import Activity
+from .webadmin.log_ring import LogRing, LogRingService
 from .relay import Relay, RelayExpiry
 from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore, process_umask
@@ -298,6 +300,8 @@ def build_service(
                                      lambda p: _announce(config, store, p, "https"),
                                      address=(config.httpsPort, interface or ""))
     backups.setServiceParent(service)
+    state.activity, state.log_ring = Activity(), LogRing()
+    LogRingService(state.log_ring).setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
     if relay is not None:
         RelayExpiry(state, clock).setServiceParent(service)
@@ -321,6 +325,8 @@ def build_service(
         service.puller = RelayPuller(state, reactor, clock)
         state.config_listeners.append(service.puller.config_changed)
         service.puller.setServiceParent(service)
+        state.puller = service.puller
+        service.puller.delivered.append(lambda relative: state.activity.note(relative, "relay"))
     return service
 
 
