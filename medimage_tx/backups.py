@@ -92,12 +92,23 @@ class BackupService(Service):
         worked = self.store.backup_to if report.photos_backed_up else ()
         self.note(report.failures, succeeded=worked)
 
+    def retry_now(self):
+        """
+        Copy the photos waiting for a target now (the targets just changed):
+        a Deferred firing with the L{RecoveryReport}.
+        """
+        return self._retry()
+
     def _retry(self):
         d = self.in_thread(self.store.retry_pending)
-        d.addCallback(self._note_report)
+        d.addCallback(self._noted)
         # Never let the loop die: a LoopingCall stops for good on an error.
         d.addErrback(lambda f: self.log.failure("Retrying backups failed", f))
         return d
+
+    def _noted(self, report: RecoveryReport) -> RecoveryReport:
+        self._note_report(report)
+        return report
 
     def note(self, failures: Iterable[tuple[str, str]], succeeded: Iterable = ()) -> None:
         """

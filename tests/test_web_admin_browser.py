@@ -74,9 +74,11 @@ async def test_pair_through_the_stand_in_service_and_read_the_code(start_server,
         warning = page.locator("main").inner_text()
         page.screenshot(path=shots / "pairing-switch.png", full_page=True)
         page.get_by_role("link", name="No, keep the current pairing").click()
-        return code, steps_text, warning
+        page.get_by_role("link", name="Home").click()
+        home = page.locator("main").inner_text()
+        return code, steps_text, warning, home
 
-    code, steps_text, warning = await in_browser(steps)
+    code, steps_text, warning, home = await in_browser(steps)
     assert code in central.codes  # the code on the page is the one the service issued
     paired_id, relay_asked = central.codes[code]
     assert relay_asked == relay.url
@@ -88,6 +90,7 @@ async def test_pair_through_the_stand_in_service_and_read_the_code(start_server,
     assert "phones paired now stop sending to this PC" in warning
     assert len(central.requests) == 1  # the switch was never sent
     assert read_config(pc)["readProxy"] == config["readProxy"]
+    assert f"yes, with {relay.url}" in home and paired_id not in home  # the id is a secret
 
 
 @pytest_twisted.ensureDeferred
@@ -279,3 +282,24 @@ async def test_addons_page_installs_from_a_file_and_removes(start_server, tmp_pa
     assert "No add-ons installed." in before
     assert "myaddon" in listed and "Test add-on" in listed
     assert not (pc.data / "addons" / "myaddon").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_photos_waiting_for_a_gone_folder_are_filed_to_the_new_one(start_server, http_client, tmp_path):
+    blocked = tmp_path / "share-file"
+    blocked.write_text("a file where the share's folder should be")
+    new = tmp_path / "new-share"
+    new.mkdir()
+    pc = await start_server(backupTo=[(blocked / "photos").as_posix()])
+    code, _, _ = await post_upload(http_client, pc.url, *multipart("#ward5-waiting.jpg", jpeg_bytes()))
+    assert code == 200  # stored in the photos folder, waiting for its target
+
+    def steps(page):
+        page.goto(pc.url + "/admin/settings")
+        page.get_by_label("Output photo folder").fill(new.as_posix())
+        page.get_by_role("button", name="Save settings").click()
+        return page.locator("main").inner_text()
+
+    saved = await in_browser(steps)
+    assert "1 photo(s) that were waiting were filed there too." in saved
+    assert (new / "ward5" / "waiting.jpg").exists()

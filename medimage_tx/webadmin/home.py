@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from twisted.web.template import Tag, tags
 
@@ -16,6 +16,11 @@ from .. import __version__
 from ..admin.sessions import MIN_PASSWORD_LENGTH, SHIPPED_PASSWORD, usable_password
 from ..pc_pairing import relay_of
 from .layout import notice, page
+
+try:  # the held folder for relay files the PC will not file (issue 10 item 6)
+    from .. import held as HELD_MODULE
+except ImportError:  # not in this version yet: the card says what happens instead
+    HELD_MODULE = None
 
 
 
@@ -46,20 +51,14 @@ def folder_problem(folder: Path) -> str:
     return ""
 
 
-def held_files(state: Any) -> tuple[Path, list[str]] | None:
+def held_files(state: Any) -> Optional[tuple[Path, list]]:
     """
-    The held folder (files from the relay the PC will not file) and the
-    files in it, when this server keeps one (C{store.held}); L{None} if not.
+    The held folder (files from the relay this PC will not file) and what
+    is in it, once the held folder exists in this version (L{HELD_MODULE}).
     """
-    folder = getattr(state.store, "held", None)
-    if folder is None:
+    if HELD_MODULE is None:
         return None
-    folder = Path(folder)
-    try:
-        names = sorted(p.name for p in folder.iterdir() if p.is_file())
-    except OSError:
-        names = []
-    return folder, names
+    return state.store.data_dir / HELD_MODULE.HELD, HELD_MODULE.held_files(state.store.data_dir)
 
 
 def home_page(request, state: Any) -> Tag:
@@ -142,19 +141,19 @@ def pc_cards(state: Any) -> list:
 def held_card(state: Any) -> Tag:
     held = held_files(state)
     if held is None:
-        body = [tags.p("None. (Files from the relay that this PC will not file, such as a type "
-                       "not in its allowed file types, are kept in a held folder and listed here.)")]
+        body = [tags.p("No held folder in this version: a file from the relay that this PC will "
+                       "not file is dropped, with a warning in the Logs.")]
+    elif not held[1]:
+        body = [tags.p("None: every file from the relay was filed.")]
     else:
-        folder, names = held
-        if not names:
-            body = [tags.p("None.")]
-        else:
-            body = [tags.p(tags.span(f"{len(names)} file(s) held", class_="bad"), " in ",
-                           tags.code(str(folder)), "."),
-                    tags.p("These came through the relay but this PC will not file them (their type "
-                           "is not allowed here, or their name cannot be used). Open them from that "
-                           "folder, file them by hand, then delete them; or allow their type in "
-                           "Settings.")]
+        folder, files = held
+        body = [tags.p(tags.span(f"{len(files)} file(s) held", class_="bad"), " in ",
+                       tags.code(str(folder)), "."),
+                tags.p(HELD_MODULE.WHAT_TO_DO),
+                tags.table(tags.thead(tags.tr(tags.th("File", scope="col"), tags.th("Why", scope="col"))),
+                           tags.tbody(*[tags.tr(tags.td(f.name, tags.br(), tags.small(size_text(f.size))),
+                                                tags.td(f.reason or "this PC does not file it"))
+                                        for f in files]))]
     return tags.div(tags.h2("Held files"), *body, id="held", class_="card")
 
 

@@ -135,6 +135,11 @@ class SettingsPage(AdminPage):
         log.info("Settings saved from the web admin: photos go to {where}",
                  where=folders[0] if folders else str(self.state.store.photos))
         said = [f"Saved. New photos go to {folders[0] if folders else self.state.store.photos}."]
+        if self.state.backups is not None:
+            # Photos waiting for a target that went away go to the new one now.
+            report = await self.state.backups.retry_now()
+            if report is not None and report.photos_backed_up:
+                said.append(f" {report.photos_backed_up} photo(s) that were waiting were filed there too.")
         if lan != config.lanMode:
             said.append(" LAN mode changes when the server restarts.")
         return self._answer(request, self._form(request, message=said))
