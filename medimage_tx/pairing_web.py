@@ -76,9 +76,9 @@ class PairingService(Resource):
             await self.save()
         except CancelledError:
             raise  # the client went away
-        except Exception:
+        except Exception as e:
             self.book.revoke(pairing)
-            log.failure("Pairing: cannot save pairing.json")
+            log.warn("Pairing: cannot save pairing.json: {error}", error=e)
             raise TryLater("Cannot issue a pairing code right now; try again later.",
                            phrase="Cannot issue a pairing code now; try again later")
         log.info("Pairing: issued a code for {fp} to {address}", fp=fingerprint(pairing.paired_id),
@@ -103,8 +103,8 @@ class PairingService(Resource):
             await self.save()
         except CancelledError:
             raise  # the client went away; the guess stays counted
-        except Exception:
-            log.failure("Pairing: cannot save pairing.json")
+        except Exception as e:
+            log.warn("Pairing: cannot save pairing.json: {error}", error=e)
             raise TryLater("Cannot check pairing codes right now; try again later.",
                            phrase="Cannot check pairing codes now; try again later")
         self.book.settle(compare)

@@ -254,3 +254,31 @@ async def test_pairing_writes_happen_off_the_reactor_thread(start_server, monkey
         release.set()
     [(status, _, _)] = await issue
     assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_pairing_json_cannot_be_written_nothing_is_handed_out(start_server, monkeypatch):
+    """
+    A disk that refuses the write: the issue is answered try-later and its
+    code forgotten; a compare is answered try-later and stays counted (a
+    guess whose count is not on disk gets no answer).
+    """
+    from medimage_tx import durable
+
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False)
+    port = int(relay.url.rsplit(":", 1)[1])
+    [(status, _, body)] = await in_thread(http, port, issue_request(relay.url))
+    live = body.decode().split()[0]
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(durable, "write_json_atomically", full_disk)
+    book = relay.service.state.pairing
+    [(status, headers, _)] = await in_thread(http, port, issue_request(relay.url), "127.0.7.1")
+    assert status >= 500 and "retry-after" in headers
+    assert book.live_codes() == 1
+    [(status, headers, body)] = await in_thread(http, port, compare_request(live), "127.0.7.2")
+    assert status >= 500 and "retry-after" in headers and live.encode() not in body
+    assert book.failures.keys() == 1  # counted, never uncounted
