@@ -303,3 +303,33 @@ async def test_photos_waiting_for_a_gone_folder_are_filed_to_the_new_one(start_s
     saved = await in_browser(steps)
     assert "1 photo(s) that were waiting were filed there too." in saved
     assert (new / "ward5" / "waiting.jpg").exists()
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+    .filter(control => control.labels.length === 0).map(control => control.name)"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_page_fits_a_phone_and_every_field_has_a_label(start_server, tmp_path):
+    pc = await start_server(backupTo=[(tmp_path / "a-rather-long-folder-name-for-a-network-share").as_posix()])
+    shots = screenshot_dir(tmp_path)
+
+    def steps(page):
+        page.set_viewport_size({"width": 375, "height": 812})
+        found = {}
+        for path in ("/", "/admin/pair", "/admin/settings", "/admin/logs", "/admin/addons"):
+            page.goto(pc.url + path)
+            found[path] = page.evaluate(
+                "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            ), page.evaluate(UNLABELLED)
+        page.goto(pc.url + "/")
+        page.screenshot(path=shots / "home-phone.png", full_page=True)
+        page.keyboard.press("Tab")
+        focused = page.evaluate("() => document.activeElement.textContent")
+        return found, focused
+
+    found, focused = await in_browser(steps)
+    for path, ((scroll_width, width), unlabelled) in found.items():
+        assert scroll_width <= width, f"{path} scrolls sideways on a phone ({scroll_width} > {width})"
+        assert unlabelled == [], f"{path}: fields without a label: {unlabelled}"
+    assert focused == "Home"  # the keyboard starts at the pages' links
