@@ -137,3 +137,47 @@ async def test_admin_pages_are_for_the_admin_only(start_server, http_client):
         response, body = await page(http_client, pc.url + "/admin/static/" + name)
         assert response.code == 200 and body
     assert (await page(http_client, pc.url + "/admin/static/../config.json"))[0].code == 404
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.reactor
+@pytest_twisted.ensureDeferred
+async def test_a_real_twistd_logging_to_a_file_shows_its_lines_in_the_logs_page(tmp_path, http_client):
+    from conftest import eventually, write_config
+    from processes import spawn
+    from test_twistd import TWISTD
+
+    assert TWISTD.exists(), "run with `make test` (needs twistd)"
+    data, log_file, port = tmp_path / "data", tmp_path / "server.log", free_port()
+    write_config(data / "config.json")
+    process = spawn([str(TWISTD), "--nodaemon", "--pidfile=", "--logfile", str(log_file), "medimage",
+                     "--no-lan", "--data", str(data), "--port", str(port), "--interface", "127.0.0.1"],
+                    str(tmp_path))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async def answering():
+            try:
+                return (await http_client.get(url + "/load/")).code == 200
+            except Exception:
+                return False
+
+        await eventually(answering, "the twistd server answering", seconds=60)
+        code, _, _ = await post_upload(http_client, url, *multipart("#ward5-arm.jpg", jpeg_bytes()))
+        assert code == 200
+        response, body = await page(http_client, url + "/admin/logs")
+        assert response.code == 200 and "Received ward5/arm.jpg" in body
+        await eventually(lambda: "Received ward5/arm.jpg" in log_file.read_text(), "the line in the log file")
+        assert process.output.strip() == b""  # the log went to the file, not the console
+    finally:
+        if not process.ended.called:
+            import signal
+
+            process.transport.signalProcess(signal.SIGTERM)
+            await within(process.exited(30), 40)

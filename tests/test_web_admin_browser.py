@@ -83,7 +83,7 @@ async def test_pair_through_the_stand_in_service_and_read_the_code(start_server,
     paired_id, relay_asked = central.codes[code]
     assert relay_asked == relay.url
     assert central.requests[0].form["country"] == ["AU"]
-    assert "tap the large circle" in steps_text and "expires" in steps_text
+    assert "tap the large circle" in steps_text and "Pairing codes expire" in steps_text
     config = read_config(pc)
     assert config["readProxy"] == f"{relay.url}/read/{paired_id}"
     assert (config["countryCode"], config["proxy"]) == ("AU", relay.url)  # remembered

@@ -122,7 +122,8 @@ class PairingPage(AdminPage):
         return page(request, self.state, "Pairing code", "/admin/pair",
                     tags.p("Enter this code on the phone:"),
                     tags.p(code, class_="code", id="code", **{"aria-label": "Pairing code"}),
-                    tags.p(f"The code expires: use it before {until} (codes last an hour).{case_note}"),
+                    tags.p(f"Pairing codes expire (a medimage_tx relay's after an hour, at {until}): "
+                           f"enter it on the phones now.{case_note}"),
                     tags.h2("On each phone"),
                     tags.ol(tags.li("Open the MedImage app and tap the large circle."),
                             tags.li("When it asks for a pairing code, enter the code above."),
