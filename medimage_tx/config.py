@@ -82,6 +82,8 @@ DEFAULTS: dict[str, Any] = {
     "httpsPort": None,
     "fileMode": None,
     "relayCA": "",
+    "relayStore": "",
+    "proxyProtocol": False,
 }
 
 
@@ -135,6 +137,8 @@ class Config:
     httpsPort: Optional[int]
     fileMode: Optional[int]
     relayCA: str
+    relayStore: str  # "" (this disk) or postgresql://... shared by relay nodes
+    proxyProtocol: bool  # behind a balancer that sends the PROXY protocol
 
     @property
     def role(self) -> str:
@@ -317,6 +321,11 @@ def _file_mode(value: Any) -> Optional[int]:
     if not mode & 0o400:
         raise ValueError(f"{text} would leave this server unable to read its own photos")
     return mode
+def check_relay_store(value: Any) -> str:
+    text = _string(value)
+    if text and not re.fullmatch(r"postgres(ql)?://\S+", text):
+        raise ValueError("expected empty (this disk) or a postgresql:// address")
+    return text
 
 
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
@@ -348,6 +357,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "httpsPort": lambda value: None if value is None else _port(value),
     "fileMode": lambda value: None if value is None else _file_mode(value),
     "relayCA": _string,
+    "relayStore": check_relay_store,
+    "proxyProtocol": _bool,
 }
 
 
@@ -384,6 +395,9 @@ def parse_config(raw: Any, path: Path) -> Config:
                 check_readable(values[key], path.parent)
             except ValueError as e:
                 raise ConfigError(f"{path}: key {key!r}: {e}") from None
+    if values["proxyProtocol"] and values["httpsKey"]:
+        raise ConfigError(f"{path}: key 'proxyProtocol': behind a PROXY-protocol balancer, TLS ends at "
+                          "the balancer: remove httpsKey and httpsCert here")
     if not values["serverName"]:
         values["serverName"] = socket.gethostname() or "MedImage"
     return Config(path=path, raw=dict(raw), **values)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, pages, server
@@ -80,15 +80,30 @@ class MedImageChannel(http.HTTPChannel):
     _header_deadline = None
     _awaiting_request = False
 
+    _awaiting_address = False
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        site = self.site
+        if self.site.state.config.proxyProtocol:
+            # Behind a PROXY-protocol balancer the client's address is known
+            # once the balancer's header is read: at the first data.
+            self._awaiting_address = True
+            self._start_header_deadline()
+        else:
+            self._admit()
+
+    def _admit(self) -> bool:
+        """
+        Count this connection against its address's and the total caps;
+        False (and the connection aborted) when there is no room.
+        """
         host = getattr(self.transport.getPeer(), "host", "")
-        if not site.admit(host):
+        if not self.site.admit(host):
             self.transport.abortConnection()
-            return
+            return False
         self._counted = host
         self._start_header_deadline()
+        return True
 
     def _start_header_deadline(self) -> None:
         self._stop_header_deadline()
@@ -106,6 +121,10 @@ class MedImageChannel(http.HTTPChannel):
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_address:
+            self._awaiting_address = False
+            if not self._admit():
+                return
         if self._awaiting_request and data:
             # The next request on a kept-alive connection: its time starts
             # with its first byte (the idle timeout covers the wait for it).
@@ -255,44 +274,32 @@ class PhotoUpload(StateResource):
             raise Rejected("Expected a multipart/form-data upload with the photo in the field 'file1'")
         received = receiver.finish()
         receiver.disown()
-        config, store, relay = self.state.config, self.state.store, self.state.relay
+        config, relay = self.state.config, self.state.relay
         try:
             if relay is not None:
                 paired_id, parts = relay_parts(
                     received.filename, checked_extension(received, config), config)
-                # Room is held before storing, so parallel uploads cannot overshoot.
-                reservation = relay.reserve(paired_id, received.size, config)
             else:
                 parts = accepted_parts(received, config)
         except Exception:
             os.close(received.fd)
             os.unlink(received.temp_path)
             raise
-        if relay is None:
-            stored = await self.state.store_photo(received.temp_path, received.fd, parts)
-        else:
-            storing = self.state.in_thread(store.store, received.temp_path, received.fd, parts)
-
-            def queue(stored):
-                relay.queue.put(paired_id, stored.relative, received.size, reservation)
-                return stored
-
-            def give_back_room(failure):
-                relay.queue.release(reservation)
-                return failure
-
-            storing.addCallbacks(queue, give_back_room)
-            # A phone that hangs up now does not stop the store: what lands
-            # on disk is queued (and its room accounted for) all the same.
-            stored = await detached(storing)
         if relay is not None:
-            self.state.stats.photos_received += 0 if stored.duplicate else 1
-            self.state.stats.bytes_received += 0 if stored.duplicate else received.size
+            # Durable in the relay's store (fsynced file, or committed row)
+            # before the 200; no room: try-later.  A phone that hangs up now
+            # does not stop the store: what is stored is queued, and its
+            # room accounted for, all the same.
+            _, duplicate = await detached(ensureDeferred(relay.store.put(
+                paired_id, parts, received.temp_path, received.fd, received.size, config)))
+            self.state.stats.photos_received += 0 if duplicate else 1
+            self.state.stats.bytes_received += 0 if duplicate else received.size
             # Never a patient folder or file name in a relay's log.
             log.info("Relay: queued a photo for {fp} ({size} bytes) in {ms:.0f} ms",
                      fp=fingerprint(paired_id), size=received.size,
                      ms=(time.monotonic() - started) * 1000)
             return Answer(200, RECEIVED)
+        stored = await self.state.store_photo(received.temp_path, received.fd, parts)
         if not stored.duplicate:
             self.state.stats.photos_received += 1
             self.state.stats.bytes_received += received.size
@@ -330,9 +337,12 @@ class Check(StateResource):
         relay = self.state.relay
         if not self.state.config.allowPhotosLeaving or relay is None:
             return answer_now(request, Answer(400, NOT_READABLE))
+        return render_async(request, self._check, relay)
+
+    async def _check(self, request, relay) -> Answer:
         relative = relay_check_path(self.name.decode("utf-8", "replace"), self.state.config)
-        waiting = relative is not None and relay.queue.holds(relative)
-        return answer_now(request, Answer(200, b"true" if waiting else b"false"))
+        waiting = relative is not None and await relay.store.holds(relative)
+        return Answer(200, b"true" if waiting else b"false")
 
 
 class Preflight(Resource):
@@ -378,7 +388,7 @@ class Root(Resource):
         addon.putChild(b"get-session", GetSession(state))  # the original's basic-authentication
         self.putChild(b"addon", addon)
         if state.pairing is not None:
-            service = PairingService(state.pairing, state.pairing_save)
+            service = PairingService(state.pairing)
             self.putChild(b"med-genid.php", service)
             self.putChild(b"pair", service)
         else:

@@ -14,22 +14,21 @@ exactly as the service gave it.
 from __future__ import annotations
 
 import html
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from .admin import AdminResource
 from .identity import fingerprint
-from .pairing import NOMATCH, PairingBook, issue_answer, redeem_answer
+from .pairing import NOMATCH, issue_answer, redeem_answer
 from .relay_tls import policy_for
+from .errors import TryLater
 from .pc_pairing import (
     CENTRAL_PAIRING_URL, PairingError, PairingPlan, PairRequest, one_off_client, paired_changes, plan,
     relay_of, request_code,
 )
-from .errors import TryLater
 from .web import Answer, answer_now, html_page, render_async
 
 log = Logger()
@@ -39,18 +38,17 @@ MAX_FORM = 4096
 
 class PairingService(Resource):
     """
-    The relay's pairing service.  Every change (a code issued, a compare
-    counted) is saved to disk, in a thread, before it is answered.
-
-    @param save: saves the book durably; returns a Deferred.
+    The relay's pairing service, over a pairing desk: this process's
+    (L{medimage_tx.relay_store.local.LocalPairingDesk}) or the shared
+    database's; its C{issue} and C{redeem} are async and raise
+    L{TryLater} for transient trouble.
     """
 
     isLeaf = True
 
-    def __init__(self, book: PairingBook, save: Callable[[], Any]):
+    def __init__(self, desk: Any):
         super().__init__()
-        self.book = book
-        self.save = save
+        self.desk = desk
 
     def render_POST(self, request):
         return render_async(request, self._issue)
@@ -67,20 +65,12 @@ class PairingService(Resource):
             log.info("Pairing: refused a code request from {address}: no usable proxyServer", address=address)
             return Answer(400, b"proxyServer must be the relay's http(s) address")
         try:
-            pairing = self.book.issue(field("guid"), proxy_server.rstrip("/"), field("country"), address)
+            pairing = await self.desk.issue(field("guid"), proxy_server.rstrip("/"), field("country"),
+                                            address)
         except TryLater as e:
             log.info("Pairing: refused a code request from {address}: {why}", address=address, why=str(e))
             close_after_answer(request)
             raise
-        try:
-            await self.save()
-        except CancelledError:
-            raise  # the client went away
-        except Exception as e:
-            self.book.revoke(pairing)
-            log.warn("Pairing: cannot save pairing.json: {error}", error=e)
-            raise TryLater("Cannot issue a pairing code right now; try again later.",
-                           phrase="Cannot issue a pairing code now; try again later")
         log.info("Pairing: issued a code for {fp} to {address}", fp=fingerprint(pairing.paired_id),
                  address=address)
         return Answer(200, issue_answer(pairing).encode())
@@ -93,27 +83,17 @@ class PairingService(Resource):
 
     async def _compare(self, request, code: str) -> Answer:
         address = client_address(request)
-        compare = self.book.compare(code, address)
-        if compare is None:
+        checked, pairing = await self.desk.redeem(code, address)
+        if not checked:
             log.info("Pairing: a code from {address} was not checked: over the guess limits", address=address)
             close_after_answer(request)
-            return Answer(200, NOMATCH.encode())  # over the limits: not even looked up
-        # The guess is counted on disk before its answer can tell anything.
-        try:
-            await self.save()
-        except CancelledError:
-            raise  # the client went away; the guess stays counted
-        except Exception as e:
-            log.warn("Pairing: cannot save pairing.json: {error}", error=e)
-            raise TryLater("Cannot check pairing codes right now; try again later.",
-                           phrase="Cannot check pairing codes now; try again later")
-        self.book.settle(compare)
-        if compare.pairing is None:
+            return Answer(200, NOMATCH.encode())
+        if pairing is None:
             log.info("Pairing: a code from {address} matched nothing", address=address)
         else:
             log.info("Pairing: a phone at {address} paired with {fp}", address=address,
-                     fp=fingerprint(compare.pairing.paired_id))
-        return Answer(200, redeem_answer(compare.pairing).encode())
+                     fp=fingerprint(pairing.paired_id))
+        return Answer(200, redeem_answer(pairing).encode())
 
 
 def close_after_answer(request) -> None:

@@ -7,14 +7,9 @@ a relay, is L{medimage_tx.puller}.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import re
-import shutil
-import time
-from pathlib import Path
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -26,9 +21,6 @@ from twisted.web.static import NoRangeStaticProducer
 
 from .errors import Rejected, TryLater
 from .identity import PAIRED_ID, fingerprint
-from .paths import inside
-from .relay_queue import QuotaFull, RelayQueue, Reservation
-from .store import PhotoStore
 from .web import NOT_READABLE, Answer, answer_now, render_async
 
 #: Response header by which a relay says it supports PROTOCOL.md B4.
@@ -48,90 +40,23 @@ _MIME_BY_EXTENSION = {
 }
 
 
-def sha256_digests(path: Path) -> tuple[bytes, bytes]:
-    """
-    The C{Digest} and C{Content-Digest} header values for a file.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    encoded = base64.b64encode(digest.digest())
-    return b"sha-256=" + encoded, b"sha-256=:" + encoded + b":"
-
-
 # Relay role
 
 
 class Relay:
     """
-    The relay's queue over its photo store, with long-poll waiters.
+    The relay's store (L{medimage_tx.relay_store}: local disk, or PostgreSQL
+    shared by several nodes) and this node's long-poll waiters, woken when
+    the store says a photo became readable for their id.
     """
 
     log = Logger()
 
-    def __init__(self, store: PhotoStore, clock: Any, lease_seconds: float):
+    def __init__(self, store: Any, clock: Any):
         self.store = store
         self.clock = clock
-        self.queue = RelayQueue(now=clock.seconds, lease_seconds=lease_seconds,
-                                on_available=self._wake)
         self._waiters: dict[str, list[Deferred]] = {}
-        self._expiry_call = None
-        self._full = False
-
-    def load_existing(self) -> int:
-        """
-        Queue the photos already on disk (after a restart), oldest first.
-        Leases are not kept across restarts: leased photos are given out again.
-        """
-        found = []
-        for path in self.store.photos.rglob("*"):
-            relative = path.relative_to(self.store.photos).as_posix()
-            paired_id = relative.split("/", 1)[0]
-            if path.is_file() and "/" in relative and PAIRED_ID.fullmatch(paired_id):
-                stat = path.stat()
-                found.append((stat.st_mtime_ns, relative, paired_id, stat.st_size))
-        # Their age counts towards expiry: the file's time, on the relay's clock.
-        now, wall = self.clock.seconds(), time.time()
-        for mtime_ns, relative, paired_id, size in sorted(found):
-            age = max(0.0, wall - mtime_ns / 1e9)
-            self.queue.put(paired_id, relative, size, queued_at=now - age)
-        return len(found)
-
-    def reserve(self, paired_id: str, size: int, config) -> Reservation:
-        """
-        Hold room for a photo before it is stored, or raise L{TryLater}:
-        the pairing holds C{relayQuotaBytes}, the relay C{relayTotalBytes},
-        or the disk would keep less than C{relayMinFreeBytes} free.
-        """
-        try:
-            reservation = self.queue.reserve(paired_id, size, config.relayQuotaBytes,
-                                             config.relayTotalBytes)
-        except QuotaFull as full:
-            if full.scope == "pairing":
-                # Disk-filling protection: the PC must collect first.
-                raise TryLater("The relay holds too much for this pairing; the PC has not "
-                               "collected it yet. Try again later.", retry_after=120, status=429,
-                               phrase="Too many photos wait for your clinic's computer; "
-                                      "the photo stays on the phone") from None
-            self._note_full(f"it holds {self.queue.total_bytes()} bytes (relayTotalBytes)")
-            raise relay_full() from None
-        # The upload is already in the relay's tmp folder, on the same disk.
-        free = free_bytes(self.store.photos)
-        if free is not None and free < config.relayMinFreeBytes:
-            self.queue.release(reservation)
-            self._note_full(f"{free} bytes free on its disk (relayMinFreeBytes)")
-            raise relay_full()
-        if self._full:
-            self._full = False
-            self.log.info("Relay: room again for uploads")
-        return reservation
-
-    def _note_full(self, why: str) -> None:
-        if not self._full:
-            self._full = True
-            self.log.warn("Relay: full, refusing uploads with 503 until photos are collected "
-                          "or expire: {why}", why=why)
+        store.on_available = self._wake
 
     def wait(self, paired_id: str, timeout: float) -> Deferred:
         """
@@ -156,42 +81,27 @@ class Relay:
         if not waiters:
             self._waiters.pop(paired_id, None)
 
-    def _wake(self, paired_id: str) -> None:
+    def _wake(self, paired_id: Optional[str]) -> None:
+        """
+        Wake the waiters for C{paired_id}; None wakes all (the store may
+        have missed news, e.g. while reconnecting to its database).
+        """
+        if paired_id is None:
+            waiting, self._waiters = self._waiters, {}
+            for ds in waiting.values():
+                for d in ds:
+                    d.callback(None)
+            return
         for d in self._waiters.pop(paired_id, []):
             d.callback(None)
 
-    def leased(self) -> None:
-        """
-        A lease was made: make sure expiry wakes the waiters in time.
-        """
-        expiry = self.queue.next_expiry()
-        if expiry is None or (self._expiry_call is not None and self._expiry_call.active()):
-            return
-        self._expiry_call = self.clock.callLater(max(0, expiry - self.clock.seconds()), self._expire)
-
-    def _expire(self) -> None:
-        self._expiry_call = None
-        self.queue.requeue_expired()
-        self.leased()
-
-
-
-def relay_full() -> TryLater:
-    return TryLater("The relay is full. Try again later.", retry_after=300, status=507,
-                    phrase="The relay is full; the photo stays on the phone")
-
-
-def free_bytes(folder: Path) -> Optional[int]:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
 
 
 class RelayExpiry(Service):
     """
     Removes photos nobody collected within C{relayExpiryDays}: at start and
-    every hour.  Logs one line per pairing, by fingerprint only.
+    every hour.  Logs one line per pairing, by fingerprint only.  With a
+    shared store every node sweeps; a photo is removed once.
     """
 
     log = Logger()
@@ -202,7 +112,7 @@ class RelayExpiry(Service):
         self.state = state
         self.clock = clock
         self._loop: Optional[LoopingCall] = None
-        #: The last sweep's file removal (fired once the files are gone).
+        #: The last sweep (fired once the photos are gone).
         self.removing: Deferred = succeed(None)
 
     def startService(self) -> None:
@@ -217,11 +127,13 @@ class RelayExpiry(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
-    def sweep(self):
+    def sweep(self) -> Deferred:
         relay, days = self.state.relay, self.state.config.relayExpiryDays
-        expired = relay.queue.expire_older_than(self.clock.seconds() - days * 86400)
-        if not expired:
-            return None
+        self.removing = relay.store.expire_older_than(self.clock.seconds() - days * 86400)
+        self.removing.addCallbacks(self._report, self._failed, callbackArgs=(days,))
+        return self.removing
+
+    def _report(self, expired: list, days: float) -> None:
         per_id: dict[str, list[int]] = {}
         for photo in expired:
             per_id.setdefault(photo.paired_id, []).append(photo.size)
@@ -229,30 +141,11 @@ class RelayExpiry(Service):
             self.log.warn("Relay: removed {count} photo(s) ({size} bytes) for {fp}: not collected "
                           "within {days:g} days (relayExpiryDays)", count=len(sizes), size=sum(sizes),
                           fp=fingerprint(paired_id), days=days)
-        self.removing = self.state.in_thread(_remove_photos, relay.store.photos,
-                                             [p.relative for p in expired])
-        return self.removing
 
-
-def _remove_photos(photos: Path, relatives: list[str]) -> None:
-    for relative in relatives:
-        remove_photo(photos, relative)
-
-
-def remove_photo(photos: Path, relative: str) -> None:
-    path = inside(photos, relative)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    # Remove the emptied patient folders, never the photos folder itself.
-    folder = path.parent
-    while folder != photos:
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-        folder = folder.parent
+    def _failed(self, failure) -> None:
+        # The next hour tries again (a database that was away, say).
+        if not failure.check(TryLater):
+            self.log.failure("Relay: the expiry sweep failed", failure)
 
 
 class ReadResource(Resource):
@@ -289,10 +182,12 @@ class ReadResource(Resource):
         if callback is not None and not _CALLBACK.fullmatch(callback):
             raise Rejected("callback must be a plain JavaScript identifier")
         wait = _wait_seconds(_query(request, b"wait"))
-        photo = relay.queue.peek(paired_id)
+        photo = await relay.store.peek(paired_id)
         if photo is None and wait and request.method == b"GET" and callback is None:
             await relay.wait(paired_id, wait)
-            photo = relay.queue.peek(paired_id)
+            # Woken: lease at once (one trip to the store, not two); the
+            # photo may have gone to another reader meanwhile.
+            return await self._deliver(request, relay, paired_id)
         if callback is not None:
             # A script tag cannot use a photo: JSONP only says what waits.
             text = photo.file_name if photo is not None else NOTHING.decode()
@@ -300,50 +195,59 @@ class ReadResource(Resource):
             return Answer(200, body, b"application/javascript")
         if photo is None:
             return Answer(200, NOTHING)
-        headers = {b"file-name": photo.file_name.encode(), b"content-type": _mime(photo.relative)}
         if request.method == b"HEAD":
-            return Answer(200, b"", headers[b"content-type"], {b"file-name": headers[b"file-name"]})
-        if request.getHeader(ACK_HEADER) == b"1":
-            photo = relay.queue.lease(paired_id)
-            relay.leased()
-            digest, content_digest = await self.state.in_thread(
-                sha256_digests, inside(relay.store.photos, photo.relative))
+            return Answer(200, b"", _mime(photo.relative), {b"file-name": photo.file_name.encode()})
+        return await self._deliver(request, relay, paired_id)
+
+    async def _deliver(self, request, relay: Relay, paired_id: str):
+        """
+        Send the oldest readable photo, or C{none}.
+        """
+        # Sent photos are leased: hidden until confirmed, back if the
+        # sending fails or the lease runs out (a node that died).
+        delivery = await relay.store.lease(paired_id)
+        if delivery is None:
+            return Answer(200, NOTHING)  # another reader leased it first
+        photo = delivery.photo
+        headers = {b"file-name": photo.file_name.encode(), b"content-type": _mime(photo.relative)}
+        acknowledged = request.getHeader(ACK_HEADER) == b"1"
+        if acknowledged:
+            digest, content_digest = delivery.digest_headers
             headers.update({RECEIPT_HEADER: photo.receipt.encode(), b"digest": digest,
                             b"content-digest": content_digest})
-            await self._send_file(request, relay, photo, headers)
-        else:
-            photo = relay.queue.take(paired_id)
-            try:
-                await self._send_file(request, relay, photo, headers)
-            except BaseException:
-                relay.queue.give_back(photo)
-                raise
-            # In the same turn as the answer's end, so nobody can see the
-            # photo after it was sent (an unlink and rmdir take microseconds).
-            remove_photo(relay.store.photos, photo.relative)
+        try:
+            await self._send_file(request, delivery, headers)
+        except BaseException:
+            if not acknowledged:
+                relay.store.release(delivery)
+            raise
+        if not acknowledged:
+            # An old reader never confirms: once sent, the photo is gone.
+            await relay.store.confirm(paired_id, photo.receipt)
         self.log.info("Relay: sent a photo for {fp} ({size} bytes{how})", fp=fingerprint(paired_id),
-                      size=photo.size, how=", awaiting confirmation" if photo.receipt else "")
+                      size=photo.size, how=", awaiting confirmation" if acknowledged else "")
         return None
 
-    async def _send_file(self, request, relay: Relay, photo, headers: dict) -> None:
+    async def _send_file(self, request, delivery, headers: dict) -> None:
         """
         Stream the photo; returns once it is all handed to the connection,
         raises if the reader went away first.
         """
-        f = open(inside(relay.store.photos, photo.relative), "rb")
+        f = delivery.open()
         request.setResponseCode(200)
         for name, value in headers.items():
             request.setHeader(name, value)
-        request.setHeader(b"content-length", b"%d" % os.fstat(f.fileno()).st_size)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        request.setHeader(b"content-length", b"%d" % size)
         finished = request.notifyFinish()
         NoRangeStaticProducer(request, f).start()  # closes f when done or stopped
         await finished
 
     async def _confirm(self, relay: Relay, paired_id: str, receipt: str):
-        photo = relay.queue.confirm(paired_id, receipt)
+        photo = await relay.store.confirm(paired_id, receipt)
         if photo is None:
             return Answer(404, b"Unknown receipt: the photo was already confirmed, or given out again")
-        await self.state.in_thread(remove_photo, relay.store.photos, photo.relative)
         self.log.info("Relay: delivery confirmed for {fp} ({size} bytes)",
                       fp=fingerprint(paired_id), size=photo.size)
         return Answer(200, b"deleted")

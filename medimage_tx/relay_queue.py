@@ -205,6 +205,20 @@ class RelayQueue:
         self._make_waiting(photo)
         self.on_available(photo.paired_id)
 
+    def unlease(self, paired_id: str, receipt: str) -> None:
+        """
+        A leased photo whose sending failed: readable again at once.
+        """
+        photo = self._receipts.get(receipt)
+        if (photo is None or photo.paired_id != paired_id or photo.leased_until is None
+                or self._photos.get(photo.relative) is not photo):
+            return
+        self._receipts.pop(receipt, None)
+        photo.receipt = None
+        photo.leased_until = None  # its entry in the lease heap is now stale
+        self._make_waiting(photo)
+        self.on_available(paired_id)
+
     def confirm(self, paired_id: str, receipt: str) -> Optional[QueuedPhoto]:
         """
         The reader stored the photo: remove it.  A receipt stays good after

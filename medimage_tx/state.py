@@ -39,8 +39,7 @@ class ServerState:
     reactor: Any
     backups: Any = None  # BackupService
     relay: Any = None  # Relay, on a relay
-    pairing: Any = None  # PairingBook, on a relay
-    pairing_save: Any = None  # saves it durably, off the reactor: returns a Deferred
+    pairing: Any = None  # the pairing desk (relay_store), on a relay
     discovery: Any = None  # DiscoveryStatus while LAN discovery runs
     access: Any = None  # admin.Access: who may see and change the PC's own pages
     stats: ServerStats = field(default_factory=ServerStats)

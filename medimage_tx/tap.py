@@ -14,6 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python import usage
 
 from . import __version__
@@ -21,18 +22,17 @@ from .addons import make_addon_service
 from .backups import BackupService
 from .config_watch import ConfigWatcher
 from .connection_limits import raise_open_file_limit
-from .config import ConfigError, Config, load_or_create_config, resolve_path
+from .config import ConfigError, Config, check_relay_store, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
 from .drives import backup_drive_folders
-from .durable import BackgroundJSONWriter, read_json
 from .http_resource import make_site
 from . import logs
 from .state import ServerState
-from .pairing import PairingBook
 from .puller import RelayPuller
 from .webadmin.activity import Activity
 from .webadmin.log_ring import LogRing, LogRingService
 from .relay import Relay, RelayExpiry
+from .relay_store import RelayStoreService, RelayStoreUnavailable, open_relay_store
 from .relay_queue import DEFAULT_LEASE_SECONDS
 from .store import PhotoStore, process_umask
 from .tls import TLSConfigError, server_tls_options
@@ -60,6 +60,8 @@ class Options(usage.Options):
         ["config", "c", None, "config.json to use [default: DATA/config.json]"],
         ["data", "d", None, f"folder for photos, temporary files and the default config [default: {default_data_dir()}]"],
         ["interface", "i", None, "address to listen on [default: all IPv4 addresses]"],
+        ["relay-store", None, None, "a relay's store, overriding relayStore in config.json: "
+                                    "postgresql://... shares one database between relay nodes"],
     ]
 
     def __init__(self):
@@ -244,6 +246,7 @@ def build_service(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     no_lan: bool = False,
     discovery_port: Optional[int] = None,
+    relay_store: Optional[str] = None,
 ) -> MedImageService:
     """
     Read config and wire the services.  Raises L{ConfigError}.
@@ -261,26 +264,25 @@ def build_service(
     config, created = load_or_create_config(config_path)
     if created:
         log.info("No config found: wrote the defaults to {path}", path=config_path)
-    relay = None
+    relay = pairing = None
     if config.allowPhotosLeaving:
         # A relay only queues: backupTo and keepMaster are for clinic PCs.
         store = PhotoStore(data_dir, [], keep_master=True)
         store.prepare()
-        relay = Relay(store, clock, lease_seconds)
-        queued = relay.load_existing()
-        if queued:
-            log.info("Relay: {count} photo(s) still queued from before", count=queued)
+        url = config.relayStore if relay_store is None else relay_store
+        try:
+            check_relay_store(url)
+            shared, pairing = open_relay_store(url, store, data_dir, reactor, clock, lease_seconds)
+        except ValueError as e:
+            raise ConfigError(f"--relay-store: {e}") from None
+        except RelayStoreUnavailable as e:
+            raise ConfigError(str(e)) from None
+        relay = Relay(shared, clock)
     else:
         store = _make_store(config, data_dir)
     backups = BackupService(store, reactor)
-    pairing = PairingBook(clock.seconds) if relay else None
     state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
                         pairing=pairing)
-    if pairing is not None:
-        # Codes and guess counts survive restarts (and crashes).
-        pairing.restore(read_json(data_dir / "pairing.json"))
-        state.pairing_save = BackgroundJSONWriter(data_dir / "pairing.json", pairing.snapshot,
-                                                  state.in_thread).save
     lan = config.lanMode and not no_lan and relay is None
     if not lan and relay is None:
         interface = interface or "127.0.0.1"
@@ -291,7 +293,8 @@ def build_service(
     listen_port = config.listenPort if port is None else port
     tls = _tls_options(config)
     https_only = tls is not None and config.httpsPort is None
-    http = HTTPListener(_endpoint(reactor, listen_port, interface, tls if https_only else None), site,
+    http = HTTPListener(_endpoint(reactor, listen_port, interface, tls if https_only else None,
+                                  config.proxyProtocol), site,
                         lambda p: _announce(config, store, p, "https" if https_only else "http"),
                         address=(listen_port, interface or ""))
     service = MedImageService(state, http)
@@ -302,6 +305,8 @@ def build_service(
     backups.setServiceParent(service)
     state.activity, state.log_ring = Activity(), LogRing()
     LogRingService(state.log_ring).setServiceParent(service)
+    if relay is not None:
+        RelayStoreService(relay.store).setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
     if relay is not None:
         RelayExpiry(state, clock).setServiceParent(service)
@@ -387,8 +392,12 @@ def _tls_options(config: Config):
         raise ConfigError(f"{config.path}: HTTPS (httpsKey/httpsCert): {e}") from None
 
 
-def _endpoint(reactor, port: int, interface: Optional[str], tls):
+def _endpoint(reactor, port: int, interface: Optional[str], tls, proxy_protocol: bool = False):
     interface = interface or ""
+    if proxy_protocol:
+        # Behind HAProxy's send-proxy: each connection starts with the
+        # client's real address (docs/relay-cluster.md).
+        return proxyEndpoint(_endpoint(reactor, port, interface, tls))
     if tls is not None:
         return SSL4ServerEndpoint(reactor, port, tls, interface=interface)
     if ":" in interface:
@@ -418,7 +427,8 @@ def makeService(options: Options) -> MedImageService:
     open_files = raise_open_file_limit()
     try:
         service = build_service(reactor, data_dir, config_path, options["port"], options["interface"],
-                                no_lan=bool(options["no-lan"]), discovery_port=options["discovery-port"])
+                                no_lan=bool(options["no-lan"]), discovery_port=options["discovery-port"],
+                                relay_store=options["relay-store"])
     except ConfigError as e:
         # One clear line, no traceback: the server does not start.
         raise StartupFailed(f"medimage: {e}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -25,6 +26,32 @@ from conftest import all_files, eventually, jpeg_bytes, multipart, upload_photo,
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 APP_NAME = f"#{PAIRED_ID}-#NHID1234-arm-27-Nov-2026-10-11-12.jpg"
 DELIVERED_AS = "NHID1234/arm-27-Nov-2026-10-11-12.jpg"
+
+
+@pytest.fixture(params=["local", "postgresql"])
+def start_server(request, start_server):
+    """
+    conftest's starter; relays keep their queue on this disk, or in a
+    fresh PostgreSQL database: every relay test runs against both stores.
+    """
+    if request.param == "local":
+        return start_server
+    url = request.getfixturevalue("postgres_url")
+
+    async def start(name="pc", **settings):
+        if settings.get("allowPhotosLeaving"):
+            settings.setdefault("relayStore", url)
+        return await start_server(name, **settings)
+
+    return start
+
+
+async def holds_nothing(relay) -> bool:
+    """
+    The relay holds no photo for the test's id, in its store and on disk.
+    """
+    queued = await relay.service.state.relay.store.queued_bytes(PAIRED_ID)
+    return queued == 0 and all_files(relay.photos) == []
 
 
 async def upload(client, server, name: str, content: bytes):
@@ -76,7 +103,7 @@ async def test_upload_to_relay_lands_in_pc_target(start_server, http_client, tmp
         assert await upload(http_client, relay, APP_NAME, photo) == (200, b"Received upload successfully!")
         assert await within(delivered) == DELIVERED_AS
     assert (target / DELIVERED_AS).read_bytes() == photo
-    assert all_files(relay.photos) == []  # confirmed, so unlinked on the relay
+    assert await holds_nothing(relay)  # confirmed, so unlinked on the relay
     assert pc.service.state.config.transfer == len(photo)
     assert '"transfer": %d' % len(photo) in (pc.data / "config.json").read_text()
     # Every line of the log but the PC's own report of what it stored: no
@@ -114,7 +141,7 @@ async def test_relay_rejects_upload_without_paired_id(start_server, http_client)
         code, body = await upload(http_client, relay, name, jpeg_bytes())
         assert code == 400
         assert body.startswith(b"Error uploading file - Please reconnect your app.")
-    assert all_files(relay.photos) == []
+    assert await holds_nothing(relay)
 
 
 @pytest_twisted.ensureDeferred
@@ -139,7 +166,7 @@ async def test_old_reader_gets_original_behaviour(start_server, http_client):
     assert head.headers.getRawHeaders(b"file-name") is None
     check = await http_client.get(relay.url + "/check=" + APP_NAME.replace("#", "%23"))
     assert await check.content() == b"false"
-    assert all_files(relay.photos) == []
+    assert await holds_nothing(relay)
 
 
 @pytest_twisted.ensureDeferred
@@ -171,7 +198,7 @@ async def test_acknowledged_read_hides_then_requeues_then_confirms(start_server,
     newest = again.headers.getRawHeaders(b"x-medimage-receipt")[0].decode()
     confirmed = await http_client.delete(f"{read}/{newest}")
     assert (confirmed.code, await confirmed.content()) == (200, b"deleted")
-    assert all_files(relay.photos) == []
+    assert await holds_nothing(relay)
     check = await http_client.get(relay.url + "/check=" + APP_NAME.replace("#", "%23"))
     assert await check.content() == b"false"
 
@@ -280,12 +307,12 @@ async def test_failed_local_write_is_not_acknowledged(start_server, http_client,
                                     keepMaster=True)
         await eventually(lambda: any("Cannot get photos from the relay" in formatEvent(e) for e in events),
                          "the PC reported that it cannot store")
-    assert relay.service.state.relay.queue.holds(f"{PAIRED_ID}/{DELIVERED_AS}")  # not acknowledged
+    assert await relay.service.state.relay.store.holds(f"{PAIRED_ID}/{DELIVERED_AS}")  # not acknowledged
     blocker.unlink()
     assert await leases_run_out_until(clock, next_delivery(pc)) == DELIVERED_AS
     assert [p.relative_to(target).as_posix() for p in all_files(target)] == [DELIVERED_AS]
     assert (target / DELIVERED_AS).read_bytes() == photo
-    assert all_files(relay.photos) == []
+    assert await holds_nothing(relay)
 
 
 class WithoutB4(proxy.ProxyClient):

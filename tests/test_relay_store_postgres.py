@@ -7,9 +7,10 @@ one-line error for a database that cannot be reached.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import psycopg
+from types import SimpleNamespace
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -21,12 +22,19 @@ from medimage_tx.errors import TryLater
 from medimage_tx.relay_store import schema
 from medimage_tx.relay_store.base import RelayStoreUnavailable
 from medimage_tx.relay_store.postgres import (
-    PostgresPairingBook, PostgresRelayStore, check_database, redacted,
+    PostgresPairingDesk, PostgresRelayStore, check_database, redacted,
 )
 from postgres_server import free_port
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 PARTS = (PAIRED_ID, "NHID1234", "arm.jpg")
+
+
+def limits(quota: int = 10**9, total: int = 10**12):
+    """
+    The config keys a store's put reads.
+    """
+    return SimpleNamespace(relayQuotaBytes=quota, relayTotalBytes=total)
 
 
 def test_schema_is_created_then_left_alone(postgres_url):
@@ -101,7 +109,7 @@ async def test_photo_put_on_one_node_is_leased_and_confirmed_on_the_other(two_no
     photo = jpeg_bytes(3_000_000)
     heard = woken(b, PAIRED_ID)
     temp = received(tmp_path, photo)
-    assert await a.put(PAIRED_ID, PARTS, temp, None, len(photo), quota=10**9) == (
+    assert await a.put(PAIRED_ID, PARTS, temp, None, len(photo), limits()) == (
         f"{PAIRED_ID}/NHID1234/arm.jpg", False)
     assert not temp.exists()
     assert await defer.DeferredList([heard], fireOnOneErrback=True)  # b was notified
@@ -121,10 +129,10 @@ async def test_photo_put_on_one_node_is_leased_and_confirmed_on_the_other(two_no
 async def test_same_name_twice_is_a_retry_or_a_new_photo(two_nodes, tmp_path):
     clock, (a, b) = two_nodes
     first, other = jpeg_bytes(seed=1), jpeg_bytes(seed=2)
-    assert (await a.put(PAIRED_ID, PARTS, received(tmp_path, first), None, len(first), 10**9))[1] is False
-    assert await b.put(PAIRED_ID, PARTS, received(tmp_path, first), None, len(first), 10**9) == (
+    assert (await a.put(PAIRED_ID, PARTS, received(tmp_path, first), None, len(first), limits()))[1] is False
+    assert await b.put(PAIRED_ID, PARTS, received(tmp_path, first), None, len(first), limits()) == (
         f"{PAIRED_ID}/NHID1234/arm.jpg", True)
-    assert await b.put(PAIRED_ID, PARTS, received(tmp_path, other), None, len(other), 10**9) == (
+    assert await b.put(PAIRED_ID, PARTS, received(tmp_path, other), None, len(other), limits()) == (
         f"{PAIRED_ID}/NHID1234/arm-1.jpg", False)
     assert await a.queued_bytes(PAIRED_ID) == len(first) + len(other)
 
@@ -133,11 +141,11 @@ async def test_same_name_twice_is_a_retry_or_a_new_photo(two_nodes, tmp_path):
 async def test_quota_counts_what_every_node_holds(two_nodes, tmp_path):
     clock, (a, b) = two_nodes
     photo = jpeg_bytes(100_000)
-    await a.put(PAIRED_ID, PARTS, received(tmp_path, photo), None, len(photo), quota=150_000)
+    await a.put(PAIRED_ID, PARTS, received(tmp_path, photo), None, len(photo), limits(150_000))
     other = jpeg_bytes(100_000)
     temp = received(tmp_path, other)
     with pytest.raises(TryLater):
-        await b.put(PAIRED_ID, (PAIRED_ID, "x.jpg"), temp, None, len(other), quota=150_000)
+        await b.put(PAIRED_ID, (PAIRED_ID, "x.jpg"), temp, None, len(other), limits(150_000))
     assert not temp.exists()
 
 
@@ -145,7 +153,7 @@ async def test_quota_counts_what_every_node_holds(two_nodes, tmp_path):
 async def test_lease_running_out_wakes_waiters_and_old_receipt_still_confirms(two_nodes, tmp_path):
     clock, (a, b) = two_nodes
     photo = jpeg_bytes()
-    await a.put(PAIRED_ID, PARTS, received(tmp_path, photo), None, len(photo), 10**9)
+    await a.put(PAIRED_ID, PARTS, received(tmp_path, photo), None, len(photo), limits())
     delivery = await a.lease(PAIRED_ID)
     heard = woken(b, PAIRED_ID)
     clock.advance(301)  # the lease runs out; the sweep notices and notifies
@@ -160,7 +168,7 @@ async def test_concurrent_leases_never_hand_out_one_photo_twice(two_nodes, tmp_p
     clock, (a, b) = two_nodes
     for i in range(6):
         photo = jpeg_bytes(seed=i + 1)
-        await a.put(PAIRED_ID, (PAIRED_ID, f"p{i}.jpg"), received(tmp_path, photo), None, len(photo), 10**9)
+        await a.put(PAIRED_ID, (PAIRED_ID, f"p{i}.jpg"), received(tmp_path, photo), None, len(photo), limits())
     leases = await defer.gatherResults([node.lease(PAIRED_ID) for node in (a, b) * 4])
     given = [d.photo.relative for d in leases if d is not None]
     assert sorted(given) == sorted(f"{PAIRED_ID}/p{i}.jpg" for i in range(6))
@@ -170,19 +178,19 @@ async def test_concurrent_leases_never_hand_out_one_photo_twice(two_nodes, tmp_p
 async def test_code_issued_on_one_node_redeems_on_the_other_and_limits_are_shared(two_nodes):
 
     clock, (a, b) = two_nodes
-    book_a, book_b = PostgresPairingBook(a), PostgresPairingBook(b)
-    pairing = await book_a.issue("", "https://relay.example", "NZ")
-    found = await book_b.redeem(pairing.code.lower(), "192.0.2.1")
-    assert (found.paired_id, found.proxy_server) == (pairing.paired_id, "https://relay.example")
+    book_a, book_b = PostgresPairingDesk(a), PostgresPairingDesk(b)
+    pairing = await book_a.issue("", "https://relay.example", "NZ", "192.0.2.9")
+    checked, found = await book_b.redeem(pairing.code.lower(), "192.0.2.1")
+    assert checked and (found.paired_id, found.proxy_server) == (pairing.paired_id, "https://relay.example")
     for i in range(documented.GUESSES_PER_ADDRESS):
         book = (book_a, book_b)[i % 2]
-        assert await book.redeem("ZZZZ9", "192.0.2.7") is None
+        assert await book.redeem("ZZZZ9", "192.0.2.7") == (True, None)
     # The right code no longer works from that address, on either node.
-    assert await book_a.redeem(pairing.code, "192.0.2.7") is None
-    assert await book_b.redeem(pairing.code, "192.0.2.7") is None
-    assert (await book_b.redeem(pairing.code, "192.0.2.8")).paired_id == pairing.paired_id
+    assert await book_a.redeem(pairing.code, "192.0.2.7") == (False, None)
+    assert await book_b.redeem(pairing.code, "192.0.2.7") == (False, None)
+    assert (await book_b.redeem(pairing.code, "192.0.2.8"))[1].paired_id == pairing.paired_id
     clock.advance(3601)
-    assert await book_a.redeem(pairing.code, "192.0.2.7") is None  # expired by now
+    assert await book_a.redeem(pairing.code, "192.0.2.7") == (True, None)  # expired by now
 
 
 @pytest_twisted.ensureDeferred
@@ -193,7 +201,7 @@ async def test_database_down_answers_try_later_then_recovers(postgres, tmp_path)
     store.start()
     try:
         photo = jpeg_bytes()
-        await store.put(PAIRED_ID, PARTS, received(tmp_path, photo), None, len(photo), 10**9)
+        await store.put(PAIRED_ID, PARTS, received(tmp_path, photo), None, len(photo), limits())
         await deferred_to_thread(postgres.stop)
         with pytest.raises(TryLater):
             await store.peek(PAIRED_ID)
@@ -224,3 +232,16 @@ def deferred_to_thread(f):
     from twisted.internet.threads import deferToThread
 
     return deferToThread(f)
+
+
+def test_schema_of_an_older_version_is_upgraded_in_place(postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE medimage_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO medimage_schema VALUES (1)")
+        for statement in schema.STEPS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO pairing_codes VALUES ('ABCD', 'uPSE4UWHmJ8XqFUqvf', 'https://r', '', 1e12)")
+    assert check_database(postgres_url) == (1, schema.VERSION)
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pairing_codes").fetchone()[0] == 1  # kept
+        assert conn.execute("SELECT count(*) FROM pairing_issues").fetchone()[0] == 0  # added

@@ -11,6 +11,29 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
 
+from ..errors import TryLater
+
+
+def quota_exceeded() -> TryLater:
+    """
+    Disk-filling protection: one pairing may have the relay hold only so
+    much; the PC must collect first.
+    """
+    return TryLater("The relay holds too much for this pairing; the PC has not "
+                    "collected it yet. Try again later.", retry_after=120, status=429,
+                    phrase="Too many photos wait for your clinic's computer; "
+                           "the photo stays on the phone")
+
+
+def relay_full() -> TryLater:
+    """
+    The relay as a whole holds all it may (C{relayTotalBytes}, or the disk's
+    C{relayMinFreeBytes}).
+    """
+    return TryLater("The relay is full. Try again later.", retry_after=300, status=507,
+                    phrase="The relay is full; the photo stays on the phone")
+
+
 class RelayStoreUnavailable(Exception):
     """
     The configured store cannot be used; C{str(error)} is one line.

@@ -33,15 +33,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from ..errors import TryLater
+from ..errors import Rejected, TryLater
 from ..identity import PAIRED_ID
 from ..naming import with_suffix_number
 from ..pairing import (
     CODE_ALPHABET, CODE_LENGTH, CODE_LIFETIME, FAILURE_WINDOW, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS,
-    Pairing, new_id, normalise_code,
+    ISSUES_IN_TOTAL, ISSUES_PER_ADDRESS, MAX_COUNTRY, MAX_GUID, MAX_LIVE_CODES, MAX_PROXY_SERVER, Pairing,
+    new_id, normalise_code,
 )
 from . import schema
-from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, split_name
+from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, quota_exceeded, relay_full, split_name
 
 CHANNEL = "medimage_relay"
 #: How often each node looks for leases that ran out (on nodes that died,
@@ -178,18 +179,18 @@ class PostgresRelayStore:
     # The queue
 
     def put(self, paired_id: str, parts: Sequence[str], temp_path: Path, fd: Optional[int],
-            size: int, quota: int) -> Deferred:
+            size: int, config: Any) -> Deferred:
         """
         Store a received photo (the temporary file is removed) and queue it;
         fires with C{(relative, duplicate)} once committed.
 
-        @raise TryLater: the id holds C{quota} bytes already, or the
-            database cannot be reached.
+        @raise TryLater: the id holds C{relayQuotaBytes} already, the
+            database C{relayTotalBytes}, or the database cannot be reached.
         """
-        return self._call(self._put, paired_id, tuple(parts), temp_path, fd, size, quota,
-                          self.clock.seconds())
+        return self._call(self._put, paired_id, tuple(parts), temp_path, fd, size,
+                          config.relayQuotaBytes, config.relayTotalBytes, self.clock.seconds())
 
-    def _put(self, conn, paired_id, parts, temp_path: Path, fd, size, quota, now):
+    def _put(self, conn, paired_id, parts, temp_path: Path, fd, size, quota, total_limit, now):
         try:
             if fd is not None:
                 os.close(fd)
@@ -213,8 +214,12 @@ class PostgresRelayStore:
         else:
             raise TryLater("Too many different photos with this name")
         if held + len(body) > quota:
-            raise TryLater("The relay holds too much for this pairing; the PC has not "
-                           "collected it yet. Try again later.", retry_after=120)
+            raise quota_exceeded()
+        # In all: uploads to other ids committing at this moment are not
+        # seen, so the total may pass by what they carry (a few photos).
+        total = conn.execute("SELECT coalesce(sum(size), 0) FROM relay_photos").fetchone()[0]
+        if total + len(body) > total_limit:
+            raise relay_full()
         conn.execute(
             "INSERT INTO relay_photos (paired_id, relative, size, sha256, body, queued_at) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
@@ -246,7 +251,8 @@ class PostgresRelayStore:
     @staticmethod
     def _lease(conn, paired_id, now, seconds):
         receipt = secrets.token_urlsafe(18)
-        row = conn.execute(
+        # Binary results: the photo's bytes as they are, not hex text.
+        row = conn.cursor(binary=True).execute(
             "UPDATE relay_photos SET receipt = %s, leased_until = %s WHERE id = ("
             "  SELECT id FROM relay_photos WHERE paired_id = %s"
             "  AND (leased_until IS NULL OR leased_until <= %s)"
@@ -295,6 +301,19 @@ class PostgresRelayStore:
         return self._call(lambda conn: conn.execute(
             "SELECT coalesce(sum(size), 0) FROM relay_photos WHERE paired_id = %s", (paired_id,)
         ).fetchone()[0])
+
+    def expire_older_than(self, cutoff: float) -> Deferred:
+        """
+        Remove the waiting photos queued before C{cutoff}; fires with them.
+        """
+        return self._call(self._expire, cutoff, self.clock.seconds())
+
+    @staticmethod
+    def _expire(conn, cutoff, now):
+        return [QueuedPhoto(*row) for row in conn.execute(
+            "DELETE FROM relay_photos WHERE queued_at < %s "
+            "AND (leased_until IS NULL OR leased_until <= %s) RETURNING paired_id, relative, size",
+            (cutoff, now))]
 
     # Leases that ran out, here or on a node that died
 
@@ -354,22 +373,44 @@ class _Listener:
                 self._stopping.wait(0.5)
 
 
-class PostgresPairingBook:
+class PostgresPairingDesk:
     """
-    Pairing codes and the guess limits (L{medimage_tx.pairing}) in the
-    shared database: a code issued on one node redeems on any, and the
-    limits count failures on all nodes together.  Calls fire Deferreds.
+    Pairing codes and their limits (L{medimage_tx.pairing}: the same
+    numbers) in the shared database: a code issued on one node redeems on
+    any, and the limits count issues and failed compares on all nodes
+    together, committed before the answer.  Each limit holds over any hour
+    exactly: every counted event is a row (only allowed events are counted,
+    so the rows are bounded by the limits in total).
     """
 
     def __init__(self, store: PostgresRelayStore):
         self.store = store
 
-    def issue(self, guid: str, proxy_server: str, country: str) -> Deferred:
-        return self.store._call(self._issue, guid, proxy_server, country, self.store.clock.seconds())
+    def issue(self, guid: str, proxy_server: str, country: str, address: str) -> Deferred:
+        if len(guid) > MAX_GUID or len(proxy_server) > MAX_PROXY_SERVER or len(country) > MAX_COUNTRY:
+            raise Rejected(f"guid, proxyServer and country may be at most {MAX_GUID}, "
+                           f"{MAX_PROXY_SERVER} and {MAX_COUNTRY} characters")
+        return self.store._call(self._issue, guid, proxy_server, country, address,
+                                self.store.clock.seconds())
 
     @staticmethod
-    def _issue(conn, guid, proxy_server, country, now):
+    def _issue(conn, guid, proxy_server, country, address, now):
+        # Issues and compares are rare: one at a time over all nodes keeps
+        # the counting exact.
+        conn.execute("SELECT pg_advisory_xact_lock(2, 0)")
         conn.execute("DELETE FROM pairing_codes WHERE expires <= %s", (now,))
+        live, soonest = conn.execute("SELECT count(*), min(expires) FROM pairing_codes").fetchone()
+        if live >= MAX_LIVE_CODES:
+            raise TryLater("Too many pairing codes are live; try again later.",
+                           retry_after=max(1, int(soonest - now) + 1), status=429,
+                           phrase="Too many pairing codes; try again later")
+        wait = _limited(conn, "pairing_issues", address, now, CODE_LIFETIME, ISSUES_PER_ADDRESS,
+                        ISSUES_IN_TOTAL)
+        if wait is not None:
+            raise TryLater("Too many pairing codes were asked for; try again later.",
+                           retry_after=max(1, int(wait) + 1), status=429,
+                           phrase="Too many pairing codes; try again later")
+        conn.execute("INSERT INTO pairing_issues (address, at) VALUES (%s, %s)", (address, now))
         paired_id = guid if PAIRED_ID.fullmatch(guid or "") else new_id()
         while True:
             code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
@@ -381,23 +422,39 @@ class PostgresPairingBook:
                 return Pairing(code, paired_id, proxy_server, country, now + CODE_LIFETIME)
 
     def redeem(self, code: str, address: str) -> Deferred:
+        """
+        Fires with C{(checked, pairing)}: C{checked} is False when the limits
+        allow no more compares (then nothing was looked up or counted).
+        """
         return self.store._call(self._redeem, normalise_code(code), address, self.store.clock.seconds())
 
     @staticmethod
     def _redeem(conn, code, address, now):
-        # Redemptions are rare: one at a time over all nodes keeps the
-        # counting exact.
         conn.execute("SELECT pg_advisory_xact_lock(2, 0)")
-        cutoff = now - FAILURE_WINDOW
-        conn.execute("DELETE FROM pairing_failures WHERE at <= %s", (cutoff,))
-        total, mine = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE address = %s) FROM pairing_failures",
-            (address,)).fetchone()
-        allowed = mine < FAILURES_PER_ADDRESS and total < FAILURES_IN_TOTAL
+        if _limited(conn, "pairing_failures", address, now, FAILURE_WINDOW, FAILURES_PER_ADDRESS,
+                    FAILURES_IN_TOTAL) is not None:
+            return False, None
         row = conn.execute(
             "SELECT code, paired_id, proxy_server, country, expires FROM pairing_codes "
             "WHERE code = %s AND expires > %s", (code, now)).fetchone()
-        if allowed and row is not None:
-            return Pairing(*row)
+        if row is not None:
+            return True, Pairing(*row)
         conn.execute("INSERT INTO pairing_failures (address, at) VALUES (%s, %s)", (address, now))
-        return None
+        return True, None
+
+
+def _limited(conn, table: str, address: str, now: float, window: float, per_address: int,
+             in_total: int) -> Optional[float]:
+    """
+    None if one more event from C{address} keeps within the limits over the
+    last C{window} seconds; else the seconds until it would.
+    """
+    conn.execute(f"DELETE FROM {table} WHERE at <= %s", (now - window,))
+    waits = []
+    for where, args, limit in (("address = %s", (address,), per_address), ("true", (), in_total)):
+        # The event that must leave the window before one more fits.
+        row = conn.execute(f"SELECT at FROM {table} WHERE {where} ORDER BY at DESC OFFSET %s LIMIT 1",
+                           (*args, limit - 1)).fetchone()
+        if row is not None:
+            waits.append(row[0] + window - now)
+    return max(waits) if waits else None

@@ -53,6 +53,20 @@ STEPS: list[tuple[str, ...]] = [
         "CREATE INDEX pairing_failures_at ON pairing_failures (at)",
         "CREATE INDEX pairing_failures_address ON pairing_failures (address, at)",
     ),
+    # Version 2: codes issued, for the issuing limits; photos by age.
+    (
+        """
+        CREATE TABLE pairing_issues (
+            id bigserial PRIMARY KEY,
+            address text NOT NULL,
+            at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX pairing_issues_at ON pairing_issues (at)",
+        "CREATE INDEX pairing_issues_address ON pairing_issues (address, at)",
+        # For the expiry of photos nobody collected.
+        "CREATE INDEX relay_photos_age ON relay_photos (queued_at)",
+    ),
 ]
 
 VERSION = len(STEPS)

@@ -172,7 +172,7 @@ async def test_failed_compares_take_fixed_memory(start_server):
         tracemalloc.stop()
     print(f"memory held by the pairing code after 2,000 and 4,000 failed compares: "
           f"{after_first} and {after_second} bytes "
-          f"({relay.service.state.pairing.failures.refused} refused by the limits)")
+          f"({relay.service.state.pairing.book.failures.refused} refused by the limits)")
     assert after_second - after_first < 2_000, (after_first, after_second)
     saved = json.loads((relay.data / "pairing.json").read_text())
     assert len(json.dumps(saved)) < 20_000  # what a restart keeps is bounded too

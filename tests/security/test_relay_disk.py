@@ -49,7 +49,7 @@ async def test_parallel_uploads_to_one_id_stay_within_its_quota(start_server, ht
     assert set(codes) <= {200, 429}
     assert all(r.headers.getRawHeaders(b"retry-after") == [b"120"] for code, _, r in results if code == 429)
     assert held_on_disk(relay) <= 10 * photo_size
-    assert relay.service.state.relay.queue.queued_bytes(PAIRED_ID) == held_on_disk(relay)
+    assert relay.service.state.relay.store.queue.queued_bytes(PAIRED_ID) == held_on_disk(relay)
     assert all_files(relay.data / "tmp") == []
 
 
@@ -85,7 +85,7 @@ async def test_relay_keeps_disk_headroom(start_server, http_client):
     assert (code, body) == (507, b"The relay is full. Try again later.")
     assert response.headers.getRawHeaders(b"retry-after") == [b"300"]
     assert all_files(relay.photos) == [] and all_files(relay.data / "tmp") == []
-    assert relay.service.state.relay.queue.total_bytes() == 0  # the reservation was given back
+    assert relay.service.state.relay.store.queue.total_bytes() == 0  # the reservation was given back
 
 
 @pytest_twisted.ensureDeferred
@@ -112,7 +112,7 @@ async def test_uncollected_photos_expire_and_are_logged_by_fingerprint(start_ser
 
     assert fingerprint(PAIRED_ID) in expired[0]
     assert not any(PAIRED_ID in line or "NHID" in line or "arm" in line for line in lines)
-    assert relay.service.state.relay.queue.queued_bytes(PAIRED_ID) == held_on_disk(relay)
+    assert relay.service.state.relay.store.queue.queued_bytes(PAIRED_ID) == held_on_disk(relay)
 
 
 @pytest_twisted.ensureDeferred
@@ -131,5 +131,5 @@ async def test_photos_left_from_before_a_restart_expire_by_their_age(start_serve
     relay = await start_relay(start_server, clock=clock)
     await relay.service.getServiceNamed("relay-expiry").removing
     assert all_files(relay.photos) == [fresh]
-    queue = relay.service.state.relay.queue
+    queue = relay.service.state.relay.store.queue
     assert queue.holds(f"{PAIRED_ID}/P/new.jpg") and not queue.holds(f"{PAIRED_ID}/P/old.jpg")

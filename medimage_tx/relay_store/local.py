@@ -1,0 +1,284 @@
+"""
+The relay store on this machine's disk (the default: no database needed).
+Photos are files under the relay's photos folder, fsynced and renamed into
+place before the phone's C{200}; the queue and its leases are in memory
+(L{RelayQueue}) and rebuilt from the files at start, so a restart gives
+leased photos out again.
+
+Calls fire Deferreds, as the shared store's do, so the relay's routes are
+the same over both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from ..errors import TryLater
+from ..identity import PAIRED_ID
+from ..pairing import Pairing, PairingBook
+from ..paths import inside
+from ..relay_queue import QuotaFull, RelayQueue, Reservation
+from ..store import PhotoStore
+from .base import Delivery, QueuedPhoto, quota_exceeded, relay_full
+
+log = Logger()
+
+
+def file_sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def remove_photo(photos: Path, relative: str) -> None:
+    path = inside(photos, relative)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    # Remove the emptied patient folders, never the photos folder itself.
+    folder = path.parent
+    while folder != photos:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        folder = folder.parent
+
+
+def _remove_photos(photos: Path, relatives: list[str]) -> None:
+    for relative in relatives:
+        remove_photo(photos, relative)
+
+
+def free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _photo(queued) -> QueuedPhoto:
+    return QueuedPhoto(queued.paired_id, queued.relative, queued.size, queued.receipt)
+
+
+class LocalRelayStore:
+    """
+    @ivar on_available: called with an id whenever a photo becomes readable
+        for it (a put, a release, a lease that ran out).
+    """
+
+    name = "local"
+
+    def __init__(self, photo_store: PhotoStore, reactor: Any, clock: Any, lease_seconds: float):
+        self.photo_store = photo_store
+        self.reactor = reactor
+        self.clock = clock
+        self.on_available: Callable[[Optional[str]], None] = lambda paired_id: None
+        self.queue = RelayQueue(now=clock.seconds, lease_seconds=lease_seconds,
+                                on_available=lambda paired_id: self.on_available(paired_id))
+        self._expiry_call = None
+        self._full = False
+
+    @property
+    def photos(self) -> Path:
+        return self.photo_store.photos
+
+    def _in_thread(self, f: Callable, *args: Any) -> Deferred:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred:
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        return succeed(None)
+
+    def load_existing(self) -> int:
+        """
+        Queue the photos already on disk (after a restart), oldest first.
+        """
+        found = []
+        for path in self.photos.rglob("*"):
+            relative = path.relative_to(self.photos).as_posix()
+            paired_id = relative.split("/", 1)[0]
+            if path.is_file() and "/" in relative and PAIRED_ID.fullmatch(paired_id):
+                stat = path.stat()
+                found.append((stat.st_mtime_ns, relative, paired_id, stat.st_size))
+        # Their age counts towards expiry: the file's time, on the relay's clock.
+        now, wall = self.clock.seconds(), time.time()
+        for mtime_ns, relative, paired_id, size in sorted(found):
+            age = max(0.0, wall - mtime_ns / 1e9)
+            self.queue.put(paired_id, relative, size, queued_at=now - age)
+        return len(found)
+
+    # The queue
+
+    async def put(self, paired_id: str, parts: Sequence[str], temp_path: Path, fd: Optional[int],
+                  size: int, config: Any) -> tuple[str, bool]:
+        """
+        Store a received photo and queue it; C{(relative, duplicate)}.
+
+        @raise TryLater: no room (the pairing's C{relayQuotaBytes}, the
+            relay's C{relayTotalBytes}, or C{relayMinFreeBytes} on the disk).
+        """
+        try:
+            # Room is held before storing, so parallel uploads cannot overshoot.
+            reservation = self.reserve(paired_id, size, config)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            temp_path.unlink(missing_ok=True)
+            raise
+        try:
+            stored = await self._in_thread(self.photo_store.store, temp_path, fd, tuple(parts))
+        except BaseException:
+            self.queue.release(reservation)
+            raise
+        self.queue.put(paired_id, stored.relative, size, reservation)
+        return stored.relative, stored.duplicate
+
+    def reserve(self, paired_id: str, size: int, config: Any) -> Reservation:
+        try:
+            reservation = self.queue.reserve(paired_id, size, config.relayQuotaBytes,
+                                             config.relayTotalBytes)
+        except QuotaFull as full:
+            if full.scope == "pairing":
+                raise quota_exceeded() from None
+            self._note_full(f"it holds {self.queue.total_bytes()} bytes (relayTotalBytes)")
+            raise relay_full() from None
+        # The upload is already in the relay's tmp folder, on the same disk.
+        free = free_bytes(self.photos)
+        if free is not None and free < config.relayMinFreeBytes:
+            self.queue.release(reservation)
+            self._note_full(f"{free} bytes free on its disk (relayMinFreeBytes)")
+            raise relay_full()
+        if self._full:
+            self._full = False
+            log.info("Relay: room again for uploads")
+        return reservation
+
+    def _note_full(self, why: str) -> None:
+        if not self._full:
+            self._full = True
+            log.warn("Relay: full, refusing uploads until photos are collected or expire: {why}",
+                     why=why)
+
+    async def expire_older_than(self, cutoff: float) -> list[QueuedPhoto]:
+        """
+        Remove the waiting photos queued before C{cutoff}; fires with them
+        once their files are gone.
+        """
+        expired = self.queue.expire_older_than(cutoff)
+        await self._in_thread(_remove_photos, self.photos, [p.relative for p in expired])
+        return [_photo(p) for p in expired]
+
+    def peek(self, paired_id: str) -> Deferred:
+        photo = self.queue.peek(paired_id)
+        return succeed(_photo(photo) if photo is not None else None)
+
+    async def lease(self, paired_id: str) -> Optional[Delivery]:
+        queued = self.queue.lease(paired_id)
+        if queued is None:
+            return None
+        self._watch_expiry()
+        path = inside(self.photos, queued.relative)
+        try:
+            sha256 = await self._in_thread(file_sha256, path)
+        except BaseException:
+            self.queue.unlease(paired_id, queued.receipt)
+            raise
+        return Delivery(_photo(queued), sha256, opener=lambda: open(path, "rb"))
+
+    def release(self, delivery: Delivery) -> Deferred:
+        """
+        Make a leased photo readable again at once (its sending failed).
+        """
+        self.queue.unlease(delivery.photo.paired_id, delivery.photo.receipt)
+        return succeed(None)
+
+    async def confirm(self, paired_id: str, receipt: str) -> Optional[QueuedPhoto]:
+        queued = self.queue.confirm(paired_id, receipt)
+        if queued is None:
+            return None
+        await self._in_thread(remove_photo, self.photos, queued.relative)
+        return _photo(queued)
+
+    def holds(self, relative: str) -> Deferred:
+        return succeed(self.queue.holds(relative))
+
+    def queued_bytes(self, paired_id: str) -> Deferred:
+        return succeed(self.queue.queued_bytes(paired_id))
+
+    # Leases that run out wake the waiters in time.
+
+    def _watch_expiry(self) -> None:
+        expiry = self.queue.next_expiry()
+        if expiry is None or (self._expiry_call is not None and self._expiry_call.active()):
+            return
+        self._expiry_call = self.clock.callLater(max(0, expiry - self.clock.seconds()), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_call = None
+        self.queue.requeue_expired()
+        self._watch_expiry()
+
+
+class LocalPairingDesk:
+    """
+    Pairing codes and their limits in this process (L{PairingBook}), saved
+    to pairing.json, in a thread, before anything that changed them is
+    answered: a restart (or a crash an attacker caused) gives no fresh
+    guesses.
+
+    @param save: saves the book durably; returns a Deferred.
+    """
+
+    def __init__(self, book: PairingBook, save: Callable[[], Deferred]):
+        self.book = book
+        self.save = save
+
+    async def issue(self, guid: str, proxy_server: str, country: str, address: str) -> Pairing:
+        pairing = self.book.issue(guid, proxy_server, country, address)
+        try:
+            await self.save()
+        except CancelledError:
+            raise  # the client went away
+        except Exception as e:
+            self.book.revoke(pairing)
+            log.warn("Pairing: cannot save pairing.json: {error}", error=e)
+            raise TryLater("Cannot issue a pairing code right now; try again later.",
+                           phrase="Cannot issue a pairing code now; try again later")
+        return pairing
+
+    async def redeem(self, code: str, address: str) -> tuple[bool, Optional[Pairing]]:
+        """
+        C{(checked, pairing)}: C{checked} is False when the limits allow no
+        more compares (then nothing was looked up, nothing changed).
+        """
+        compare = self.book.compare(code, address)
+        if compare is None:
+            return False, None
+        # The guess is counted on disk before its answer can tell anything.
+        try:
+            await self.save()
+        except CancelledError:
+            raise  # the client went away; the guess stays counted
+        except Exception as e:
+            log.warn("Pairing: cannot save pairing.json: {error}", error=e)
+            raise TryLater("Cannot check pairing codes right now; try again later.",
+                           phrase="Cannot check pairing codes now; try again later")
+        self.book.settle(compare)
+        return True, compare.pairing
