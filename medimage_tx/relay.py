@@ -13,7 +13,7 @@ import re
 from typing import Any, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -129,7 +129,7 @@ class RelayExpiry(Service):
 
     def sweep(self) -> Deferred:
         relay, days = self.state.relay, self.state.config.relayExpiryDays
-        self.removing = relay.store.expire_older_than(self.clock.seconds() - days * 86400)
+        self.removing = ensureDeferred(relay.store.expire_older_than(self.clock.seconds() - days * 86400))
         self.removing.addCallbacks(self._report, self._failed, callbackArgs=(days,))
         return self.removing
 

@@ -245,3 +245,19 @@ def test_schema_of_an_older_version_is_upgraded_in_place(postgres_url):
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM pairing_codes").fetchone()[0] == 1  # kept
         assert conn.execute("SELECT count(*) FROM pairing_issues").fetchone()[0] == 0  # added
+
+
+@pytest_twisted.ensureDeferred
+async def test_uncollected_photos_expire_but_leased_ones_stay(two_nodes, tmp_path):
+    clock, (a, b) = two_nodes
+    for name, seed in (("leased.jpg", 7), ("waiting.jpg", 8)):
+        photo = jpeg_bytes(seed=seed)
+        await a.put(PAIRED_ID, (PAIRED_ID, name), received(tmp_path, photo), None, len(photo), limits())
+    clock.advance(1000)
+    fresh = jpeg_bytes(seed=9)
+    await b.put(PAIRED_ID, (PAIRED_ID, "fresh.jpg"), received(tmp_path, fresh), None, len(fresh), limits())
+    assert (await b.lease(PAIRED_ID)).photo.relative == f"{PAIRED_ID}/leased.jpg"
+    expired = await a.expire_older_than(cutoff=clock.seconds() - 500)
+    assert [(p.paired_id, p.relative) for p in expired] == [(PAIRED_ID, f"{PAIRED_ID}/waiting.jpg")]
+    assert await b.holds(f"{PAIRED_ID}/leased.jpg") and await b.holds(f"{PAIRED_ID}/fresh.jpg")
+    assert not await b.holds(f"{PAIRED_ID}/waiting.jpg")
