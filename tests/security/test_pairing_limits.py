@@ -275,7 +275,7 @@ async def test_when_pairing_json_cannot_be_written_nothing_is_handed_out(start_s
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(durable, "write_json_atomically", full_disk)
-    book = relay.service.state.pairing
+    book = relay.service.state.pairing.book
     [(status, headers, _)] = await in_thread(http, port, issue_request(relay.url), "127.0.7.1")
     assert status >= 500 and "retry-after" in headers
     assert book.live_codes() == 1
