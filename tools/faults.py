@@ -75,7 +75,7 @@ FAULTS = [
           [DEFENCES + "::test_relay_log_never_holds_ids_folders_or_names", "tests/test_relay.py"], installed=True),
     Fault(12, "the relay's per-address connection cap is removed", "medimage_tx/http_resource.py",
           "(RELAY_CONNECTIONS_PER_ADDRESS if relay", "(10 ** 9 if relay",
-          [DEFENCES]),
+          [DEFENCES + "::test_relay_caps_connections_per_address_at_the_documented_number"]),
     Fault(13, "500 UDP replies per sender per second instead of 5", "medimage_tx/lan.py",
           "per_sender: int = 5,", "per_sender: int = 500,",
           [DEFENCES, "tests/test_lan.py", "tests/test_documented.py"]),
