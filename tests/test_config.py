@@ -137,3 +137,24 @@ def test_json_is_written_beside_the_file_and_leaves_no_temporary(tmp_path):
     write_json_atomically(path, {"é": 1})
     assert path.read_text(encoding="utf-8") == '{\n    "\\u00e9": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-A": "a\nSet-Cookie: b"}, {"X-A": "a\rb"}, {"X A": "b"}, {"X-A": 5}, {5: "b"}, ["X-A"],
+])
+def test_headers_that_could_inject_are_refused(tmp_path, headers):
+    from medimage_tx.config import parse_config
+
+    with pytest.raises(ConfigError, match="key 'headers'"):
+        parse_config({"headers": headers}, tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("port, good", [(0, True), (65535, True), (65536, False), (-1, False), (True, False)])
+def test_port_range(tmp_path, port, good):
+    from medimage_tx.config import parse_config
+
+    if good:
+        assert parse_config({"listenPort": port}, tmp_path / "config.json").listenPort == port
+    else:
+        with pytest.raises(ConfigError, match="expected a port number from 0 to 65535"):
+            parse_config({"listenPort": port}, tmp_path / "config.json")

@@ -92,3 +92,18 @@ def test_long_parts_are_cut_to_whole_characters_within_the_limit():
     mapped = map_upload_name("#" + "é" * 150 + "-" + "x" * 300 + ".jpg", allowed_chars="\\w#.-")
     assert len(mapped.folders[0].encode()) <= MAX_COMPONENT and set(mapped.folders[0]) == {"é"}
     assert mapped.stem == "x" * MAX_COMPONENT
+
+
+def test_the_longest_known_extension_is_stripped_first():
+    from medimage_tx.naming import strip_extension
+
+    assert strip_extension("scan.tar.gz", [".gz", ".tar.gz"]) == "scan"
+    assert strip_extension("scan.TAR.GZ", [".tar.gz", ".gz"]) == "scan"
+    assert strip_extension("scan.gz", [".tar.gz"]) == "scan.gz"
+
+
+def test_a_cut_that_ends_on_a_dot_or_space_is_trimmed_again():
+    from medimage_tx.naming import MAX_COMPONENT, safe_component
+
+    assert safe_component("x" * (MAX_COMPONENT - 1) + ".y") == "x" * (MAX_COMPONENT - 1)
+    assert safe_component("x" * (MAX_COMPONENT - 1) + " y") == "x" * (MAX_COMPONENT - 1)

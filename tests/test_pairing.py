@@ -359,3 +359,25 @@ def test_live_codes_are_capped_at_the_documented_number():
     clock.advance(documented.CODE_LIFETIME_SECONDS)
     book.purge_expired()
     assert book.live_codes() == 0
+
+
+def test_guess_counts_and_codes_survive_a_restart_through_the_snapshot():
+    from medimage_tx.pairing import PairingBook
+
+    clock = Clock()
+    before = PairingBook(clock.seconds)
+    live = before.issue("", "https://relay", "", "clinic")
+    for _ in range(documented.GUESSES_PER_ADDRESS):
+        assert before.redeem("ZZZZ" if live.code != "ZZZZ" else "YYYY", "attacker") is None
+    saved = json.loads(json.dumps(before.snapshot()))  # as pairing.json holds it
+    after = PairingBook(clock.seconds)
+    after.restore(saved)
+    assert after.redeem(live.code, "attacker") is None  # no fresh guesses after a restart
+    assert after.redeem(live.code, "phone") == live
+    old_shape = PairingBook(clock.seconds)
+    old_shape.restore(saved["codes"])  # the older file: a list of codes
+    assert old_shape.redeem(live.code, "phone") == live
+    clock.advance(documented.CODE_LIFETIME_SECONDS)
+    expired = PairingBook(clock.seconds)
+    expired.restore(saved)
+    assert expired.live_codes() == 0
