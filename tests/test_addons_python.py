@@ -85,7 +85,8 @@ async def test_python_add_on_gets_its_events_and_its_files_are_copied(
                                  ("file", "P1/letter.pdf", "fileWritten")]
     assert (target / "P1" / "arm.note.txt").read_text() == "checked P1/arm.jpg"
     assert (target / "P1" / "arm.jpg").exists() and (target / "P1" / "letter.pdf").exists()
-    response = await http_client.get(server.url + "/addon/py-hello?who=Jo")
+    response = await http_client.get(server.url + "/addon/py-hello?who=Jo",
+                                     headers={b"Sec-Fetch-Site": [b"same-origin"]})
     assert (response.code, await response.content()) == (200, b"hello Jo")
 
 

@@ -40,6 +40,9 @@ def write_page(server_dir: Path, name: str, text: str) -> None:
 
 
 async def get(http_client, url: str, **headers):
+    # A link on the server's own page, unless a test says otherwise (an
+    # add-on page runs only when the server's own page or the address bar asks).
+    headers = {"Sec-Fetch-Site": b"same-origin", **headers}
     response = await http_client.get(url, headers={k.encode(): [v] for k, v in headers.items()})
     return response.code, await response.content()
 

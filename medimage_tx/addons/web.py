@@ -120,6 +120,26 @@ def refusal(state: Any, request, form: Optional[dict] = None) -> Optional[Answer
     return access.refusal(request, form)
 
 
+def _asked_by_own_page(access: Any, request) -> bool:
+    """
+    A C{GET} runs an add-on, so it needs a sign that this server's own
+    page (or the address bar) asked: another site's C{<img>} sends no
+    C{Origin}, may send no C{Referer}, and browsers send C{Sec-Fetch-Site}
+    only to secure origins (never to C{http://<the PC's LAN address>}).
+    A password session counts (its cookie is C{SameSite=Strict}).
+    """
+    if access.signed_in(request):
+        return True
+    site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+    if site in (b"same-origin", b"none"):
+        return True
+    for header in (b"origin", b"referer"):
+        value = request.getHeader(header)
+        if value is not None and access.is_own_origin(request, value.decode("latin-1")):
+            return True
+    return False
+
+
 class UrlRequestPage(Resource):
     isLeaf = True
 
@@ -139,6 +159,9 @@ class UrlRequestPage(Resource):
         refused = refusal(self.state, request, form)
         if refused is not None:
             return refused
+        if request.method != b"POST" and not _asked_by_own_page(self.state.access, request):
+            return Answer(403, b"Refused: open add-on pages from this server's own pages "
+                               b"(a link, or the address typed in). Nothing was run.")
         addons = self.state.addons
         rest = request.uri.decode("utf-8", "replace").split("/addon/", 1)[-1]
         if request.method == b"POST" and form is not None:

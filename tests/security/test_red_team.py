@@ -1,0 +1,70 @@
+"""
+Red-team round on current main (issue 9 variants), each attack on a real
+`twistd medimage` process on loopback.  Each test performs an attack that
+succeeded before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import pytest_twisted
+
+from addon_helpers import PYTHON, RECORD_ARGS, calls, write_registry, write_script
+from conftest import write_config
+from test_twistd import TWISTD, spawn_twistd
+
+pytestmark = pytest.mark.skipif(not TWISTD.exists(), reason="run with `make test` (needs twistd)")
+
+
+async def get(http_client, url: str, method: str = "GET", **headers: bytes):
+    response = await http_client.request(
+        method, url, headers={k.replace("_", "-").encode(): [v] for k, v in headers.items()})
+    return response.code, await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_sites_img_without_origin_or_referer_runs_no_add_on(tmp_path, http_client):
+    """
+    A page in the clinic's browser adds C{<img referrerpolicy=no-referrer
+    src="http://<the PC>:5566/addon/change-folder?newFolder=...">}.  Sent to
+    the PC's LAN address over plain HTTP (or by a browser without fetch
+    metadata), the request has no C{Origin}, no C{Referer} and no
+    C{Sec-Fetch-Site}, and comes from the PC itself.  Before the fix the
+    add-on ran (the original's change-folder add-on re-points C{backupTo});
+    now nothing runs until the server's own page, or the address bar, asks.
+    """
+    data = tmp_path / "pc"
+    write_config(data / "config.json", lanMode=False)
+    write_script(data, "record.py", RECORD_ARGS + "print('returnParams:?MESSAGE=Saved')\n")
+    pages = data / "public" / "pages"
+    pages.mkdir(parents=True)
+    (pages / "done.html").write_text("MESSAGE")
+    write_registry(data, urlRequest=[{
+        "addon": "test", "scriptURLName": "change-folder", "active": True, "priority": "medium",
+        "runProcess": f"{PYTHON} parentdir/addons/test/record.py param1",
+        "waitForRequestFinish": "done.html"}])
+    process = spawn_twistd(tmp_path, "--data", str(data), "--port", "0", "--interface", "127.0.0.1")
+    try:
+        port = await process.port()
+        url = f"http://127.0.0.1:{port}/addon/change-folder?newFolder=/tmp/attacker"
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            for method in ("GET", "HEAD"):
+                code, body = await get(http_client, url, method, Host=host.encode())
+                assert code == 403, (host, method)
+        # A cross-site request that does carry fetch metadata, as before.
+        code, _ = await get(http_client, url, Sec_Fetch_Site=b"cross-site")
+        assert code == 403
+        assert calls(data) == []  # nothing ran
+        # The admin's own ways still work: a link on the server's page, the
+        # address typed in (Sec-Fetch-Site: none).
+        own = f"http://127.0.0.1:{port}/".encode()
+        assert await get(http_client, url, Referer=own) == (200, b"Saved")
+        assert await get(http_client, url, Sec_Fetch_Site=b"none") == (200, b"Saved")
+        assert len(calls(data)) == 2
+    finally:
+        if not process.ended.called:
+            process.transport.signalProcess(signal.SIGTERM)
+        await process.ended
