@@ -3,7 +3,15 @@ The clinic PC's side of the relay (PROTOCOL.md A4, B4): L{RelayPuller} pulls
 from C{readProxy}: an acknowledged long poll against a relay that says it
 supports B4 (header L{RELAY_FEATURES}), the original HEAD-then-GET every 5 s
 otherwise.  A photo is acknowledged only once it is durably stored like a
-direct upload.
+direct upload, or kept in the held folder when this PC will not file it.
+
+The relay is not trusted (a hostile or compromised relay, issue 9 finding
+3): downloads stream to a temporary file, never to memory, and stop at
+C{maxUploadSize}; an answer or a body that stalls is cut off.  Against an
+original relay (no L{RELAY_FEATURES}), it reads as the original PC does: no
+request within C{legacy_interval} (5 s) after a GET, and never the name just
+received again at once (an original relay shreds a photo for a second or
+two after sending it, and a read then gets other bytes and can crash it).
 """
 
 from __future__ import annotations
@@ -18,12 +26,17 @@ from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH
 from treq.client import HTTPClient
 
-from .naming import DEFAULT_STEM, clean_text, safe_component, strip_extension
+from .errors import Rejected, disk_trouble
+from .held import hold
+from .naming import DEFAULT_STEM, check_name_bounds, clean_text, safe_component, strip_extension
 from .proxy_tunnel import make_agent
 from .relay import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
 from .relay_tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
@@ -34,7 +47,10 @@ def photo_parts(file_name: str, allowed_chars: str) -> tuple[tuple[str, ...], st
     """
     From a relay's C{file-name} header, C{/<id>/<folders>/<name>}: the safe
     folders and the name (which a hostile relay cannot use to escape).
+
+    @raise Rejected: a name too long or too deep to be one a phone sent.
     """
+    check_name_bounds(file_name.replace("\\", "/"), separator="/")
     words = [w for w in file_name.replace("\\", "/").split("/") if w]
     if len(words) > 1:
         words = words[1:]  # the paired id the relay files it under
@@ -45,6 +61,13 @@ def photo_parts(file_name: str, allowed_chars: str) -> tuple[tuple[str, ...], st
 
 class RelayUnavailable(Exception):
     pass
+
+
+class RefusedDownload(RelayUnavailable):
+    """
+    The relay sent something this PC will not take (too large); it is not
+    stored and not confirmed.
+    """
 
 
 def backoff_delay(failures: int, start: float, maximum: float) -> float:
@@ -63,20 +86,30 @@ class RelayPuller(Service):
 
     @ivar delivered: a list of callables, each called with the relative
         path of every photo stored from the relay.
+    @ivar held: a list of callables, each called with the path of every
+        file kept in the held folder, once it is confirmed to the relay.
     """
 
     log = Logger()
 
     def __init__(self, state, reactor: Any, clock: Any = None, *, legacy_interval: float = 5.0,
-                 long_poll: int = 30, backoff_start: float = 1.0, backoff_max: float = 60.0):
+                 long_poll: int = 30, backoff_start: float = 1.0, backoff_max: float = 60.0,
+                 answer_timeout: float = 30.0, stall_timeout: float = 60.0):
         self.state = state
         self.reactor = reactor
         self.clock = clock or reactor
         self.legacy_interval = legacy_interval
+        #: Seconds to wait for an answer's headers (beyond a long poll's wait),
+        #: and for the next bytes of a body, before cutting the relay off.
+        self.answer_timeout = answer_timeout
+        self.stall_timeout = stall_timeout
+        self._legacy_get = False  # this round made a GET of an original relay
+        self._last_received: Optional[tuple[str, float]] = None  # legacy: (file-name, when)
         self.long_poll = long_poll
         self.backoff_start = backoff_start
         self.backoff_max = backoff_max
         self.delivered: list = []
+        self.held: list = []
         self._loop: Optional[Deferred] = None
         self._pool: Optional[HTTPConnectionPool] = None
         self._supports_ack: Optional[bool] = None
@@ -142,14 +175,18 @@ class RelayPuller(Service):
                     return  # cancelled for a new config; the new loop runs
                 failures += 1
                 await self._note_outage(e, config)
-                delay = backoff_delay(failures, self.backoff_start, self.backoff_max)
-                await deferLater(self.clock, delay * random.uniform(0.5, 1.0))
+                delay = backoff_delay(failures, self.backoff_start, self.backoff_max) * random.uniform(0.5, 1.0)
+                if self._legacy_get:
+                    delay = max(delay, self.legacy_interval)  # the pause after a GET holds here too
+                await deferLater(self.clock, delay)
                 continue
             failures = 0
             if self._outage is not None:
                 self.log.info("The relay can be reached again")
                 self._outage = None
-            if not got and not self._supports_ack:
+            if not self._supports_ack and (not got or self._legacy_get):
+                # An original relay: nothing sooner than legacy_interval after
+                # a GET (it shreds what it sent for a second or two).
                 await deferLater(self.clock, self.legacy_interval)
 
     async def _note_outage(self, error: Exception, config) -> None:
@@ -172,34 +209,49 @@ class RelayPuller(Service):
     async def _pull_once(self, config) -> bool:
         client = self._client(config)
         url = config.readProxy
+        self._legacy_get = False
+        small = self.answer_timeout
         if not self._supports_ack:
-            head = await client.head(url)
-            await head.content()
+            head = await client.head(url, timeout=small, unbuffered=True)
+            await self._small_body(head)
             _expect_ok(head)
             self._supports_ack = head.headers.getRawHeaders(RELAY_FEATURES) is not None
-            if not self._supports_ack and not head.headers.hasHeader(b"file-name"):
-                return False
+            if not self._supports_ack:
+                name = _header(head, b"file-name")
+                if name is None:
+                    return False
+                if self._just_received(name):
+                    # Still the photo we just took: an original relay is
+                    # shredding it. Never read it again; look later.
+                    self.log.debug("The relay still shows the photo just received; not reading it again")
+                    return False
         if self._supports_ack:
             separator = "&" if "?" in url else "?"
             response = await client.get(
                 f"{url}{separator}wait={self.long_poll}",
-                headers={ACK_HEADER: [b"1"]},
+                headers={ACK_HEADER: [b"1"]}, timeout=self.long_poll + small, unbuffered=True,
             )
         else:
-            response = await client.get(url)
-        _expect_ok(response)
+            response = await client.get(url, timeout=small, unbuffered=True)
         if response.headers.getRawHeaders(RELAY_FEATURES) is None:
             self._supports_ack = False
+            self._legacy_get = True  # the pause after a GET applies
+        if response.code != 200:
+            await self._small_body(response)
+            _expect_ok(response)
         file_name = _header(response, b"file-name")
         if file_name is None:
-            await response.content()
+            await self._small_body(response)
             return False
-        received = await self._download(response)
-        stored = await self._store(received, file_name, config)
+        if not self._supports_ack:
+            self._last_received = (file_name, self.clock.seconds())
+        received = await self._download(response, config.maxUploadSize)
+        stored, held = await self._store(received, file_name, config)
         receipt = _header(response, RECEIPT_HEADER)
         if receipt is not None:
-            confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}")
-            await confirm.content()
+            confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}",
+                                          timeout=small, unbuffered=True)
+            await self._small_body(confirm)
             if confirm.code not in (200, 404):
                 raise RelayUnavailable(f"the relay answered {confirm.code} to a confirmation")
         if stored is not None:
@@ -209,30 +261,58 @@ class RelayPuller(Service):
             await self.state.add_transfer(received.size)
         except Exception:
             self.log.failure("Could not save the transfer count in config.json")
-        if stored is not None:
-            for notify in list(self.delivered):
-                notify(stored.relative)
+        for notify in list(self.delivered if stored is not None else self.held):
+            notify(stored.relative if stored is not None else held)
         return True
 
-    async def _download(self, response) -> "_Download":
+    def _just_received(self, name: str) -> bool:
+        last = self._last_received
+        return last is not None and last[0] == name and \
+            self.clock.seconds() - last[1] < 2 * self.legacy_interval
+
+    async def _small_body(self, response) -> bytes:
+        """
+        A body that should be short (an empty-queue answer, a confirmation):
+        at most 64 KiB is read, within the stall timeout.
+        """
+        download = _BodyToFile(None, 64 * 1024, self.clock, self.stall_timeout)
+        response.deliverBody(download)
+        await download.done
+        return bytes(download.buffer)
+
+    async def _download(self, response, limit: int) -> "_Download":
+        if response.length is not UNKNOWN_LENGTH and response.length > limit:
+            response.deliverBody(_Discard())  # closes the connection unread
+            self._refused(response.length, limit)
         download = _Download(self.state.store.temp, _header(response, b"digest"))
+        body = _BodyToFile(download, limit, self.clock, self.stall_timeout)
         try:
-            await response.collect(download.write)
+            response.deliverBody(body)
+            await body.done
             download.check()
         except BaseException:
             download.discard()
             raise
         return download
 
+    def _refused(self, size: int, limit: int):
+        raise RefusedDownload(f"the relay sent a file larger than maxUploadSize ({size} > {limit} "
+                              "bytes); it was not stored")
+
     async def _store(self, download: "_Download", file_name: str, config):
-        folders, name = photo_parts(file_name, config.allowedChars)
+        """
+        File the download: returns (where it was stored, L{None}), or
+        (L{None}, the held file) when this PC does not file it.
+        """
+        try:
+            folders, name = photo_parts(file_name, config.allowedChars)
+        except Rejected as e:
+            return None, await self._hold(download, file_name, f"its name cannot be used here: {e}")
         allowed = choose_type(download.head, has_nul=download.has_nul,
                               named_extension=os.path.splitext(name)[1].lower(),
                               allowed_types=config.allowedTypes)
         if allowed is None:
-            download.discard()
-            self.log.warn("Dropped a file from the relay: its type is not in allowedTypes here")
-            return None
+            return None, await self._hold(download, file_name, "its type is not in allowedTypes on this PC")
         extensions = {".jpg", ".jpeg"} | {t.extension for t in config.allowedTypes}
         stem = safe_component(strip_extension(name, extensions)) or DEFAULT_STEM
         parts = folders + (stem + allowed.extension,)
@@ -241,7 +321,84 @@ class RelayPuller(Service):
         if not stored.duplicate:
             self.state.stats.photos_received += 1
         self.state.stats.bytes_received += download.size
-        return stored
+        return stored, None
+
+    async def _hold(self, download: "_Download", file_name: str, reason: str) -> Path:
+        """
+        Keep a file this PC will not file in C{DATA/held/} (durably, before
+        it is confirmed), so that nothing the relay was sent is lost.
+        """
+        fd, temp = download.hand_over()
+        try:
+            held = await self.state.in_thread(hold, self.state.store.data_dir, temp, fd, file_name, reason)
+        except OSError as e:
+            raise disk_trouble(e) from None
+        self.log.warn("Kept a file from the relay in {path}: {reason}. The home page says what to do.",
+                      path=held, reason=reason)
+        return held
+
+
+class _Discard(Protocol):
+    def connectionMade(self):
+        self.transport.stopProducing()
+
+
+class _BodyToFile(Protocol):
+    """
+    Receives a relay's body into a L{_Download} (or, without one, into a
+    small buffer), at most C{limit} bytes; the connection is cut when the
+    body goes past it or stalls for C{stall_timeout} seconds.  C{done}
+    fires when the body is complete.
+    """
+
+    def __init__(self, download: Optional["_Download"], limit: int, clock: Any, stall_timeout: float):
+        self.download, self.limit, self.clock = download, limit, clock
+        self.stall_timeout = stall_timeout
+        self.buffer = bytearray()
+        self.size = 0
+        self.done: Deferred = Deferred()
+        self._timer = None
+
+    def connectionMade(self):
+        self._timer = self.clock.callLater(self.stall_timeout, self._stalled)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._stop(RefusedDownload(f"the relay sent more than {self.limit} bytes "
+                                       "(maxUploadSize); the file was not stored"))
+            return
+        try:
+            if self.download is not None:
+                self.download.write(data)
+            else:
+                self.buffer += data
+        except OSError as e:
+            self._stop(e)
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.stall_timeout)
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self._stop(RelayUnavailable(f"the relay stopped sending for {self.stall_timeout:g} s"))
+
+    def _stop(self, error: Exception) -> None:
+        if not self.done.called:
+            self.done.errback(error)
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
 
 
 class _Download:
