@@ -215,4 +215,5 @@ async def test_a_file_the_pc_will_not_file_is_held_shown_and_then_confirmed(star
     assert all_files(target) == [] and all_files(relay.photos) == []
     page = await http_client.get(pc.url + "/")
     text = (await page.content()).decode()
-    assert held[0].name in text and "allowedTypes" in text and "Held files" in text and "kept because its type" in text
+    assert "Held files" in text, text
+    assert held[0].name in text and "its type is not in allowedTypes on this PC" in text, text
