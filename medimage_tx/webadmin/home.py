@@ -8,19 +8,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from twisted.web.template import Tag, tags
 
 from .. import __version__
 from ..admin.sessions import MIN_PASSWORD_LENGTH, SHIPPED_PASSWORD, usable_password
+from ..held import HELD, WHAT_TO_DO, held_files as files_held
 from ..pc_pairing import relay_of
 from .layout import notice, page
-
-try:  # the held folder for relay files the PC will not file (issue 10 item 6)
-    from .. import held as HELD_MODULE
-except ImportError:  # not in this version yet: the card says what happens instead
-    HELD_MODULE = None
 
 
 
@@ -49,16 +45,6 @@ def folder_problem(folder: Path) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         return "this server may not write there (check the folder's permissions)"
     return ""
-
-
-def held_files(state: Any) -> Optional[tuple[Path, list]]:
-    """
-    The held folder (files from the relay this PC will not file) and what
-    is in it, once the held folder exists in this version (L{HELD_MODULE}).
-    """
-    if HELD_MODULE is None:
-        return None
-    return state.store.data_dir / HELD_MODULE.HELD, HELD_MODULE.held_files(state.store.data_dir)
 
 
 def home_page(request, state: Any) -> Tag:
@@ -139,17 +125,17 @@ def pc_cards(state: Any) -> list:
 
 
 def held_card(state: Any) -> Tag:
-    held = held_files(state)
-    if held is None:
-        body = [tags.p("No held folder in this version: a file from the relay that this PC will "
-                       "not file is dropped, with a warning in the Logs.")]
-    elif not held[1]:
+    """
+    Files from the relay this PC will not file (medimage_tx.held), and what to do.
+    """
+    folder = state.store.data_dir / HELD
+    files = files_held(state.store.data_dir)
+    if not files:
         body = [tags.p("None: every file from the relay was filed.")]
     else:
-        folder, files = held
         body = [tags.p(tags.span(f"{len(files)} file(s) held", class_="bad"), " in ",
                        tags.code(str(folder)), "."),
-                tags.p(HELD_MODULE.WHAT_TO_DO),
+                tags.p(WHAT_TO_DO),
                 tags.table(tags.thead(tags.tr(tags.th("File", scope="col"), tags.th("Why", scope="col"))),
                            tags.tbody(*[tags.tr(tags.td(f.name, tags.br(), tags.small(size_text(f.size))),
                                                 tags.td(f.reason or "this PC does not file it"))
