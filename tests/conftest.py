@@ -22,6 +22,14 @@ from twisted.internet.defer import ensureDeferred
 
 pytest_plugins = ["postgres_fixtures"]
 
+# No per-example time limit for hypothesis: on a shared machine a plain
+# function took 269 ms once (DeadlineExceeded, a false failure); speed is
+# measured in bench/, never in tests.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("medimage", deadline=None)
+settings.load_profile("medimage")
+
 
 def pytest_collection_modifyitems(items) -> None:
     """
