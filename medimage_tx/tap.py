@@ -22,7 +22,7 @@ from .addons import make_addon_service
 from .backups import BackupService
 from .config_watch import ConfigWatcher
 from .connection_limits import raise_open_file_limit
-from .config import ConfigError, Config, check_relay_store, load_or_create_config, resolve_path
+from .config import ConfigError, Config, check_relay_store, config_stamp, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
 from .drives import backup_drive_folders
 from .http_resource import make_site
@@ -282,7 +282,9 @@ def build_service(
         store = _make_store(config, data_dir)
     backups = BackupService(store, reactor)
     state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
-                        pairing=pairing)
+                        pairing=pairing,
+                        # As loaded: an edit made before the watcher starts is still an edit.
+                        config_stamp=config_stamp(config.path))
     lan = config.lanMode and not no_lan and relay is None
     if not lan and relay is None:
         interface = interface or "127.0.0.1"

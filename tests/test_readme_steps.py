@@ -91,6 +91,7 @@ async def test_readme_install_first_start_and_pairing(tmp_path, namespace, http_
     server = run_in(namespace, checkout, "make run", home)
     await server.wait_for(rb"listening on port 5566")
     await server.wait_for(re.escape(f"photos arrive in {home / 'MedImage' / 'photos'}").encode())
+    await server.wait_for(rb"Start-up check done")
     config_path = home / "MedImage" / "config.json"
     # "Then, in config.json, set backupTo to the folder the practice software reads".
     needs("set `backupTo` to the folder the practice software")
