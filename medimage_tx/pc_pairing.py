@@ -28,7 +28,9 @@ from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
 from treq.client import HTTPClient
-from twisted.web.client import HTTPConnectionPool
+from twisted.internet.protocol import Protocol
+from twisted.web.client import HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from .identity import PAIRED_ID
 from .pairing import BadPairingAnswer, IssuedCode, parse_issue_answer
@@ -247,29 +249,61 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
     return issued
 
 
-async def _read_capped(response) -> Optional[bytes]:
+async def _read_capped(response, clock: Any = None) -> Optional[bytes]:
     """
     The body, or L{None} if it is longer than L{MAX_ANSWER} (the rest is
-    not read: the connection is dropped).
+    not read: the connection is dropped).  The whole body must come within
+    L{TIMEOUT_SECONDS}: treq's C{timeout} ends at the headers, so a service
+    that dripped its answer held the pairing (and C{medimage-tx pair}) for
+    as long as it liked.
     """
-    import treq
+    from twisted.internet import defer
 
-    chunks: list[bytes] = []
-    size = [0]
-
-    class TooLong(Exception):
-        pass
-
-    def collect(data: bytes) -> None:
-        size[0] += len(data)
-        if size[0] > MAX_ANSWER:
-            raise TooLong()
-        chunks.append(data)
-
+    if clock is None:
+        from twisted.internet import reactor as clock
+    done: defer.Deferred = defer.Deferred()
+    reader = _CappedBody(done)
+    response.deliverBody(reader)
+    deadline = clock.callLater(TIMEOUT_SECONDS, reader.give_up)
     try:
-        await treq.collect(response, collect)
-    except TooLong:
-        return None
-    except Exception:
-        raise PairingError("The pairing service's answer was cut off, so it was not used.")
-    return b"".join(chunks)
+        return await done
+    finally:
+        if deadline.active():
+            deadline.cancel()
+
+
+class _CappedBody(Protocol):
+    def __init__(self, done):
+        self.done = done
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def _finish(self, result) -> None:
+        if self.done.called:
+            return
+        if isinstance(result, Exception):
+            self.done.errback(result)
+        else:
+            self.done.callback(result)
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_ANSWER:
+            self._finish(None)
+            self._drop()
+        else:
+            self.chunks.append(data)
+
+    def give_up(self) -> None:
+        self._finish(PairingError("The pairing service's answer was too slow, so it was not used."))
+        self._drop()
+
+    def connectionLost(self, reason=None) -> None:
+        if reason is not None and reason.check(ResponseDone, PotentialDataLoss):
+            self._finish(b"".join(self.chunks))
+        else:
+            self._finish(PairingError("The pairing service's answer was cut off, so it was not used."))
