@@ -242,6 +242,11 @@ def _take_over_photos(photos: Path, store: PhotoStore, wants_addons: Callable[[s
         return  # the original's folder is this server's own: nothing to move
     report.filed_into = [str(t) for t in store.backup_to] or [str(store.photos)]
     for path in sorted(photos.rglob("*")):
+        if path.is_symlink():
+            # Not a photo the original received: following it would file
+            # whatever it points at (any file this user can read).
+            report.not_filed.append((path.relative_to(photos).as_posix(), "a link: not followed"))
+            continue
         if not path.is_file():
             continue
         relative = path.relative_to(photos).as_posix()
@@ -274,7 +279,7 @@ def _staged_copy(path: Path, temp_dir: Path) -> Path:
     """
     fd, name = tempfile.mkstemp(dir=temp_dir, prefix="migrate-", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+        with os.fdopen(fd, "wb") as out, open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as source:
             shutil.copyfileobj(source, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
