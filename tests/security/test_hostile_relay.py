@@ -208,7 +208,7 @@ async def test_a_file_the_pc_will_not_file_is_held_shown_and_then_confirmed(star
     kept = defer.Deferred()
     pc.service.puller.held.append(kept.callback)
     await kept.addTimeout(30, reactor)  # called once held and confirmed
-    assert relay.service.state.relay.queue.total_bytes() == 0
+    assert relay.service.state.relay.store.queue.total_bytes() == 0
     held = [p for p in all_files(pc.data / "held") if not p.name.startswith(".")]
     assert len(held) == 1 and held[0].read_bytes() == pdf  # intact, not lost
     assert held[0].name.endswith("letter.pdf")
