@@ -186,8 +186,11 @@ async def test_relay_killed_at_random_loses_no_acknowledged_photo(tmp_path):
         # the clinic folder (a log line can be missing for a photo stored
         # just before a kill and confirmed after the restart).
         try:
-            await eventually(lambda: len(stored_files(target)) >= len(photos), "the PC collects every photo",
-                             seconds=180)
+            # ...and confirmed: the PC stores, then confirms, so the last
+            # confirmation may still be on its way when the files are there.
+            await eventually(lambda: len(stored_files(target)) >= len(photos)
+                             and not any(p.is_file() for p in (relay_data / "photos").rglob("*")),
+                             "the PC collects and confirms every photo", seconds=180)
         except AssertionError as e:
             raise AssertionError(f"{e}:\n{pc.output.decode(errors='replace')[-3000:]}\nrelay:\n"
                                  f"{relay.output.decode(errors='replace')[-2000:]}") from None
