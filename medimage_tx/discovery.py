@@ -144,6 +144,8 @@ class DiscoveryService(Service):
         self.status.udp_port = udp.getHost().port
         if self.status.udp_problem:
             self.log.info("LAN discovery: now listening for scans on UDP port {port}", port=self.status.udp_port)
+            if self.status.last_error == self.status.udp_problem:
+                self.status.last_error = ""  # solved: the page must not keep showing it
             self.status.udp_problem = ""
 
     def check(self) -> Optional[Deferred]:

@@ -93,8 +93,9 @@ async def test_readme_install_first_start_and_pairing(tmp_path, namespace, http_
     await server.wait_for(re.escape(f"photos arrive in {home / 'MedImage' / 'photos'}").encode())
     await server.wait_for(rb"Start-up check done")
     config_path = home / "MedImage" / "config.json"
-    # "Then, in config.json, set backupTo to the folder the practice software reads".
-    needs("set `backupTo` to the folder the practice software")
+    # "In Settings there (or `backupTo` in `config.json`), give the folder the
+    # practice software reads".
+    needs("give the folder the practice software reads")
     config = json.loads(config_path.read_text())
     config["backupTo"] = [clinic.as_posix()]
     config_path.write_text(json.dumps(config, indent=2))
