@@ -469,9 +469,17 @@ def write_json_atomically(path: Path, data: Any) -> None:
     """
     Write C{data} as JSON so that a crash leaves either the old file or the
     new one, never half of one: temp file, fsync, rename, fsync folder.
+    The file keeps its owner: root running C{medimage-tx pair --config
+    /var/lib/medimage/config.json} must not lock the service user out.
     """
+    try:
+        owner: Optional[tuple[int, int]] = (path.stat().st_uid, path.stat().st_gid)
+    except OSError:
+        owner = None
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=4)
             f.write("\n")

@@ -139,6 +139,26 @@ def test_json_is_written_beside_the_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
+def test_rewriting_keeps_the_files_owner(tmp_path):
+    """
+    Root pairing the service's config.json (README, Start at boot) leaves
+    it owned by the service user, who must still read it.
+    """
+    import os
+
+    from medimage_tx.config import write_json_atomically
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (as the whole suite does)")
+    path = tmp_path / "config.json"
+    path.write_text("{}\n", encoding="utf-8")
+    os.chown(path, 65534, 65534)
+    write_json_atomically(path, {"globalId": "x"})
+    assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534)
+    assert json.loads(path.read_text(encoding="utf-8")) == {"globalId": "x"}
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("headers", [
     {"X-A": "a\nSet-Cookie: b"}, {"X-A": "a\rb"}, {"X A": "b"}, {"X-A": 5}, {5: "b"}, ["X-A"],
 ])
