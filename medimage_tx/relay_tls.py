@@ -23,6 +23,8 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 # The interface a trustRoot provides; twisted.internet.ssl does not re-export it.
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.ssl import optionsForClientTLS, platformTrust
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
@@ -115,7 +117,9 @@ def one_line(error: BaseException) -> str:
     """
     reasons = getattr(error, "reasons", None)
     if reasons:
-        return "; ".join(dict.fromkeys(f.getErrorMessage() for f in reasons))
+        return "; ".join(dict.fromkeys(one_line(f.value) for f in reasons))
+    if isinstance(error, (CancelledError, ConnectTimeout, TimeoutError)):
+        return "no answer in time"  # treq's timeout cancels: the message is empty
     return " ".join(str(error).split()) or error.__class__.__name__
 
 

@@ -190,3 +190,16 @@ async def test_pair_command_against_a_self_signed_relay_is_one_line(start_server
     assert len(lines) == 1, lines
     assert lines[0].startswith("medimage: Cannot pair: the relay 127.0.0.1 has a self-signed certificate")
     assert "Failure" not in lines[0] and "OpenSSL" not in lines[0]
+
+
+def test_a_timed_out_relay_is_named_in_the_outage_line():
+    from twisted.internet.defer import CancelledError
+    from twisted.python.failure import Failure
+    from twisted.web._newclient import ResponseNeverReceived
+
+    from medimage_tx.relay_tls import one_line
+
+    # treq's timeout cancels the request: these carry no message of their own.
+    assert one_line(CancelledError()) == "no answer in time"
+    assert one_line(ResponseNeverReceived([Failure(CancelledError())])) == "no answer in time"
+    assert one_line(ResponseNeverReceived([Failure(ConnectionRefusedError("refused"))])) == "refused"
