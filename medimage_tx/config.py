@@ -467,8 +467,15 @@ def config_stamp(path: Path) -> Optional[tuple[int, int]]:
 
 def write_json_atomically(path: Path, data: Any) -> None:
     """
-    Write C{data} as JSON so that a crash leaves either the old file or the
-    new one, never half of one: temp file, fsync, rename, fsync folder.
+    Write C{data} as JSON (see L{write_bytes_atomically}).
+    """
+    write_bytes_atomically(path, (json.dumps(data, indent=4) + "\n").encode("utf-8"))
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """
+    Write C{data} so that a crash leaves either the old file or the new
+    one, never half of one: temp file, fsync, rename, fsync folder.
     The file keeps its owner: root running C{medimage-tx pair --config
     /var/lib/medimage/config.json} must not lock the service user out.
     """
@@ -480,9 +487,8 @@ def write_json_atomically(path: Path, data: Any) -> None:
     try:
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=4)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import Config, ConfigError, fsync_folder, load_config, parse_config
+from .config import Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
 from .errors import Rejected, TryLater
 from .paths import inside
 from .store import PhotoStore
@@ -148,7 +148,7 @@ def _copy_config(source_bytes: bytes, config_path: Path, replace: bool, report: 
         os.replace(config_path, kept)
         report.config_kept_as = kept
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomically(config_path, source_bytes)
+    write_bytes_atomically(config_path, source_bytes)
     report.config_copied = True
 
 
@@ -208,23 +208,6 @@ def _addons_wanted(config: Config) -> Callable[[str], bool]:
         event = event_for(name)
         return bool(registry.active(event)) or any(a.handler(event) for a in python_addons)
     return wanted
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    fsync_folder(path.parent)
 
 
 def _store_for(config: Config, data_dir: Path) -> PhotoStore:
