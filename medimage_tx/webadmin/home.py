@@ -14,6 +14,7 @@ from twisted.web.template import Tag, tags
 
 from .. import __version__
 from ..admin.sessions import MIN_PASSWORD_LENGTH, SHIPPED_PASSWORD, usable_password
+from ..backups import RETRY_INTERVAL
 from ..held import HELD, WHAT_TO_DO, held_files as files_held
 from ..pc_pairing import relay_of
 from .layout import notice, page
@@ -115,7 +116,8 @@ def pc_cards(state: Any) -> list:
         tags.h2("Where photos go"),
         tags.table(tags.thead(tags.tr(tags.th("Folder", scope="col"), tags.th("State", scope="col"))),
                    tags.tbody(*where_rows)),
-        tags.p("Photos that could not be copied are tried again every minute; nothing is lost."
+        tags.p(f"Photos that could not be copied are tried again every {RETRY_INTERVAL:g} seconds; "
+               "nothing is lost."
                if any(problems.values()) else "", class_="hint"),
         (tags.p(tags.a("Change the photo folder", href="/admin/settings")) if not config.lockDown else ""),
         class_="card")
