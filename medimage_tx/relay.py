@@ -184,10 +184,7 @@ class ReadResource(Resource):
         wait = _wait_seconds(_query(request, b"wait"))
         photo = await relay.store.peek(paired_id)
         if photo is None and wait and request.method == b"GET" and callback is None:
-            await relay.wait(paired_id, wait)
-            # Woken: lease at once (one trip to the store, not two); the
-            # photo may have gone to another reader meanwhile.
-            return await self._deliver(request, relay, paired_id)
+            return await self._wait_and_deliver(request, relay, paired_id, wait)
         if callback is not None:
             # A script tag cannot use a photo: JSONP only says what waits.
             text = photo.file_name if photo is not None else NOTHING.decode()
@@ -199,6 +196,24 @@ class ReadResource(Resource):
             return Answer(200, b"", _mime(photo.relative), {b"file-name": photo.file_name.encode()})
         return await self._deliver(request, relay, paired_id)
 
+    async def _wait_and_deliver(self, request, relay: Relay, paired_id: str, wait: float):
+        """
+        A long poll: send the first photo that becomes readable within
+        C{wait} seconds, or C{none} once they are up.
+        """
+        deadline = relay.clock.seconds() + wait
+        while True:
+            await relay.wait(paired_id, max(0.0, deadline - relay.clock.seconds()))
+            # Woken: lease at once (one trip to the store, not two).
+            delivery = await relay.store.lease(paired_id)
+            if delivery is not None:
+                return await self._send(request, relay, paired_id, delivery)
+            # Woken for nothing: another reader leased the photo first, or
+            # the store woke every poll after reconnecting to its database.
+            # Wait on for the time the PC asked for.
+            if relay.clock.seconds() >= deadline:
+                return Answer(200, NOTHING)
+
     async def _deliver(self, request, relay: Relay, paired_id: str):
         """
         Send the oldest readable photo, or C{none}.
@@ -208,6 +223,9 @@ class ReadResource(Resource):
         delivery = await relay.store.lease(paired_id)
         if delivery is None:
             return Answer(200, NOTHING)  # another reader leased it first
+        return await self._send(request, relay, paired_id, delivery)
+
+    async def _send(self, request, relay: Relay, paired_id: str, delivery):
         photo = delivery.photo
         headers = {b"file-name": photo.file_name.encode(), b"content-type": _mime(photo.relative)}
         acknowledged = request.getHeader(ACK_HEADER) == b"1"

@@ -220,6 +220,43 @@ async def test_long_poll_is_woken_by_the_upload(start_server, http_client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_wake_for_nothing_does_not_cut_the_long_poll_short(start_server, http_client):
+    """
+    A store that reconnects to its database wakes every poll (it may have
+    missed news); a poll with nothing to send waits on instead of answering
+    C{none} early.  A cluster node's first connection does this too.
+    """
+    clock = Clock()
+    relay = await start_relay(start_server, clock)
+    answered = []
+    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
+    waiting.addCallback(lambda response: answered.append(response) or response)
+    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # a round trip: the poll is parked
+    await empty.content()
+    store = relay.service.state.relay.store
+    store.on_available(None)
+    clock.advance(30)
+    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # the woken poll looked again
+    await empty.content()
+    assert answered == []
+    photo = jpeg_bytes()
+    await upload(http_client, relay, APP_NAME, photo)
+    response = await within(waiting)
+    assert await response.content() == photo
+    # With nothing to send, the poll still answers once its time is up.
+    answered = []
+    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
+    waiting.addCallback(lambda response: answered.append(response) or response)
+    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
+    await empty.content()
+    store.on_available(None)
+    # The woken poll looks in the store (a thread, for PostgreSQL) before it
+    # waits again: move the clock on until its time is up.
+    await eventually(lambda: clock.advance(60) or answered, "the poll answers when its time is up")
+    assert await answered[0].content() == b"none"
+
+
+@pytest_twisted.ensureDeferred
 async def test_jsonp_and_bad_reads(start_server, http_client):
     relay = await start_relay(start_server, Clock())
     read = f"{relay.url}/read/{PAIRED_ID}"
