@@ -231,9 +231,11 @@ class AdminResource(Resource):
     A page of the PC's own: served only under its own names, only to an
     admin, with every C{POST} CSRF- and same-origin-checked.  Subclasses
     write C{render_GET(request)} and C{render_POST(request, form)}.
+    C{need_admin = False} (signing in and out): every check but that one.
     """
 
     isLeaf = True
+    need_admin = True
 
     def __init__(self, state: Any):
         super().__init__()
@@ -242,7 +244,7 @@ class AdminResource(Resource):
     def render(self, request):
         set_admin_headers(request)
         form = form_fields(request) if request.method == b"POST" else None
-        refused = self.state.access.refusal(request, form)
+        refused = self.state.access.refusal(request, form, self.need_admin)
         if refused is not None:
             return answer_now(request, refused)
         if request.method == b"POST":

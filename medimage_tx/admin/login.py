@@ -14,7 +14,7 @@ from typing import Any
 from twisted.web.resource import Resource
 
 from ..web import Answer, answer_now, html_page
-from .access import SESSION_COOKIE, form_fields, set_admin_headers
+from .access import SESSION_COOKIE, AdminResource, form_fields, set_admin_headers
 from .sessions import PasswordNotSet, TooManyAttempts, WrongPassword
 
 
@@ -32,24 +32,16 @@ def peer(request) -> str:
     return getattr(request.getClientAddress(), "host", "") or "unknown"
 
 
-class LoginPage(Resource):
+class LoginPage(AdminResource):
     """
     C{GET /admin/login}: the form; C{POST}: check the password, set the
     session cookie, go to the status page.
     """
 
-    isLeaf = True
-
-    def __init__(self, state: Any):
-        super().__init__()
-        self.state = state
+    need_admin = False
 
     def render_GET(self, request):
-        set_admin_headers(request)
         access = self.state.access
-        refused = access.refusal(request, need_admin=False)
-        if refused is not None:
-            return answer_now(request, refused)
         note = ("<p>This browser is on the PC itself: it needs no password.</p>"
                 if access.is_local(request) else "")
         return answer_now(request, html_page(200, "Sign in", note + (
@@ -59,15 +51,9 @@ class LoginPage(Resource):
             "<input type='password' name='password' autofocus></label> "
             "<button type='submit'>Sign in</button></form>")))
 
-    def render_POST(self, request):
-        set_admin_headers(request)
-        access = self.state.access
-        form = form_fields(request)
-        refused = access.refusal(request, form, need_admin=False)
-        if refused is not None:
-            return answer_now(request, refused)
+    def render_POST(self, request, form):
         try:
-            session_id = access.sessions.login(form.get("password", ""), peer(request))
+            session_id = self.state.access.sessions.login(form.get("password", ""), peer(request))
         except (PasswordNotSet, WrongPassword, TooManyAttempts) as e:
             code = 429 if isinstance(e, TooManyAttempts) else 403
             return answer_now(request, html_page(code, "Not signed in", (
@@ -78,24 +64,15 @@ class LoginPage(Resource):
         return b""
 
 
-class LogoutPage(Resource):
+class LogoutPage(AdminResource):
     """
     C{POST /admin/logout}: end the session.
     """
 
-    isLeaf = True
+    need_admin = False
 
-    def __init__(self, state: Any):
-        super().__init__()
-        self.state = state
-
-    def render_POST(self, request):
-        set_admin_headers(request)
+    def render_POST(self, request, form):
         access = self.state.access
-        form = form_fields(request)
-        refused = access.refusal(request, form, need_admin=False)
-        if refused is not None:
-            return answer_now(request, refused)
         access.sessions.logout(access.session_id(request))
         clear_session_cookie(request)
         return answer_now(request, html_page(200, "Signed out", "<p><a href='/'>Home</a></p>"))
