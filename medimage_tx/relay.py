@@ -13,7 +13,7 @@ import re
 from typing import Any, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -182,9 +182,9 @@ class ReadResource(Resource):
         if callback is not None and not _CALLBACK.fullmatch(callback):
             raise Rejected("callback must be a plain JavaScript identifier")
         wait = _wait_seconds(_query(request, b"wait"))
-        photo = await relay.store.peek(paired_id)
-        if photo is None and wait and request.method == b"GET" and callback is None:
+        if wait and request.method == b"GET" and callback is None:
             return await self._wait_and_deliver(request, relay, paired_id, wait)
+        photo = await relay.store.peek(paired_id)
         if callback is not None:
             # A script tag cannot use a photo: JSONP only says what waits.
             text = photo.file_name if photo is not None else NOTHING.decode()
@@ -203,16 +203,25 @@ class ReadResource(Resource):
         """
         deadline = relay.clock.seconds() + wait
         while True:
-            await relay.wait(paired_id, max(0.0, deadline - relay.clock.seconds()))
-            # Woken: lease at once (one trip to the store, not two).
-            delivery = await relay.store.lease(paired_id)
+            remaining = deadline - relay.clock.seconds()
+            # Listen before looking: a photo stored while the store is
+            # asked wakes this poll instead of passing it by.
+            woken = relay.wait(paired_id, remaining) if remaining > _LAST_LOOK else None
+            try:
+                delivery = await relay.store.lease(paired_id)
+            except BaseException:
+                _stop_waiting(woken)
+                raise
             if delivery is not None:
+                _stop_waiting(woken)
                 return await self._send(request, relay, paired_id, delivery)
-            # Woken for nothing: another reader leased the photo first, or
-            # the store woke every poll after reconnecting to its database.
-            # Wait on for the time the PC asked for.
-            if relay.clock.seconds() >= deadline:
+            if woken is None:
                 return Answer(200, NOTHING)
+            # Woken by a photo (leased at the top: one trip to the store),
+            # by the time running out (one last look), or for nothing: a
+            # store reconnecting to its database wakes every poll, and
+            # another reader may have leased the photo first.
+            await woken
 
     async def _deliver(self, request, relay: Relay, paired_id: str):
         """
@@ -269,6 +278,16 @@ class ReadResource(Resource):
         self.log.info("Relay: delivery confirmed for {fp} ({size} bytes)",
                       fp=fingerprint(paired_id), size=photo.size)
         return Answer(200, b"deleted")
+
+
+#: Below this many seconds left, a long poll takes its last look.
+_LAST_LOOK = 0.001
+
+
+def _stop_waiting(woken: Optional[Deferred]) -> None:
+    if woken is not None:
+        woken.addErrback(lambda failure: failure.trap(CancelledError))
+        woken.cancel()
 
 
 def _query(request, name: bytes) -> Optional[str]:

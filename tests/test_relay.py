@@ -204,14 +204,23 @@ async def test_acknowledged_read_hides_then_requeues_then_confirms(start_server,
     assert await check.content() == b"false"
 
 
+async def parked_poll(http_client, relay, wait: int = 60):
+    """
+    A PC's long poll, parked at the relay (a round trip after it), and the
+    list its answer lands in.
+    """
+    answered = []
+    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait={wait}", headers={b"X-MedImage-Ack": [b"1"]})
+    waiting.addCallback(lambda response: answered.append(response) or response)
+    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
+    await empty.content()
+    return waiting, answered
+
+
 @pytest_twisted.ensureDeferred
 async def test_long_poll_is_woken_by_the_upload(start_server, http_client):
     relay = await start_relay(start_server, Clock())  # the wait never times out by itself
-    answered = []
-    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
-    waiting.addCallback(lambda response: answered.append(response) or response)
-    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # a round trip: the poll is parked
-    await empty.content()
+    waiting, answered = await parked_poll(http_client, relay)
     assert answered == []
     photo = jpeg_bytes()
     await upload(http_client, relay, APP_NAME, photo)
@@ -228,11 +237,7 @@ async def test_a_wake_for_nothing_does_not_cut_the_long_poll_short(start_server,
     """
     clock = Clock()
     relay = await start_relay(start_server, clock)
-    answered = []
-    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
-    waiting.addCallback(lambda response: answered.append(response) or response)
-    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # a round trip: the poll is parked
-    await empty.content()
+    waiting, answered = await parked_poll(http_client, relay)
     store = relay.service.state.relay.store
     store.on_available(None)
     clock.advance(30)
@@ -244,11 +249,7 @@ async def test_a_wake_for_nothing_does_not_cut_the_long_poll_short(start_server,
     response = await within(waiting)
     assert await response.content() == photo
     # With nothing to send, the poll still answers once its time is up.
-    answered = []
-    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
-    waiting.addCallback(lambda response: answered.append(response) or response)
-    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
-    await empty.content()
+    waiting, answered = await parked_poll(http_client, relay)
     store.on_available(None)
     # The woken poll looks in the store (a thread, for PostgreSQL) before it
     # waits again: move the clock on until its time is up.
