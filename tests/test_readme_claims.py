@@ -1,0 +1,304 @@
+"""
+README claims that no other test tried against the real thing (the whole
+list, and where each one is checked: docs/readme-claims.md).  Each test
+reads the claim from README.md itself where it can, so an edit of either
+side that makes them disagree fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from conftest import jpeg_bytes, upload_photo, within
+from processes import spawn
+
+REPO = Path(__file__).parent.parent
+README = (REPO / "README.md").read_text()
+BIN = Path(sys.executable).parent
+COMMAND = BIN / "medimage-tx"
+pytestmark = pytest.mark.skipif(not COMMAND.exists(), reason="no medimage-tx installed: use `make test`")
+
+
+def readme_says(text: str) -> str:
+    flat = " ".join(README.split())
+    assert " ".join(text.split()) in flat, f"the README no longer says: {text}"
+    return text
+
+
+def config_table() -> dict[str, str]:
+    """
+    The README's config.json table: each key and its default cell (a row
+    naming several keys gives each its part of a comma-separated cell).
+    """
+    section = README[README.index("## config.json"):]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        keys = re.findall(r"`(\w+)`", cells[0])
+        defaults = [cells[1]] if len(keys) == 1 else [d.strip() for d in cells[1].split(",")]
+        if len(defaults) != len(keys):
+            defaults = [cells[1]] * len(keys)  # "as the original" for all of them
+        rows.update(zip(keys, defaults))
+    return rows
+
+
+async def stop(process) -> int:
+    if not process.ended.called:
+        process.transport.signalProcess(signal.SIGTERM)
+    return await process.ended_within(60)
+
+
+def env_with_home(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["HOME"] = str(home)
+    return env
+
+
+def test_readme_names_every_command_there_is():
+    listed = subprocess.run([str(COMMAND), "--help"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0
+    real = set(re.findall(r"^    (\w+) ", listed.stdout, re.M))
+    said = re.search(r"`medimage-tx --help` lists its commands: (.*?)\. ", " ".join(README.split())).group(1)
+    assert set(re.findall(r"`(\w+)`", said)) == real
+    # Every `medimage-tx <command>` the README shows is one of them.
+    shown = set(re.findall(r"medimage-tx (\w+)", README)) - {"serve", "pair", "discover", "send", "service",
+                                                               "migrate", "addon"}
+    assert shown <= {"exe"}, shown  # medimage-tx.exe in the NSSM line
+
+
+def test_readme_links_and_screenshots_lead_somewhere():
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", README, re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    for target in re.findall(r"\]\(([^)\s]+)\)", README):
+        if target.startswith("http"):
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            assert (REPO / path).exists(), f"README links to {path}, which is not there"
+            if anchor:
+                text = (REPO / path).read_text()
+                headings = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-")
+                            for h in re.findall(r"^#+ (.+)$", text, re.M)}
+                assert anchor in headings, f"{path} has no section #{anchor}"
+        else:
+            assert anchor in anchors, f"README links to #{anchor}, which is no section of it"
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_start_writes_the_documented_defaults_and_stages_photos(tmp_path, http_client):
+    # "On its first start it writes ~/MedImage/config.json ... and says where
+    # photos arrive", then the config table's defaults, the pid file, the
+    # staging folder, the file mode and the home page.  Deviations: port 0
+    # and LAN mode off, so the test touches no real network.
+    home = tmp_path / "home"
+    home.mkdir()
+    old_umask = os.umask(0o022)
+    try:
+        server = spawn([str(COMMAND), "serve", "--port", "0", "--no-lan"], str(tmp_path), env=env_with_home(home))
+    finally:
+        os.umask(old_umask)
+    data = home / "MedImage"
+    try:
+        example = re.search(r"^    (MedImage clinic PC server .*)$", README, re.M).group(1)
+        from medimage_tx import __version__
+
+        pattern = re.escape(example)
+        pattern = pattern.replace(re.escape("0.1.0"), re.escape(__version__), 1)
+        pattern = pattern.replace("5566", r"(\d+)").replace(re.escape("0.0.0.0"), re.escape("127.0.0.1"))
+        pattern = pattern.replace(re.escape("/home/clinic/MedImage"), re.escape(str(data)))
+        line = await server.wait_for((pattern + r"\n").encode())
+        port = int(line.group(1))
+        await server.wait_for(rb"Start-up check done")
+        readme_says("The pid file: `DATA/twistd.pid`")
+        assert (data / "twistd.pid").read_text() == str(server.transport.pid)
+        readme_says("`addons/config.json` beside `config.json`")
+        assert (data / "addons" / "config.json").is_file()
+
+        written = json.loads((data / "config.json").read_text())
+        table = config_table()
+        from medimage_tx.config import DEFAULTS
+
+        assert set(table) == set(DEFAULTS) | {"customPairing"}  # every key documented, none made up
+        for key, cell in table.items():
+            if cell == "absent":
+                assert key not in written, key
+            elif cell == "as the original":
+                # The original's shipped files have none of these keys.
+                assert written.get(key) in (None, ""), key
+            elif cell == "host name":
+                from medimage_tx.config import load_config
+
+                assert written[key] == "" and load_config(data / "config.json").serverName == socket.gethostname()
+            elif cell.startswith("the original's:"):
+                extensions = re.findall(r"\.\w+", cell)
+                assert [t["extension"] for t in written[key]] == extensions
+            elif cell == "CORS":
+                assert written[key]["Access-Control-Allow-Origin"] == "*"
+            else:
+                text = cell.strip("`")
+                try:
+                    said = json.loads(text)
+                except ValueError:
+                    said = text  # a bare string: allowedChars
+                assert written[key] == said, (key, cell)
+
+        # "staged first in DATA/photos ... kept there too while keepMaster is
+        # true ... readable by other users (mode 0644)"; the app's name for
+        # `#moles John123` gives moles/John123-<date>.jpg.
+        readme_says("`<clinic folder>/moles/John123-<date>.jpg`")
+        photo = jpeg_bytes(30_000)
+        code, body, _ = await upload_photo(http_client, f"http://127.0.0.1:{port}",
+                                           "#moles-John123-28-Nov-2026-10-11-12.jpg", photo)
+        assert code == 200, body
+        stored = data / "photos" / "moles" / "John123-28-Nov-2026-10-11-12.jpg"
+        assert stored.read_bytes() == photo
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o644
+
+        # The home page on the PC itself says whether it works; what any
+        # other page (the app's scan is one) gets is the short answer.
+        home_page = await within((await within(http_client.get(f"http://127.0.0.1:{port}/"))).text())
+        assert "Is it working?" in home_page and "Photos received today: 1." in home_page
+        readme_says('must show a short "MedImage server." page')
+        scan = await within(http_client.get(f"http://127.0.0.1:{port}/", headers={"Origin": ["http://elsewhere"]}))
+        scan_page = await within(scan.text())
+        assert scan.code == 200 and "MedImage server." in scan_page and "Is it working" not in scan_page
+    finally:
+        assert await stop(server) == -signal.SIGTERM
+    assert not (data / "twistd.pid").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_null_keys_relative_and_empty_folders_lan_mode_off_and_verbose(tmp_path, http_client):
+    # `null` means "not set" for every key; a string of digits for
+    # listenPort; backupTo relative to config.json's folder, empty entries no
+    # folder; an empty allowedChars is the default; a PC with LAN mode off
+    # listens on 127.0.0.1; --verbose adds Twisted's own lines.
+    readme_says("`null` means \"not set\" (the default) for every key")
+    readme_says("Relative paths are relative to config.json's folder")
+    readme_says("Empty entries are no folder")
+    readme_says("Empty means the default")
+    readme_says("a clinic PC server with LAN mode off: 127.0.0.1")
+    readme_says("`--verbose` adds debugging lines")
+    settings = {key: None for key in config_table()}
+    settings.update(listenPort="0", backupTo=["rel/clinic", ""], allowedChars="", lanMode=False)
+    config = tmp_path / "elsewhere" / "config.json"
+    (config.parent / "rel" / "clinic").mkdir(parents=True)
+    config.write_text(json.dumps(settings))
+    data = tmp_path / "data"
+    server = spawn([str(COMMAND), "serve", "--data", str(data), "--config", str(config), "--verbose"],
+                   str(tmp_path))
+    try:
+        target = config.parent / "rel" / "clinic"
+        line = await server.wait_for(rb"listening on port (\d+) \(http, 127\.0\.0\.1\); photos arrive in (.*)\n")
+        assert line.group(2).decode() == f"{data / 'photos'} and are copied to {target}"
+        port = int(line.group(1))
+        photo = jpeg_bytes(10_000)
+        code, body, _ = await upload_photo(http_client, f"http://127.0.0.1:{port}", "#ward5-arm$!.jpg", photo)
+        assert code == 200, body
+        await server.wait_for(rb"Received ward5/arm\.jpg")
+        for folder in (target, data / "photos"):  # keepMaster null: kept
+            await within(_until_file(folder / "ward5" / "arm.jpg"))
+            assert (folder / "ward5" / "arm.jpg").read_bytes() == photo
+        assert b"Starting factory" in server.output  # Twisted's chatter: only with --verbose
+    finally:
+        assert await stop(server) == -signal.SIGTERM
+
+
+async def _until_file(path: Path) -> None:
+    from conftest import eventually
+
+    await eventually(path.exists, f"{path} written")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_listens_on_all_addresses_even_with_lan_mode_off(tmp_path):
+    readme_says("a relay: always all")
+    data = tmp_path / "relay"
+    data.mkdir()
+    (data / "config.json").write_text(json.dumps({"allowPhotosLeaving": True, "lanMode": False}))
+    relay = spawn([str(COMMAND), "serve", "--data", str(data), "--port", "0"], str(tmp_path))
+    try:
+        await relay.wait_for(rb"MedImage relay server \S+ listening on port \d+ \(http, 0\.0\.0\.0\)")
+    finally:
+        assert await stop(relay) == -signal.SIGTERM
+
+
+def dry_run(*args: str) -> str:
+    done = subprocess.run([str(COMMAND), "service", "install", "--dry-run", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def unit_values(text: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "=")]
+
+
+def test_the_service_defaults_are_the_documented_user_data_folder_and_umask():
+    readme_says("creates the system user `medimage`, keeps the data in `/var/lib/medimage`")
+    readme_says("the unit sets 0022")
+    unit = dry_run()
+    assert unit_values(unit, "User") == ["medimage"]
+    [exec_start] = unit_values(unit, "ExecStart")
+    assert shlex.split(exec_start)[-2:] == ["--data", "/var/lib/medimage"]
+    assert unit_values(unit, "UMask") == ["0022"]
+
+
+def test_service_install_writes_the_named_unit_and_starts_it_now_and_at_boot(tmp_path):
+    # The real install, as root, with a user that exists (no useradd) and a
+    # stand-in systemctl that records what it was asked (no systemd here).
+    if os.geteuid() != 0:
+        pytest.skip("service install needs root")
+    readme_says("Options: `--user`, `--data`, `--name`")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    asked = tmp_path / "systemctl-calls"
+    (tools / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {asked}\n')
+    (tools / "systemctl").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}")
+    units, data = tmp_path / "units", tmp_path / "data"
+    units.mkdir()
+    done = subprocess.run([str(COMMAND), "service", "install", "--name", "medimage-ward5", "--user", "root",
+                           "--data", str(data), "--unit-folder", str(units), "--", "--port", "5567"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    unit = (units / "medimage-ward5.service").read_text()
+    assert unit == dry_run("--user", "root", "--data", str(data), "--", "--port", "5567")
+    assert asked.read_text().splitlines() == ["daemon-reload", "enable --now medimage-ward5.service"]
+    assert data.is_dir()
+    assert "systemctl status medimage-ward5" in done.stdout and "journalctl -u medimage-ward5" in done.stdout
+
+
+def test_other_commands_default_to_the_home_medimage_config(tmp_path):
+    # "The other commands default to ~/MedImage/config.json": an add-on
+    # installed without --config lands in ~/MedImage/addons.
+    from test_addons_web import addon_zip
+
+    readme_says("The other commands default to `~/MedImage/config.json`")
+    home = tmp_path / "home"
+    (home / "MedImage").mkdir(parents=True)
+    (home / "MedImage" / "config.json").write_text("{}")
+    zip_path = tmp_path / "myaddon-1.0.zip"
+    zip_path.write_bytes(addon_zip(nested=""))
+    done = subprocess.run([str(COMMAND), "addon", "install", str(zip_path)], capture_output=True, text=True,
+                          timeout=120, env=env_with_home(home), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (home / "MedImage" / "addons" / "myaddon").is_dir()
+    listed = subprocess.run([str(COMMAND), "addon", "list"], capture_output=True, text=True, timeout=60,
+                            env=env_with_home(home), cwd=tmp_path)
+    assert "myaddon" in listed.stdout
