@@ -302,3 +302,93 @@ def test_other_commands_default_to_the_home_medimage_config(tmp_path):
     listed = subprocess.run([str(COMMAND), "addon", "list"], capture_output=True, text=True, timeout=60,
                             env=env_with_home(home), cwd=tmp_path)
     assert "myaddon" in listed.stdout
+
+
+DRIVE_SCRIPT = """
+import os, subprocess, sys, psutil
+data, image, drive = sys.argv[1:4]
+own = os.stat(data).st_dev
+# Only in this test's own mount namespace: the machine's other drives are
+# made read-only here, so the server adds no folder to them.
+for partition in psutil.disk_partitions(all=False):
+    try:
+        if os.stat(partition.mountpoint).st_dev != own:
+            subprocess.run(["mount", "-o", "remount,bind,ro", partition.mountpoint], check=True)
+    except OSError:
+        pass
+subprocess.run(["mount", "-o", "loop", image, drive], check=True)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_start_backup_drive_detect_copies_to_every_other_drive_without_saving(tmp_path, http_client):
+    readme_says("at start, add `<drive>/MedImage/photos` on every other writable drive to `backupTo` (not saved)")
+    import shutil
+
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("mkfs.ext4")):
+        pytest.skip("needs root, unshare and mkfs.ext4 for a drive of its own")
+    image, drive, data, clinic = tmp_path / "usb.img", tmp_path / "usb", tmp_path / "data", tmp_path / "clinic"
+    for folder in (drive, data, clinic):
+        folder.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    config = {"onStartBackupDriveDetect": True, "backupTo": [clinic.as_posix()], "lanMode": False}
+    (data / "config.json").write_text(json.dumps(config))
+    server = spawn([shutil.which("unshare"), "-m", "--propagation", "private", sys.executable, "-c", DRIVE_SCRIPT,
+                    str(data), str(image), str(drive), str(COMMAND), "serve", "--data", str(data), "--port", "0"],
+                   str(tmp_path))
+    try:
+        try:
+            line = await server.wait_for(rb"listening on port (\d+) .* and are copied to (.*)\n")
+        except RuntimeError:
+            if b"loop" in server.output or b"mount" in server.output:
+                pytest.skip("no loop devices here: " + server.output.decode()[-300:])
+            raise
+        assert line.group(2).decode() == f"{clinic}, {drive / 'MedImage' / 'photos'}"
+        photo = jpeg_bytes(10_000)
+        code, body, _ = await upload_photo(http_client, f"http://127.0.0.1:{int(line.group(1))}", "#ward5-arm.jpg",
+                                           photo)
+        assert code == 200, body
+        # The drive is mounted in the server's namespace only: seen through its root.
+        on_drive = Path(f"/proc/{server.transport.pid}/root") / drive.relative_to("/") / "MedImage" / "photos"
+        await within(_until_file(on_drive / "ward5" / "arm.jpg"))
+        assert (on_drive / "ward5" / "arm.jpg").read_bytes() == photo
+        assert json.loads((data / "config.json").read_text()) == config  # not saved
+    finally:
+        assert await stop(server) == -signal.SIGTERM
+
+
+def test_migrate_replace_keeps_our_config_and_addons_and_leaves_the_originals_files(tmp_path):
+    # "with --replace it keeps that one as config.json.before-migration (and
+    # a different addons folder as addons.before-migration)", through
+    # `python -m medimage_tx migrate`, and "migrate leaves the original's
+    # files as they were".
+    readme_says("with `--replace` it keeps that one as `config.json.before-migration` (and a different "
+                "`addons` folder as `addons.before-migration`)")
+    readme_says("(or `python -m medimage_tx migrate ...`)")
+    original, ours = tmp_path / "MedImage-original", tmp_path / "ours"
+    (original / "addons" / "medtech32").mkdir(parents=True)
+    (original / "addons" / "medtech32" / "run.sh").write_text("echo original\n")
+    (original / "photos").mkdir()
+    (original / "config.json").write_text(json.dumps({"backupTo": [], "keepMaster": False}, indent=6))
+    (ours / "addons" / "resize").mkdir(parents=True)
+    (ours / "config.json").write_text('{"listenPort": 5567}\n')
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+
+    def migrate(*more: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "medimage_tx", "migrate", "--from", str(original),
+                               "--data", str(ours), *more], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+
+    refused = migrate()
+    assert refused.returncode == 1 and "--replace" in refused.stderr
+    done = migrate("--replace")
+    assert done.returncode == 0, done.stderr
+    assert (ours / "config.json").read_bytes() == (original / "config.json").read_bytes()
+    assert (ours / "config.json.before-migration").read_text() == '{"listenPort": 5567}\n'
+    assert (ours / "addons.before-migration" / "resize").is_dir()
+    assert (ours / "addons" / "medtech32" / "run.sh").read_text() == "echo original\n"
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
