@@ -105,13 +105,15 @@ async def test_readme_install_first_start_and_pairing(tmp_path, namespace, http_
     needs('"allowPhotosLeaving": true')
     relay_data = tmp_path / "relay"
     relay_data.mkdir()
-    (relay_data / "config.json").write_text(json.dumps({"allowPhotosLeaving": True, "listenPort": 5567}))
-    needs('export PATH="$PWD/.venv/bin:$PATH"')
-    relay = run_in(namespace, checkout, f'export PATH="$PWD/.venv/bin:$PATH"\n'
-                   f"medimage-tx serve --data {relay_data} --discovery-port 5568", home)
+    (relay_data / "config.json").write_text(json.dumps({"allowPhotosLeaving": True}))
+    # Started with the README's extra server options: `make run ARGS="..."`.
+    needs('make run ARGS="--port 5567 --data /srv/medimage2"')
+    relay = run_in(namespace, checkout, f'make run ARGS="--port 5567 --data {relay_data} --discovery-port 5568"',
+                   home)
     await relay.wait_for(rb"listening on port 5567")
 
     # Pair: `medimage-tx pair --relay ...` with the commands on PATH.
+    needs('export PATH="$PWD/.venv/bin:$PATH"')
     needs("medimage-tx pair --relay")
     pairing = run_in(namespace, checkout, f'export PATH="$PWD/.venv/bin:$PATH"\n'
                      f"medimage-tx pair --relay {RELAY} --custom-pairing {RELAY}/med-genid.php", home)
