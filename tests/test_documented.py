@@ -92,3 +92,44 @@ def test_documented_value_is_in_the_docs_and_the_code(name, doc, pattern):
     code = code_value(name)
     for actual in code if isinstance(code, tuple) else (code,):
         assert actual == value, f"the code uses {actual} for {name}; the docs promise {value}"
+
+
+#: Numbers README.md promises a clinic: (what, the README's words, what the
+#: code uses).  The behaviour behind each has its own test; this one sees a
+#: change to either side.
+README_PROMISES = [
+    ("log file rotation size", r"log files are rotated at (\d+) MB", lambda: logs_value("ROTATE_BYTES") // 1_000_000),
+    ("rotated log files kept", r"rotated at \d+ MB, (\d+) old ones kept", lambda: logs_value("KEEP_FILES")),
+    ("busy UDP scan port retry", r"A busy UDP scan port is tried again every (\d+) seconds",
+     lambda: discovery_value("CHECK_INTERVAL")),
+    ("busy UDP scan port retry (troubleshooting)", r"tried again every (\d+) s\)", lambda: discovery_value("CHECK_INTERVAL")),
+    ("relay expiry sweep", r"relay: photos nobody collected .*? \(checked (hourly)",
+     lambda: relay_expiry_interval()),
+]
+
+
+def logs_value(name: str):
+    from medimage_tx import logs
+
+    return getattr(logs, name)
+
+
+def discovery_value(name: str):
+    from medimage_tx import discovery
+
+    return getattr(discovery, name)
+
+
+def relay_expiry_interval():
+    from medimage_tx.relay import RelayExpiry
+
+    return RelayExpiry.interval
+
+
+@pytest.mark.parametrize("what, pattern, code", README_PROMISES, ids=[p[0] for p in README_PROMISES])
+def test_readme_number_is_the_codes(what, pattern, code):
+    readme = " ".join((DOCS.parent / "README.md").read_text().split())
+    found = re.search(pattern, readme)
+    assert found, f"README.md no longer says {pattern!r}"
+    said = {"hourly": 3600}.get(found.group(1)) or int(found.group(1))
+    assert code() == said, f"README.md says {said} for the {what}; the code uses {code()}"
