@@ -4,6 +4,9 @@ picks direct or proxied.  HTTPS goes through an HTTP CONNECT tunnel (with Basic
 proxy authentication), then TLS to the relay inside it.  Twisted's
 ProxyAgent only speaks plain-HTTP proxying, which would send an https://
 relay's traffic to the proxy unencrypted; this endpoint does it properly.
+
+Every connection, direct or proxied, limits the answer's headers
+(L{response_limits.HeadLimitedEndpoint}).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
+
+from .response_limits import HeadLimitedEndpoint, HeadLimitedEndpoints
 
 MAX_PROXY_ANSWER = 16 * 1024
 
@@ -110,7 +115,7 @@ class TunnellingEndpointFactory:
 
     def endpointForURI(self, uri):
         tunnel = TunnelEndpoint(self.proxy, uri.host, uri.port, self.auth)
-        return wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), tunnel)
+        return HeadLimitedEndpoint(wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), tunnel))
 
 
 def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None):
@@ -122,7 +127,8 @@ def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None)
     """
     if web_proxy:
         return WebProxyAgent(reactor, pool, web_proxy, tls)
-    return Agent(reactor, contextFactory=tls or BrowserLikePolicyForHTTPS(), pool=pool)
+    return Agent.usingEndpointFactory(
+        reactor, HeadLimitedEndpoints(reactor, tls or BrowserLikePolicyForHTTPS()), pool=pool)
 
 
 def proxy_authorization(web_proxy: str) -> Optional[bytes]:
@@ -148,7 +154,7 @@ class WebProxyAgent:
         proxy = urlsplit(web_proxy)
         host, port = proxy.hostname, proxy.port or 80
         self.auth = proxy_authorization(web_proxy)
-        self.plain = ProxyAgent(HostnameEndpoint(reactor, host, port), reactor, pool=pool)
+        self.plain = ProxyAgent(HeadLimitedEndpoint(HostnameEndpoint(reactor, host, port)), reactor, pool=pool)
         self.tunnelled = Agent.usingEndpointFactory(
             reactor, TunnellingEndpointFactory(reactor, host, port, self.auth, tls), pool=pool)
 
