@@ -7,7 +7,9 @@ direct upload, or kept in the held folder when this PC will not file it.
 
 The relay is not trusted (a hostile or compromised relay, issue 9 finding
 3): downloads stream to a temporary file, never to memory, and stop at
-C{maxUploadSize}; an answer or a body that stalls is cut off.  Against an
+C{maxUploadSize}; an answer or a body that stalls, or takes longer in
+all than a slow line needs for it, is cut off (and every answer's headers
+are limited: L{response_limits}).  Against an
 original relay (no L{RELAY_FEATURES}), it reads as the original PC does: no
 request within C{legacy_interval} (5 s) after a GET, and never the name just
 received again at once (an original relay shreds a photo for a second or
@@ -68,6 +70,12 @@ class RefusedDownload(RelayUnavailable):
     The relay sent something this PC will not take (too large); it is not
     stored and not confirmed.
     """
+
+
+#: The slowest relay download waited for, as for uploads to this server
+#: (C{http_resource.Limits.min_body_rate}): a body may take the stall
+#: timeout plus its size at this rate, in all.
+MIN_BODY_RATE = 16 * 1024
 
 
 def backoff_delay(failures: int, start: float, maximum: float) -> float:
@@ -273,9 +281,9 @@ class RelayPuller(Service):
     async def _small_body(self, response) -> bytes:
         """
         A body that should be short (an empty-queue answer, a confirmation):
-        at most 64 KiB is read, within the stall timeout.
+        at most 64 KiB is read, all of it within the answer timeout.
         """
-        download = _BodyToFile(None, 64 * 1024, self.clock, self.stall_timeout)
+        download = _BodyToFile(None, 64 * 1024, self.clock, self.stall_timeout, self.answer_timeout)
         response.deliverBody(download)
         await download.done
         return bytes(download.buffer)
@@ -285,7 +293,9 @@ class RelayPuller(Service):
             response.deliverBody(_Discard())  # closes the connection unread
             self._refused(response.length, limit)
         download = _Download(self.state.store.temp, _header(response, b"digest"))
-        body = _BodyToFile(download, limit, self.clock, self.stall_timeout)
+        expected = limit if response.length is UNKNOWN_LENGTH else response.length
+        body = _BodyToFile(download, limit, self.clock, self.stall_timeout,
+                           self.stall_timeout + expected / MIN_BODY_RATE)
         try:
             response.deliverBody(body)
             await body.done
@@ -347,20 +357,23 @@ class _BodyToFile(Protocol):
     """
     Receives a relay's body into a L{_Download} (or, without one, into a
     small buffer), at most C{limit} bytes; the connection is cut when the
-    body goes past it or stalls for C{stall_timeout} seconds.  C{done}
-    fires when the body is complete.
+    body goes past it, stalls for C{stall_timeout} seconds, or is not
+    complete after C{total_timeout} seconds.  C{done} fires when the body
+    is complete.
     """
 
-    def __init__(self, download: Optional["_Download"], limit: int, clock: Any, stall_timeout: float):
+    def __init__(self, download: Optional["_Download"], limit: int, clock: Any, stall_timeout: float,
+                 total_timeout: float):
         self.download, self.limit, self.clock = download, limit, clock
-        self.stall_timeout = stall_timeout
+        self.stall_timeout, self.total_timeout = stall_timeout, total_timeout
         self.buffer = bytearray()
         self.size = 0
         self.done: Deferred = Deferred()
-        self._timer = None
+        self._timer = self._deadline = None
 
     def connectionMade(self):
         self._timer = self.clock.callLater(self.stall_timeout, self._stalled)
+        self._deadline = self.clock.callLater(self.total_timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -385,14 +398,20 @@ class _BodyToFile(Protocol):
         self._timer = None
         self._stop(RelayUnavailable(f"the relay stopped sending for {self.stall_timeout:g} s"))
 
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._stop(RelayUnavailable(f"the relay took longer than {self.total_timeout:g} s to send "
+                                    f"{self.size} bytes"))
+
     def _stop(self, error: Exception) -> None:
         if not self.done.called:
             self.done.errback(error)
         self.transport.stopProducing()
 
     def connectionLost(self, reason) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        for timer in (self._timer, self._deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):

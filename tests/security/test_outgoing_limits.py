@@ -13,7 +13,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.web import server
+from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from conftest import all_files
@@ -121,3 +124,74 @@ async def test_a_relay_sending_endless_headers_is_cut_at_the_head_limit(start_se
     assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
     assert relay.connections == 1  # backing off, not retrying at once
 
+
+class TricklingRelay(Resource):
+    """
+    Says it is one of ours (long poll); its GET answer declares C{length}
+    bytes (a photo when C{photo}, else an empty-queue answer) and sends
+    one byte every 0.1 s.  C{cut} fires with the bytes sent when the PC
+    hangs up.
+    """
+
+    isLeaf = True
+
+    def __init__(self, photo: bool, length: int):
+        super().__init__()
+        self.photo, self.length = photo, length
+        self.sent = 0
+        self.cut: defer.Deferred = defer.Deferred()
+
+    def render_HEAD(self, request):
+        request.setHeader(b"x-medimage-relay", b"ack, wait")
+        return b""
+
+    def render_GET(self, request):
+        request.setHeader(b"x-medimage-relay", b"ack, wait")
+        if self.photo:
+            request.setHeader(b"file-name", f"/{PAIRED_ID}/P/x.jpg".encode())
+            request.setHeader(b"x-medimage-receipt", b"r")
+        request.setHeader(b"content-length", b"%d" % self.length)
+        call = LoopingCall(self._one_byte, request)
+        call.start(0.1)
+
+        def gone(_):
+            call.stop()
+            if not self.cut.called:
+                self.cut.callback(self.sent)
+        request.notifyFinish().addBoth(gone)
+        return server.NOT_DONE_YET
+
+    def _one_byte(self, request):
+        request.write(b"\xff" if self.sent == 0 else b"\x00")
+        self.sent += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_server, tmp_path):
+    # A photo of 16 KiB declared: the stall timeout (0.5 s here) plus 1 s
+    # at the slowest rate waited for (16 KiB/s). An empty-queue answer:
+    # the answer timeout (1 s here). Before the fix a byte now and then
+    # reset the stall timer, so each took 1,640 s and 100 s.
+    for photo, length, seconds in ((True, 16 * 1024, 1.5), (False, 1000, 1.0)):
+        relay = TricklingRelay(photo, length)
+        listening = reactor.listenTCP(0, server.Site(relay), interface="127.0.0.1")
+        target = tmp_path / f"clinic-{photo}"
+        target.mkdir()
+
+        def tune(service):
+            puller = service.puller
+            puller.backoff_start = puller.backoff_max = 300
+            puller.stall_timeout, puller.answer_timeout = 0.5, 1.0
+
+        pc = await start_server(f"pc-{photo}", tune=tune, globalId=PAIRED_ID, backupTo=[target.as_posix()],
+                                readProxy=f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
+        try:
+            began = reactor.seconds()
+            sent = await relay.cut.addTimeout(30, reactor)
+            took = reactor.seconds() - began
+        finally:
+            await defer.maybeDeferred(listening.stopListening)
+            await pc.service.stopService()
+        assert seconds <= took + 0.2 and sent < length, (photo, took, sent)
+        assert f"took longer than {seconds:g} s" in pc.service.puller.outage
+        assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
