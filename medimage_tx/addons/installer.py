@@ -42,7 +42,12 @@ DESCRIPTOR = "medimage-installer.json"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 #: The original's limit for one install command.
 COMMAND_TIMEOUT = 40.0
-MAX_ZIP_BYTES = 200 * 1024 * 1024
+#: An add-on downloaded from an address (C{zipfileURL}, or C{medimage-tx
+#: addon install https://...}): at most this many bytes, and all of it,
+#: headers included, within this many seconds; the server sending it is
+#: not trusted to end or to hurry (docs/addons.md).
+DOWNLOAD_MAX_BYTES = 100 * 1024 * 1024
+DOWNLOAD_SECONDS = 300.0
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
 MAX_ENTRIES = 20000
 #: Output of a failed command quoted in the answer, at most.

@@ -40,7 +40,8 @@ from twisted.web.resource import Resource
 from ..admin import form_fields, set_admin_headers
 from ..errors import Rejected
 from ..web import Answer, answer_now, render_async
-from .installer import MAX_ZIP_BYTES, InstallError, install, list_addons, uninstall
+from . import installer
+from .installer import InstallError, install, list_addons, uninstall
 from .output import parse_output
 from .pipeline import in_daemon_thread, photos_relative
 from .python_api import Page, UrlRequest
@@ -365,31 +366,42 @@ class InstalledAddons(Resource):
 async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> None:
     """
     Fetch C{url} (http or https, through the clinic's C{webProxy}) into
-    C{dest}, at most L{MAX_ZIP_BYTES}.  @raise InstallError.
+    C{dest}: at most L{installer.DOWNLOAD_MAX_BYTES}, all within
+    L{installer.DOWNLOAD_SECONDS} (a server that trickles its answer or
+    never ends it is cut off).  @raise InstallError.
     """
     from treq.client import HTTPClient
     from twisted.web.client import HTTPConnectionPool
 
     from ..proxy_tunnel import make_agent
+    from ..relay_tls import one_line
+    from ..response_limits import CappedBody, ResponseTooLarge, ResponseTooSlow, discard, timed_out
 
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise InstallError("zipfileURL must be an http:// or https:// address")
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    client = HTTPClient(make_agent(reactor, pool, web_proxy))
-    size = 0
+    limit, seconds = installer.DOWNLOAD_MAX_BYTES, installer.DOWNLOAD_SECONDS
+    too_large = f"The add-on's zip is larger than {limit // (1024 * 1024)} MiB, so it was not installed"
+    too_slow = f"The add-on's zip did not arrive within {seconds:g} s, so it was not installed"
+    deadline = reactor.seconds() + seconds
+    client = HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy))
+    try:
+        response = await client.get(url, timeout=seconds, unbuffered=True)
+    except Exception as e:
+        if timed_out(e):  # treq's timeout: no headers in time
+            raise InstallError(too_slow) from None
+        raise InstallError(f"Cannot download the add-on from {url}: {one_line(e)}") from None
+    if response.code != 200:
+        discard(response)
+        raise InstallError(f"Cannot download the add-on: {url} answered {response.code}")
+    if isinstance(response.length, int) and response.length > limit:
+        discard(response)
+        raise InstallError(too_large)
     with open(dest, "wb") as f:
-        def write(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > MAX_ZIP_BYTES:
-                raise InstallError("The add-on's zip is larger than 200 MiB")
-            f.write(data)
+        body = CappedBody(f.write, limit, deadline, reactor, too_large, too_slow)
+        response.deliverBody(body)
         try:
-            response = await client.get(url, timeout=120)
-            if response.code != 200:
-                raise InstallError(f"Cannot download the add-on: {url} answered {response.code}")
-            await response.collect(write)
-        except InstallError:
-            raise
+            await body.done
+        except (ResponseTooLarge, ResponseTooSlow) as e:
+            raise InstallError(str(e)) from None
         except Exception as e:
-            raise InstallError(f"Cannot download the add-on from {url}: {e}") from None
+            raise InstallError(f"Cannot download the add-on from {url}: {one_line(e)}") from None

@@ -19,7 +19,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from conftest import all_files
+from conftest import all_files, within
+from test_addons_web import browser, csrf, post_form  # noqa: F401 (browser: a fixture)
 from medimage_tx.response_limits import MAX_RESPONSE_HEAD
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
@@ -123,6 +124,96 @@ async def test_a_relay_sending_endless_headers_is_cut_at_the_head_limit(start_se
     assert "headers went past 64 KiB" in pc.service.puller.outage
     assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
     assert relay.connections == 1  # backing off, not retrying at once
+
+
+class _Trickle(Protocol):
+    """
+    Reads a request head, sends C{status} at once, then one byte every
+    C{every} seconds for ever; the factory's C{cut} fires with the time
+    the client hung up.
+    """
+
+    def connectionMade(self):
+        self.received, self.call = b"", None
+
+    def dataReceived(self, data):
+        self.received += data
+        if self.call is None and b"\r\n\r\n" in self.received:
+            self.transport.write(self.factory.status)
+            self.call = LoopingCall(self.transport.write, b"x")
+            self.call.start(self.factory.every)
+
+    def connectionLost(self, reason):
+        if self.call is not None and self.call.running:
+            self.call.stop()
+        if not self.factory.cut.called:
+            self.factory.cut.callback(reactor.seconds())
+
+
+def trickle(status: bytes, every: float = 0.1) -> Factory:
+    factory = Factory.forProtocol(_Trickle)
+    factory.status, factory.every, factory.cut = status, every, defer.Deferred()
+    return factory
+
+
+async def install_from(http_client, server, url: str):
+    token, cookie = await csrf(http_client, server)
+    return await within(post_form(http_client, server, "/addon/install-addon",
+                                  {"zipfileURL": url, "csrf": token}, cookie), 60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_add_on_download_that_trickles_or_never_ends_is_cut(start_server, browser, monkeypatch):
+    from medimage_tx.addons import installer
+
+    # The limits, made small for the test (defaults: 100 MiB, 300 s).
+    monkeypatch.setattr(installer, "DOWNLOAD_SECONDS", 2.0)
+    monkeypatch.setattr(installer, "DOWNLOAD_MAX_BYTES", 1024 * 1024)
+    server = await start_server()
+    ports = []
+    try:
+        # Headers at once, then a byte every 0.1 s for ever. Before the fix
+        # only the headers had a time limit: this install never answered.
+        slow = trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        ports.append(reactor.listenTCP(0, slow, interface="127.0.0.1"))
+        began = reactor.seconds()
+        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
+        assert code == 400 and "did not arrive within 2 s" in answer["message"], answer
+        assert (await within(slow.cut)) - began < 20  # the connection was dropped
+
+        # Headers that trickle: the same time limit, headers included.
+        slow_head = trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        ports.append(reactor.listenTCP(0, slow_head, interface="127.0.0.1"))
+        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
+        assert code == 400 and "did not arrive within 2 s" in answer["message"], answer
+        await within(slow_head.cut)
+
+        # A chunked body without end, as fast as the PC reads: cut at the size limit.
+        endless = flood(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        lambda: b"10000\r\n" + b"z" * 0x10000 + b"\r\n")
+        ports.append(reactor.listenTCP(0, endless, interface="127.0.0.1"))
+        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
+        assert code == 400 and "larger than 1 MiB" in answer["message"], answer
+        assert (await within(endless.cut)) < 1024 * 1024 + BUFFERS
+
+        # A declared length over the limit: refused before the body is read.
+        declared = flood(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1024 ** 3), lambda: b"z" * 0x10000)
+        ports.append(reactor.listenTCP(0, declared, interface="127.0.0.1"))
+        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
+        assert code == 400 and "larger than 1 MiB" in answer["message"], answer
+        assert (await within(declared.cut)) < BUFFERS
+
+        # Endless headers: the head limit.
+        heads = flood(b"HTTP/1.1 200 OK\r\n", endless_header_lines)
+        ports.append(reactor.listenTCP(0, heads, interface="127.0.0.1"))
+        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
+        assert code == 400 and "headers went past 64 KiB" in answer["message"], answer
+        assert (await within(heads.cut)) < MAX_RESPONSE_HEAD + BUFFERS
+    finally:
+        for port in ports:
+            await defer.maybeDeferred(port.stopListening)
+    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["config.json"]
+    assert all_files(server.data / "tmp") == []
 
 
 class TricklingRelay(Resource):
