@@ -168,11 +168,16 @@ async def test_first_start_writes_the_documented_defaults_and_stages_photos(tmp_
         stored = data / "photos" / "moles" / "John123-28-Nov-2026-10-11-12.jpg"
         assert stored.read_bytes() == photo
         assert stat.S_IMODE(stored.stat().st_mode) == 0o644
+        readme_says("no tag: `<folder>/John123-<date>.jpg`")
+        code, body, _ = await upload_photo(http_client, f"http://127.0.0.1:{port}",
+                                           "John123-28-Nov-2026-10-11-13.jpg", photo)
+        assert code == 200, body
+        assert (data / "photos" / "John123-28-Nov-2026-10-11-13.jpg").read_bytes() == photo
 
         # The home page on the PC itself says whether it works; what any
         # other page (the app's scan is one) gets is the short answer.
         home_page = await within((await within(http_client.get(f"http://127.0.0.1:{port}/"))).text())
-        assert "Is it working?" in home_page and "Photos received today: 1." in home_page
+        assert "Is it working?" in home_page and "Photos received today: 2." in home_page
         readme_says('must show a short "MedImage server." page')
         scan = await within(http_client.get(f"http://127.0.0.1:{port}/", headers={"Origin": ["http://elsewhere"]}))
         scan_page = await within(scan.text())
