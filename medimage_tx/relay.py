@@ -70,6 +70,12 @@ class Relay:
         d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
         return d
 
+    def waiting(self, paired_id: str) -> int:
+        """
+        How many long polls on this node wait for C{paired_id}.
+        """
+        return len(self._waiters.get(paired_id, ()))
+
     def _time_out(self, paired_id: str, d: Deferred) -> None:
         self._forget(paired_id, d)
         d.callback(None)

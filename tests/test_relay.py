@@ -206,14 +206,16 @@ async def test_acknowledged_read_hides_then_requeues_then_confirms(start_server,
 
 async def parked_poll(http_client, relay, wait: int = 60):
     """
-    A PC's long poll, parked at the relay (a round trip after it), and the
-    list its answer lands in.
+    A PC's long poll, parked at the relay, and the list its answer lands in.
+    Parked means the relay holds it (L{Relay.waiting}): a round trip on
+    another connection proves neither that the poll's request was read nor
+    that its look in the store (a thread, for PostgreSQL) is done.
     """
     answered = []
     waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait={wait}", headers={b"X-MedImage-Ack": [b"1"]})
     waiting.addCallback(lambda response: answered.append(response) or response)
-    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
-    await empty.content()
+    await eventually(lambda: answered or relay.service.state.relay.waiting(PAIRED_ID) == 1,
+                     "the long poll is parked")
     return waiting, answered
 
 
@@ -224,6 +226,43 @@ async def test_long_poll_is_woken_by_the_upload(start_server, http_client):
     assert answered == []
     photo = jpeg_bytes()
     await upload(http_client, relay, APP_NAME, photo)
+    response = await within(waiting)
+    assert await response.content() == photo
+
+
+@pytest_twisted.ensureDeferred
+async def test_photo_arriving_while_the_poll_looks_in_the_store_wakes_it(start_server, http_client):
+    """
+    The poll's first look at the store finds nothing, and a photo arrives
+    before that answer is back (PostgreSQL looks in a thread, another node
+    takes the upload): its news must not fall between the look and the wait.
+    """
+    relay = await start_relay(start_server, Clock())  # the wait never times out by itself
+    store = relay.service.state.relay.store
+    looking: defer.Deferred = defer.Deferred()
+
+    def held_back(real):
+        def look(paired_id):
+            store.peek, store.lease = real_peek, real_lease  # only the first look
+            found = defer.Deferred()
+            gate = defer.Deferred()
+            defer.ensureDeferred(real(paired_id)).addBoth(
+                lambda result: gate.addCallback(lambda _: found.callback(result)))
+            looking.callback([gate])  # in a list: a Deferred result would be chained
+            return found
+        return look
+
+    real_peek, real_lease = store.peek, store.lease
+    store.peek, store.lease = held_back(real_peek), held_back(real_lease)
+    waiting = http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=60", headers={b"X-MedImage-Ack": [b"1"]})
+    told = []
+    wake = store.on_available
+    store.on_available = lambda paired_id: (told.append(paired_id), wake(paired_id))
+    [gate] = await within(looking)
+    photo = jpeg_bytes()
+    await upload(http_client, relay, APP_NAME, photo)
+    await eventually(lambda: PAIRED_ID in told, "the store tells of the new photo")
+    gate.callback(None)  # the look's answer (nothing) comes back only now
     response = await within(waiting)
     assert await response.content() == photo
 
@@ -240,8 +279,9 @@ async def test_a_wake_for_nothing_does_not_cut_the_long_poll_short(start_server,
     waiting, answered = await parked_poll(http_client, relay)
     store = relay.service.state.relay.store
     store.on_available(None)
+    assert relay.service.state.relay.waiting(PAIRED_ID) == 1  # woken, it waits again at once
     clock.advance(30)
-    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # the woken poll looked again
+    empty = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")
     await empty.content()
     assert answered == []
     photo = jpeg_bytes()
