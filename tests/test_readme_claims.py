@@ -217,17 +217,17 @@ async def test_null_keys_relative_and_empty_folders_lan_mode_off_and_verbose(tmp
         assert code == 200, body
         await server.wait_for(rb"Received ward5/arm\.jpg")
         for folder in (target, data / "photos"):  # keepMaster null: kept
-            await within(_until_file(folder / "ward5" / "arm.jpg"))
+            await _until_file(folder / "ward5" / "arm.jpg")
             assert (folder / "ward5" / "arm.jpg").read_bytes() == photo
         assert b"Starting factory" in server.output  # Twisted's chatter: only with --verbose
     finally:
         assert await stop(server) == -signal.SIGTERM
 
 
-async def _until_file(path: Path) -> None:
+async def _until_file(path: Path, seconds: float = 15.0) -> None:
     from conftest import eventually
 
-    await eventually(path.exists, f"{path} written")
+    await eventually(path.exists, f"{path} written", seconds=seconds)
 
 
 @pytest_twisted.ensureDeferred
@@ -359,7 +359,7 @@ async def test_on_start_backup_drive_detect_copies_to_every_other_drive_without_
         assert code == 200, body
         # The drive is mounted in the server's namespace only: seen through its root.
         on_drive = Path(f"/proc/{server.transport.pid}/root") / drive.relative_to("/") / "MedImage" / "photos"
-        await within(_until_file(on_drive / "ward5" / "arm.jpg"))
+        await _until_file(on_drive / "ward5" / "arm.jpg")
         assert (on_drive / "ward5" / "arm.jpg").read_bytes() == photo
         assert json.loads((data / "config.json").read_text()) == config  # not saved
     finally:
@@ -397,3 +397,42 @@ def test_migrate_replace_keeps_our_config_and_addons_and_leaves_the_originals_fi
     assert (ours / "addons.before-migration" / "resize").is_dir()
     assert (ours / "addons" / "medtech32" / "run.sh").read_text() == "echo original\n"
     assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_migrate_phones_paired_with_the_original_send_through_the_same_relay(tmp_path, http_client):
+    # Steps 2 and 3 of "Moving from the original": migrate, start with the
+    # same --data, "phones paired with the old server send to this one,
+    # through the same relay" (a photo the phone sent while the original
+    # was stopped included).
+    readme_says("phones paired with the old server send to this one, through the same relay")
+    paired_id = "bS6FpXvwagUbeMIXnM"
+    relay_data, original, ours, target = (tmp_path / n for n in ("relay", "MedImage", "ours", "clinic"))
+    for folder in (relay_data, original / "photos", target):
+        folder.mkdir(parents=True)
+    (relay_data / "config.json").write_text(json.dumps({"allowPhotosLeaving": True, "lanMode": False}))
+    relay = spawn([str(COMMAND), "serve", "--data", str(relay_data), "--port", "0"], str(tmp_path))
+    server = None
+    try:
+        relay_url = f"http://127.0.0.1:{await relay.port()}"
+        photo = jpeg_bytes(40_000)
+        code, body, _ = await upload_photo(http_client, relay_url, f"#{paired_id}-#ward5-arm-28-Nov-2026.jpg", photo)
+        assert code == 200, body
+        # The original's config, as its user guide shows a paired one.
+        (original / "config.json").write_text(json.dumps({
+            "backupTo": [target.as_posix()], "readProxy": f"{relay_url}/read/{paired_id}", "globalId": paired_id,
+            "transfer": 45652482, "listenPort": 5566, "allowPhotosLeaving": False,
+            "allowGettingRemotePhotos": True, "webProxy": None, "keepMaster": False, "lockDown": False,
+            "basicAuthent": "changeme"}, indent=6))
+        migrated = subprocess.run([str(COMMAND), "migrate", "--from", str(original), "--data", str(ours)],
+                                  capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert migrated.returncode == 0, migrated.stderr
+        server = spawn([str(COMMAND), "serve", "--data", str(ours), "--port", "0", "--no-lan"], str(tmp_path))
+        await server.port()
+        arrived = target / "ward5" / "arm-28-Nov-2026.jpg"
+        await _until_file(arrived, 60)
+        assert arrived.read_bytes() == photo
+    finally:
+        if server is not None:
+            assert await stop(server) == -signal.SIGTERM
+        assert await stop(relay) == -signal.SIGTERM

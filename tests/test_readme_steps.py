@@ -89,7 +89,8 @@ async def test_readme_install_first_start_and_pairing(tmp_path, namespace, http_
     # First start: `make run`, on the embedded defaults.
     needs("    make run\n")
     server = run_in(namespace, checkout, "make run", home)
-    await server.wait_for(rb"listening on port 5566")
+    # With LAN mode on (the default), on every IPv4 address, as the README's line says.
+    await server.wait_for(rb"listening on port 5566 \(http, 0\.0\.0\.0\)")
     await server.wait_for(re.escape(f"photos arrive in {home / 'MedImage' / 'photos'}").encode())
     await server.wait_for(rb"Start-up check done")
     config_path = home / "MedImage" / "config.json"
