@@ -231,14 +231,24 @@ async def _until_file(path: Path, seconds: float = 15.0) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_relay_listens_on_all_addresses_even_with_lan_mode_off(tmp_path):
+async def test_a_relay_listens_on_all_addresses_even_with_lan_mode_off_and_uses_no_backup_to(tmp_path, http_client):
     readme_says("a relay: always all")
-    data = tmp_path / "relay"
+    readme_says("`true` makes this server a relay (`backupTo` and `keepMaster` are then not used)")
+    data, folder = tmp_path / "relay", tmp_path / "not-for-a-relay"
     data.mkdir()
-    (data / "config.json").write_text(json.dumps({"allowPhotosLeaving": True, "lanMode": False}))
+    folder.mkdir()
+    (data / "config.json").write_text(json.dumps({"allowPhotosLeaving": True, "lanMode": False,
+                                                  "backupTo": [folder.as_posix()], "keepMaster": False}))
     relay = spawn([str(COMMAND), "serve", "--data", str(data), "--port", "0"], str(tmp_path))
     try:
-        await relay.wait_for(rb"MedImage relay server \S+ listening on port \d+ \(http, 0\.0\.0\.0\)")
+        line = await relay.wait_for(rb"MedImage relay server \S+ listening on port (\d+) \(http, 0\.0\.0\.0\)")
+        photo = jpeg_bytes(10_000)
+        code, body, _ = await upload_photo(http_client, f"http://127.0.0.1:{int(line.group(1))}",
+                                           "#bS6FpXvwagUbeMIXnM-#ward5-arm.jpg", photo)
+        assert code == 200, body
+        # Queued (a relay's 200 means stored), and nothing in backupTo.
+        assert (data / "photos" / "bS6FpXvwagUbeMIXnM" / "ward5" / "arm.jpg").read_bytes() == photo
+        assert list(folder.iterdir()) == []
     finally:
         assert await stop(relay) == -signal.SIGTERM
 
@@ -292,14 +302,15 @@ def test_service_install_writes_the_named_unit_and_starts_it_now_and_at_boot(tmp
 def test_other_commands_default_to_the_home_medimage_config(tmp_path):
     # "The other commands default to ~/MedImage/config.json": an add-on
     # installed without --config lands in ~/MedImage/addons.
-    from test_addons_web import addon_zip
+    import zipfile
 
     readme_says("The other commands default to `~/MedImage/config.json`")
     home = tmp_path / "home"
     (home / "MedImage").mkdir(parents=True)
     (home / "MedImage" / "config.json").write_text("{}")
     zip_path = tmp_path / "myaddon-1.0.zip"
-    zip_path.write_bytes(addon_zip(nested=""))
+    with zipfile.ZipFile(zip_path, "w") as archive:  # the smallest add-on the original's installer takes
+        archive.writestr("medimage-installer.json", json.dumps({"name": "myaddon", "version": "1.0"}))
     done = subprocess.run([str(COMMAND), "addon", "install", str(zip_path)], capture_output=True, text=True,
                           timeout=120, env=env_with_home(home), cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -97,6 +97,7 @@ async def test_no_get_changes_anything_and_posts_need_the_token(start_server, ht
     response, body = await post(http_client, pc.url + "/admin/settings",
                                 {"output": str(elsewhere), "type:.jpg": "on", "csrf": token}, pc.url, cookie)
     assert response.code == 200 and "Saved." in body
+    assert "LAN mode changes when the server restarts." in body  # README: "LAN mode (after a restart)"
     saved = json.loads((pc.data / "config.json").read_text())
     assert saved["backupTo"] == [str(elsewhere)]
     assert saved["allowedTypes"] == [{"extension": ".jpg", "mime": "image/jpeg"}]
