@@ -28,19 +28,19 @@ from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
 from treq.client import HTTPClient
-from twisted.internet.protocol import Protocol
-from twisted.web.client import HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import HTTPConnectionPool
 
 from .identity import PAIRED_ID
 from .pairing import BadPairingAnswer, IssuedCode, parse_issue_answer
 from .proxy_tunnel import make_agent
 from .relay_tls import explain, is_tls_refusal
+from .response_limits import CappedBody, ResponseHeadTooLong, ResponseTooLarge, ResponseTooSlow, timed_out
 
 #: AtomJump's central pairing service: every MedImage app version redeems
 #: codes there (PROTOCOL.md A5), so it is the default.
 CENTRAL_PAIRING_URL = "https://medimage-pair.atomjump.com/med-genid.php"
-#: The most of a pairing service's answer we read.
+#: The most of a pairing service's answer (its body) we read, and the
+#: seconds it may take in all.
 MAX_ANSWER = 4096
 TIMEOUT_SECONDS = 30.0
 
@@ -215,95 +215,58 @@ def one_off_client(reactor: Any, web_proxy: str, tls=None) -> HTTPClient:
 
 
 async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Optional[Path] = None,
-                       via_proxy: bool = False) -> IssuedCode:
+                       via_proxy: bool = False, clock: Any = None) -> IssuedCode:
     """
-    Register with the pairing service and return its checked answer.
+    Register with the pairing service and return its checked answer.  The
+    whole answer, headers and body, must come within L{TIMEOUT_SECONDS}
+    (treq's C{timeout} ends at the headers: a service that dripped its
+    answer held the pairing, and C{medimage-tx pair}, for as long as it
+    liked), with at most L{MAX_ANSWER} bytes of body and 64 KiB of headers
+    (L{response_limits}).
 
     @param ca_file: C{relayCA}, trusted by C{client}; and C{via_proxy}
         (C{webProxy} is set): to explain a refused certificate.
 
     @raise PairingError: in our words; the service's body is never repeated.
     """
+    if clock is None:
+        from twisted.internet import reactor as clock
     url = pairing.request.pairing_url()
+    deadline = clock.seconds() + TIMEOUT_SECONDS
     try:
         response = await client.post(url, data=pairing.form(), allow_redirects=False,
-                                     timeout=TIMEOUT_SECONDS)
+                                      timeout=TIMEOUT_SECONDS, unbuffered=True)
     except Exception as e:
+        if timed_out(e):
+            raise PairingError(_TOO_SLOW)
+        if any(isinstance(getattr(f, "value", None), ResponseHeadTooLong) for f in getattr(e, "reasons", None) or []):
+            raise PairingError(_TOO_LONG)
         if is_tls_refusal(e):
             # Not the PC's internet connection: say what is wrong and what to do.
             explained = await explain(e, url, ca_file, direct=not via_proxy)
             raise PairingError(f"Cannot pair: {explained}.")
         raise PairingError("Cannot reach the pairing service. Check this PC's internet connection "
                            "(and webProxy in config.json).")
-    body = await _read_capped(response)
+    chunks: list[bytes] = []
+    reader = CappedBody(chunks.append, MAX_ANSWER, deadline, clock)
+    response.deliverBody(reader)
+    try:
+        await reader.done
+    except ResponseTooLarge:
+        raise PairingError(_TOO_LONG)
+    except ResponseTooSlow:
+        raise PairingError(_TOO_SLOW)
+    except Exception:
+        raise PairingError("The pairing service's answer was cut off, so it was not used.")
     if response.code != 200:
         raise PairingError(f"The pairing service refused the request (HTTP {response.code}).")
-    if body is None:
-        raise PairingError("The pairing service sent a far longer answer than a pairing, so it "
-                           "was not used.")
     try:
-        issued = parse_issue_answer(body.decode("utf-8", "replace"))
+        issued = parse_issue_answer(b"".join(chunks).decode("utf-8", "replace"))
     except BadPairingAnswer:
         raise PairingError("The pairing service's answer was not a pairing, so it was not used.")
     check_answer(issued, pairing)
     return issued
 
 
-async def _read_capped(response, clock: Any = None) -> Optional[bytes]:
-    """
-    The body, or L{None} if it is longer than L{MAX_ANSWER} (the rest is
-    not read: the connection is dropped).  The whole body must come within
-    L{TIMEOUT_SECONDS}: treq's C{timeout} ends at the headers, so a service
-    that dripped its answer held the pairing (and C{medimage-tx pair}) for
-    as long as it liked.
-    """
-    from twisted.internet import defer
-
-    if clock is None:
-        from twisted.internet import reactor as clock
-    done: defer.Deferred = defer.Deferred()
-    reader = _CappedBody(done)
-    response.deliverBody(reader)
-    deadline = clock.callLater(TIMEOUT_SECONDS, reader.give_up)
-    try:
-        return await done
-    finally:
-        if deadline.active():
-            deadline.cancel()
-
-
-class _CappedBody(Protocol):
-    def __init__(self, done):
-        self.done = done
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def _finish(self, result) -> None:
-        if self.done.called:
-            return
-        if isinstance(result, Exception):
-            self.done.errback(result)
-        else:
-            self.done.callback(result)
-
-    def _drop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > MAX_ANSWER:
-            self._finish(None)
-            self._drop()
-        else:
-            self.chunks.append(data)
-
-    def give_up(self) -> None:
-        self._finish(PairingError("The pairing service's answer was too slow, so it was not used."))
-        self._drop()
-
-    def connectionLost(self, reason=None) -> None:
-        if reason is not None and reason.check(ResponseDone, PotentialDataLoss):
-            self._finish(b"".join(self.chunks))
-        else:
-            self._finish(PairingError("The pairing service's answer was cut off, so it was not used."))
+_TOO_SLOW = "The pairing service's answer was too slow, so it was not used."
+_TOO_LONG = "The pairing service sent a far longer answer than a pairing, so it was not used."

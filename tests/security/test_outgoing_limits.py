@@ -9,6 +9,7 @@ stand-ins are real TCP servers.
 from __future__ import annotations
 
 import psutil
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IPullProducer
@@ -286,3 +287,117 @@ async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_ser
         assert seconds <= took + 0.2 and sent < length, (photo, took, sent)
         assert f"took longer than {seconds:g} s" in pc.service.puller.outage
         assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
+
+
+class _SlowAnswer(Protocol):
+    """
+    Reads a request head; sends a status line at once, then a header line
+    every 0.25 s for C{head_ticks} ticks, the end of the head, then a
+    byte of the body every 0.25 s for ever.
+    """
+
+    def connectionMade(self):
+        self.received, self.call, self.ticks = b"", None, 0
+
+    def dataReceived(self, data):
+        self.received += data
+        if self.call is None and b"\r\n\r\n" in self.received:
+            self.transport.write(b"HTTP/1.1 200 OK\r\n")
+            self.call = LoopingCall(self._tick)
+            self.call.start(0.25, now=False)
+
+    def _tick(self):
+        self.ticks += 1
+        if self.ticks < self.factory.head_ticks:
+            self.transport.write(b"X-Slow-%d: a\r\n" % self.ticks)
+        elif self.ticks == self.factory.head_ticks:
+            self.transport.write(b"Content-Length: 4000\r\n\r\n")
+        else:
+            self.transport.write(b"1")
+
+    def connectionLost(self, reason):
+        if self.call is not None and self.call.running:
+            self.call.stop()
+        if not self.factory.cut.called:
+            self.factory.cut.callback(reactor.seconds())
+
+
+async def pair_with(port: int):
+    from medimage_tx.pc_pairing import PairingPlan, PairRequest, one_off_client, request_code
+
+    wanted = PairRequest.checked("http://relay.example", custom_pairing=f"http://127.0.0.1:{port}/med-genid.php")
+    return await request_code(one_off_client(reactor, ""), PairingPlan(wanted, "", ""))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeypatch):
+    from medimage_tx import pc_pairing
+
+    monkeypatch.setattr(pc_pairing, "TIMEOUT_SECONDS", 3.0)  # 30 s in use
+    # Headers that end just before the time is up, then a body that drips.
+    # Before the fix the body got a time of its own: 2.75 + 3 s.
+    slow = Factory.forProtocol(_SlowAnswer)
+    slow.head_ticks, slow.cut = 11, defer.Deferred()
+    port = reactor.listenTCP(0, slow, interface="127.0.0.1")
+    try:
+        began = reactor.seconds()
+        with pytest.raises(pc_pairing.PairingError, match="too slow"):
+            await within(pair_with(port.getHost().port), 30)
+        took = reactor.seconds() - began
+        assert 2.9 <= took < 4.5, took
+        assert (await within(slow.cut)) - began < 4.5  # the connection was dropped
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+
+    # Endless short header lines: cut at the head limit, in our words.
+    heads = flood(b"HTTP/1.1 200 OK\r\n", endless_header_lines)
+    port = reactor.listenTCP(0, heads, interface="127.0.0.1")
+    try:
+        with pytest.raises(pc_pairing.PairingError, match="far longer answer"):
+            await within(pair_with(port.getHost().port), 30)
+        assert (await within(heads.cut)) < MAX_RESPONSE_HEAD + BUFFERS
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+
+
+class _DrippedHandshake(Protocol):
+    """
+    A TLS server that never finishes: a handshake record of 16 KiB
+    holding a server hello of that size, then one byte of it every 0.1 s.
+    """
+
+    def connectionMade(self):
+        self.transport.write(b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc")
+        self.call = LoopingCall(self.transport.write, b"\x03")
+        self.call.start(0.1)
+
+    def connectionLost(self, reason):
+        if self.call.running:
+            self.call.stop()
+        if not self.factory.cut.called:
+            self.factory.cut.callback(reactor.seconds())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_certificate_diagnosis_has_a_time_limit_in_all(monkeypatch):
+    from OpenSSL import SSL
+
+    from medimage_tx import relay_tls
+
+    # After a refused certificate the PC connects once more to say why
+    # (relay_tls.explain, in a thread the puller waits on). Python's ssl
+    # applies a socket's timeout to the whole handshake, not to each read,
+    # so a byte every 0.1 s cannot hold it (16 KiB of them: 27 minutes).
+    monkeypatch.setattr(relay_tls, "DIAGNOSIS_SECONDS", 1.0)  # 5 s in use
+    dripping = Factory.forProtocol(_DrippedHandshake)
+    dripping.cut = defer.Deferred()
+    port = reactor.listenTCP(0, dripping, interface="127.0.0.1")
+    try:
+        began = reactor.seconds()
+        said = await within(relay_tls.explain(SSL.Error("certificate verify failed"),
+                                              f"https://127.0.0.1:{port.getHost().port}/read/x", None), 30)
+        assert reactor.seconds() - began < 10
+        assert "certificate is not trusted" in said
+        await within(dripping.cut)
+    finally:
+        await defer.maybeDeferred(port.stopListening)
