@@ -220,8 +220,9 @@ class RelayPuller(Service):
         self._legacy_get = False
         small = self.answer_timeout
         if not self._supports_ack:
+            until = self.clock.seconds() + small
             head = await client.head(url, timeout=small, unbuffered=True)
-            await self._small_body(head)
+            await self._small_body(head, until)
             _expect_ok(head)
             self._supports_ack = head.headers.getRawHeaders(RELAY_FEATURES) is not None
             if not self._supports_ack:
@@ -235,21 +236,23 @@ class RelayPuller(Service):
                     return False
         if self._supports_ack:
             separator = "&" if "?" in url else "?"
+            until = self.clock.seconds() + self.long_poll + small
             response = await client.get(
                 f"{url}{separator}wait={self.long_poll}",
                 headers={ACK_HEADER: [b"1"]}, timeout=self.long_poll + small, unbuffered=True,
             )
         else:
+            until = self.clock.seconds() + small
             response = await client.get(url, timeout=small, unbuffered=True)
         if response.headers.getRawHeaders(RELAY_FEATURES) is None:
             self._supports_ack = False
             self._legacy_get = True  # the pause after a GET applies
         if response.code != 200:
-            await self._small_body(response)
+            await self._small_body(response, until)
             _expect_ok(response)
         file_name = _header(response, b"file-name")
         if file_name is None:
-            await self._small_body(response)
+            await self._small_body(response, until)
             return False
         if not self._supports_ack:
             self._last_received = (file_name, self.clock.seconds())
@@ -257,9 +260,10 @@ class RelayPuller(Service):
         stored, held = await self._store(received, file_name, config)
         receipt = _header(response, RECEIPT_HEADER)
         if receipt is not None:
+            until = self.clock.seconds() + small
             confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}",
                                           timeout=small, unbuffered=True)
-            await self._small_body(confirm)
+            await self._small_body(confirm, until)
             if confirm.code not in (200, 404):
                 raise RelayUnavailable(f"the relay answered {confirm.code} to a confirmation")
         if stored is not None:
@@ -278,12 +282,14 @@ class RelayPuller(Service):
         return last is not None and last[0] == name and \
             self.clock.seconds() - last[1] < 2 * self.legacy_interval
 
-    async def _small_body(self, response) -> bytes:
+    async def _small_body(self, response, until: float) -> bytes:
         """
         A body that should be short (an empty-queue answer, a confirmation):
-        at most 64 KiB is read, all of it within the answer timeout.
+        at most 64 KiB is read, all of it by C{until}, when the time for
+        the whole answer is up.
         """
-        download = _BodyToFile(None, 64 * 1024, self.clock, self.stall_timeout, self.answer_timeout)
+        seconds = max(0.0, until - self.clock.seconds())
+        download = _BodyToFile(None, 64 * 1024, self.clock, self.stall_timeout, seconds)
         response.deliverBody(download)
         await download.done
         return bytes(download.buffer)
@@ -400,7 +406,7 @@ class _BodyToFile(Protocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        self._stop(RelayUnavailable(f"the relay took longer than {self.total_timeout:g} s to send "
+        self._stop(RelayUnavailable(f"the relay took longer than {round(self.total_timeout, 1):g} s to send "
                                     f"{self.size} bytes"))
 
     def _stop(self, error: Exception) -> None:

@@ -262,9 +262,10 @@ class TricklingRelay(Resource):
 async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_server, tmp_path):
     # A photo of 16 KiB declared: the stall timeout (0.5 s here) plus 1 s
     # at the slowest rate waited for (16 KiB/s). An empty-queue answer:
-    # the answer timeout (1 s here). Before the fix a byte now and then
-    # reset the stall timer, so each took 1,640 s and 100 s.
-    for photo, length, seconds in ((True, 16 * 1024, 1.5), (False, 1000, 1.0)):
+    # what is left of the long poll's time, its wait plus the answer
+    # timeout (1 + 1 s here). Before the fix a byte now and then reset the
+    # stall timer, so each took 1,640 s and 100 s.
+    for photo, length, seconds in ((True, 16 * 1024, 1.5), (False, 1000, 2.0)):
         relay = TricklingRelay(photo, length)
         listening = reactor.listenTCP(0, server.Site(relay), interface="127.0.0.1")
         target = tmp_path / f"clinic-{photo}"
@@ -273,7 +274,7 @@ async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_ser
         def tune(service):
             puller = service.puller
             puller.backoff_start = puller.backoff_max = 300
-            puller.stall_timeout, puller.answer_timeout = 0.5, 1.0
+            puller.stall_timeout, puller.answer_timeout, puller.long_poll = 0.5, 1.0, 1
 
         pc = await start_server(f"pc-{photo}", tune=tune, globalId=PAIRED_ID, backupTo=[target.as_posix()],
                                 readProxy=f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
