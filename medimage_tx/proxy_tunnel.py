@@ -93,9 +93,25 @@ class TunnelEndpoint:
         self.auth = auth
 
     def connect(self, factory) -> Deferred:
-        done: Deferred = Deferred()
-        connecting = self.proxy.connect(
-            Factory.forProtocol(lambda: _Tunnel(self.target, self.auth, factory, done)))
+        tunnels: list[_Tunnel] = []
+
+        def cancel(_) -> None:
+            # The request's time ran out (treq's timeout cancels): close the
+            # proxy connection too, not only the wait for it; and fail with
+            # an error of our own, not CancelledError (which, unlike a
+            # cancelled direct connection's, looked like the caller's own
+            # cancellation and stopped the puller for good).
+            done.errback(TunnelRefused("the web proxy did not open the tunnel in time"))
+            connecting.cancel()
+            for tunnel in tunnels:
+                tunnel.transport.abortConnection()
+
+        def tunnel() -> _Tunnel:
+            tunnels.append(_Tunnel(self.target, self.auth, factory, done))
+            return tunnels[-1]
+
+        done: Deferred = Deferred(cancel)
+        connecting = self.proxy.connect(Factory.forProtocol(tunnel))
         connecting.addErrback(lambda failure: done.called or done.errback(failure))
         return done
 

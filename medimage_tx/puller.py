@@ -176,9 +176,12 @@ class RelayPuller(Service):
                 continue
             try:
                 got = await self._pull_once(config)
-            except (CancelledError, GeneratorExit):
+            except GeneratorExit:
                 raise
-            except Exception as e:
+            except (Exception, CancelledError) as e:
+                if isinstance(e, CancelledError) and (generation != self._generation or not self.running):
+                    raise  # this loop was stopped or replaced
+                # Else a request was cancelled by its time limit: an outage.
                 if generation != self._generation:
                     return  # cancelled for a new config; the new loop runs
                 failures += 1

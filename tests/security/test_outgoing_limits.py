@@ -20,7 +20,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from conftest import all_files, within
+from conftest import all_files, eventually, within
 from test_addons_web import browser, csrf, post_form  # noqa: F401 (browser: a fixture)
 from medimage_tx.response_limits import MAX_RESPONSE_HEAD
 
@@ -402,3 +402,44 @@ async def test_the_certificate_diagnosis_has_a_time_limit_in_all(monkeypatch):
         await within(dripping.cut)
     finally:
         await defer.maybeDeferred(port.stopListening)
+
+
+class _SilentProxy(Protocol):
+    """
+    A web proxy that takes a connection and never answers its CONNECT;
+    the factory's C{cut} fires when the client closes it.
+    """
+
+    def connectionMade(self):
+        self.factory.connections += 1
+
+    def connectionLost(self, reason):
+        if not self.factory.cut.called:
+            self.factory.cut.callback(reactor.seconds())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_web_proxy_that_never_opens_the_tunnel_is_closed_when_time_is_up(start_server, tmp_path):
+    proxy = Factory.forProtocol(_SilentProxy)
+    proxy.connections, proxy.cut = 0, defer.Deferred()
+    port = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+
+    def tune(service):
+        puller = service.puller
+        puller.backoff_start = puller.backoff_max = 1.0
+        puller.answer_timeout = 1.0
+
+    try:
+        pc = await start_server("pc", tune=tune, globalId=PAIRED_ID,
+                                webProxy=f"http://127.0.0.1:{port.getHost().port}",
+                                readProxy=f"https://relay.example/read/{PAIRED_ID}")
+        began = reactor.seconds()
+        # Before the fix the request gave up at 1 s but the connection to
+        # the proxy stayed open (until the proxy answered, if ever), and
+        # the CancelledError it failed with stopped the puller for good.
+        closed = await within(proxy.cut, 20)
+        assert closed - began < 10
+        await eventually(lambda: proxy.connections >= 2, "the puller tries again after its backoff")
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+    assert pc.service.puller.outage == "the web proxy did not open the tunnel in time"
