@@ -126,7 +126,9 @@ async def test_upload_on_node_a_is_delivered_by_a_long_poll_on_node_b(tmp_path, 
     polling = client.get(f"{b.url}/read/{PAIRED_ID}?wait=30", headers=ack)
     answered = []
     polling.addCallback(lambda response: answered.append(response) or response)
-    # A round trip to B: its long poll is parked by now.
+    # A round trip to B: B has most likely read the poll by now and parked
+    # it (it listens before it looks, 3d0847b); whether it has or not, the
+    # photo must reach that poll.
     empty = await within(client.get(f"{b.url}/read/{PAIRED_ID}"))
     assert await empty.content() == b"none" and answered == []
     photo = jpeg_bytes(3_000_000)
@@ -257,6 +259,9 @@ async def test_node_killed_while_holding_the_pcs_long_poll_and_lease_loses_nothi
     await eventually(lambda: pc.puller._supports_ack, "the PC long-polls through HAProxy")
     assert (await upload(client, b.url, name_of(0), photos[0]))[0] == 200
     await eventually(lambda: leased_on(a) >= 1, "A hands the photo to the PC")
+    # A's line says only that the photo went into its connection: the PC
+    # may still be reading it, and would store it once the folder is free.
+    await eventually(lambda: pc.puller.outage is not None, "the PC fails to store P0")
     await a.kill9()
     blocker.unlink()
     for i in (1, 2, 3):  # more photos while A is dead, through the front

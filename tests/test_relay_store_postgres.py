@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 import documented
-from conftest import jpeg_bytes
+from conftest import jpeg_bytes, within
 from medimage_tx.errors import TryLater
 from medimage_tx.relay_store import schema
 from medimage_tx.relay_store.base import RelayStoreUnavailable
@@ -76,8 +76,16 @@ def two_nodes(postgres_url):
     check_database(postgres_url)
     clock = Clock()
     nodes = [PostgresRelayStore(postgres_url, reactor, clock, lease_seconds=300) for _ in range(2)]
+    listening = []
     for node in nodes:
+        up = defer.Deferred()
+        node.on_available = lambda who, up=up: None if who is not None or up.called else up.callback(None)
         node.start()
+        listening.append(up)
+    # A node LISTENs on a connection of its own, made in a thread after
+    # start(), and wakes every waiter (None) once it does: a NOTIFY sent
+    # before that never reaches it, so the tests begin only then.
+    pytest_twisted.blockon(within(defer.gatherResults(listening), 60))
     yield clock, nodes
     for node in nodes:
         pytest_twisted.blockon(node.stop())
@@ -112,7 +120,7 @@ async def test_photo_put_on_one_node_is_leased_and_confirmed_on_the_other(two_no
     assert await a.put(PAIRED_ID, PARTS, temp, None, len(photo), limits()) == (
         f"{PAIRED_ID}/NHID1234/arm.jpg", False)
     assert not temp.exists()
-    assert await defer.DeferredList([heard], fireOnOneErrback=True)  # b was notified
+    assert await within(heard) == PAIRED_ID  # b was notified
     assert await b.holds(f"{PAIRED_ID}/NHID1234/arm.jpg") is True
     delivery = await b.lease(PAIRED_ID)
     assert delivery.open().read() == photo
@@ -157,7 +165,7 @@ async def test_lease_running_out_wakes_waiters_and_old_receipt_still_confirms(tw
     delivery = await a.lease(PAIRED_ID)
     heard = woken(b, PAIRED_ID)
     clock.advance(301)  # the lease runs out; the sweep notices and notifies
-    await heard
+    await within(heard)
     assert (await b.peek(PAIRED_ID)).relative == delivery.photo.relative
     # Nobody leased it since: the old receipt still confirms.
     assert (await b.confirm(PAIRED_ID, delivery.photo.receipt)) is not None
