@@ -23,6 +23,7 @@ import pytest_twisted
 
 from conftest import jpeg_bytes, upload_photo, within
 from processes import spawn
+from test_service import dry_run, unit_values
 
 REPO = Path(__file__).parent.parent
 README = (REPO / "README.md").read_text()
@@ -250,17 +251,6 @@ async def test_a_relay_listens_on_all_addresses_even_with_lan_mode_off_and_uses_
         assert list(folder.iterdir()) == []
     finally:
         assert await stop(relay) == -signal.SIGTERM
-
-
-def dry_run(*args: str) -> str:
-    done = subprocess.run([str(COMMAND), "service", "install", "--dry-run", *args],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def unit_values(text: str, key: str) -> list[str]:
-    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(key + "=")]
 
 
 def test_the_service_defaults_are_the_documented_user_data_folder_and_umask():
