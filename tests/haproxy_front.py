@@ -14,7 +14,9 @@ def haproxy_config(port: int, nodes: list[int], balance: str = "roundrobin",
                    maxconn: int = 4000, send_proxy: bool = True) -> str:
     """
     One front on 127.0.0.1:C{port}, the nodes on C{nodes} behind it, checked
-    every 200 ms so a dead node is out within a second.  Long polls last up
+    every 200 ms so a dead node is out within a second (it refuses at once);
+    a live one may take up to 5 s to answer a check (C{timeout check}), so
+    a node slowed by a loaded machine is not taken out.  Long polls last up
     to a minute, so the client and server timeouts are longer than that.
     With C{send_proxy}, each connection to a node starts with the client's
     address (the PROXY protocol; nodes with C{proxyProtocol: true}).
@@ -32,6 +34,7 @@ defaults
     option redispatch
     retries 3
     timeout connect 2s
+    timeout check 5s
     timeout client 90s
     timeout server 90s
     timeout http-request 30s

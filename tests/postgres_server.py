@@ -48,6 +48,7 @@ class ThrowawayPostgres:
         self.fsync = fsync
         self.extra = extra
         self._databases = 0
+        self._started = False
         self._user = "postgres" if os.geteuid() == 0 else None
         for program in ("initdb", "pg_ctl", "postgres"):
             if postgres_bin(program) is None:
@@ -86,8 +87,26 @@ class ThrowawayPostgres:
         return f"-p {self.port} " + " ".join(f"-c {s}" for s in settings)
 
     def start(self) -> "ThrowawayPostgres":
-        self._run(postgres_bin("pg_ctl"), "-D", str(self.data), "-o", self.options, "-w",
-                  "-t", "60", "-l", str(self.folder / "server.log"), "start")
+        """
+        Start the server.  At the first start, a port that another program
+        took after L{free_port} found it free is left for another one;
+        later starts keep the port (the stores' URLs name it).
+        """
+        log = self.folder / "server.log"
+        for _ in range(5):
+            seen = log.stat().st_size if log.exists() else 0
+            started = self._run(postgres_bin("pg_ctl"), "-D", str(self.data), "-o", self.options, "-w",
+                                "-t", "60", "-l", str(log), "start", check=False)
+            if started.returncode == 0:
+                self._started = True
+                return self
+            with open(log, "rb") as f:
+                f.seek(seen)
+                taken = b"could not bind" in f.read()
+            if self._started or not taken:
+                started.check_returncode()
+            self.port = free_port()
+        started.check_returncode()
         return self
 
     def stop(self, mode: str = "fast") -> None:

@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import pytest_twisted
@@ -35,22 +36,28 @@ PAIRED_ID = "ClusterPairing0001"
 
 class Node:
     """
-    One relay node: a C{twistd medimage} process on a fixed port, so it can
-    be killed and started again behind the same HAProxy line.
+    One relay node: a C{twistd medimage} process; it keeps the port it got
+    at its first start, so it can be killed and started again behind the
+    same HAProxy line.
     """
 
     def __init__(self, data: Path, store_url: str, proxy_protocol: bool = False):
         self.data = data
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Port 0 at the first start: a port found free beforehand can be
+        # taken by another program before twistd listens on it.
+        self.port = 0
         write_config(data / "config.json", allowPhotosLeaving=True, allowGettingRemotePhotos=False,
                      lanMode=False, relayStore=store_url, proxyProtocol=proxy_protocol)
         self.process: WatchedProcess = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     async def start(self) -> "Node":
         self.process = spawn([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--data", str(self.data),
                               "--port", str(self.port), "--interface", "127.0.0.1"], str(self.data))
-        await within(self.process.port(), 60)
+        self.port = await within(self.process.port(), 60)
         return self
 
     async def kill9(self) -> None:
@@ -77,21 +84,30 @@ async def start_nodes(tmp_path, url: str, count: int = 2, proxy_protocol: bool =
 
 async def start_haproxy(tmp_path, nodes: list[Node], balance: str = "roundrobin",
                         send_proxy: bool = True) -> str:
-    port = free_port()
+    """
+    HAProxy cannot be told port 0 and say which it got: it gets a port
+    found free, and another if some other program took that one first.
+    """
     config = tmp_path / "haproxy.cfg"
-    config.write_text(haproxy_config(port, [node.port for node in nodes], balance, send_proxy=send_proxy))
-    spawn(haproxy_argv(config), str(tmp_path))
-    front = f"http://127.0.0.1:{port}"
+    for _ in range(5):
+        port = free_port()
+        config.write_text(haproxy_config(port, [node.port for node in nodes], balance, send_proxy=send_proxy))
+        haproxy = spawn(haproxy_argv(config), str(tmp_path))
 
-    async def answers() -> bool:
-        try:
-            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
-            return True
-        except Exception:
-            return False
+        def listening(pid: int = haproxy.transport.pid, port: int = port) -> bool:
+            # HAProxy itself, not whatever may have taken the port.
+            try:
+                process = psutil.Process(pid)
+                # net_connections since psutil 6; connections before.
+                sockets = getattr(process, "net_connections", process.connections)(kind="tcp")
+            except psutil.NoSuchProcess:
+                return False
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
 
-    await eventually(answers, "HAProxy listens")
-    return front
+        await eventually(lambda: haproxy.ended.called or listening(), "HAProxy listens or ends")
+        if not haproxy.ended.called:
+            return f"http://127.0.0.1:{port}"
+    raise AssertionError(f"HAProxy did not start:\n{haproxy.output.decode(errors='replace')[-2000:]}")
 
 
 async def upload(client, url: str, name: str, content: bytes):
