@@ -27,6 +27,8 @@ from .identity import fingerprint
 from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
 from .pairing_web import PairingService, PairPage
 from .relay import ReadResource
+from .request_budget import (PC_TOTAL_BURST, PC_TOTAL_RATE, PER_ADDRESS_BURST, PER_ADDRESS_RATE,
+                             RELAY_TOTAL_BURST, RELAY_TOTAL_RATE, RequestBudget, Ticket, address_key)
 from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
 from .pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
@@ -62,6 +64,11 @@ class Limits:
     small_body: int = 64 * 1024  # the most a non-upload body may carry
     connections_per_address: Optional[int] = None  # default: per role, below
     connections_in_total: Optional[int] = None  # default: per role, within the open-file limit
+    # Requests answered per second (request_budget.py); more wait their turn.
+    requests_per_address: float = PER_ADDRESS_RATE
+    request_burst_per_address: float = PER_ADDRESS_BURST
+    requests_in_total: Optional[float] = None  # default: per role
+    request_burst_in_total: Optional[float] = None
 
 
 class MedImageChannel(http.HTTPChannel):
@@ -81,6 +88,7 @@ class MedImageChannel(http.HTTPChannel):
     _awaiting_request = False
 
     _awaiting_address = False
+    budget_key = ""  # the client, as the request budget counts it
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -102,6 +110,7 @@ class MedImageChannel(http.HTTPChannel):
             self.transport.abortConnection()
             return False
         self._counted = host
+        self.budget_key = address_key(host)
         self._start_header_deadline()
         return True
 
@@ -234,10 +243,31 @@ class MedImageRequest(server.Request):
         if self._refused:
             return  # already answered, and the connection is closing
         self._set_deadline(None)  # all in: from here on it is our time, not the client's
+        channel = self.channel
+        ticket = channel.site.budget.request(
+            channel.budget_key, lambda: self._take_turn(command, path, version))
+        if ticket is None:
+            super().requestReceived(command, path, version)
+            return
+        # Over budget: stop reading this connection (a paused socket costs
+        # nothing, and the client's sends back up) until its turn.
+        self._budget_ticket = ticket
+        channel._networkProducer.pauseProducing()
+
+    _budget_ticket: Optional[Ticket] = None
+
+    def _take_turn(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._budget_ticket = None
+        if self.channel is None:
+            return  # the connection went while it waited
+        self.channel._networkProducer.resumeProducing()
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason) -> None:
         self._set_deadline(None)
+        if self._budget_ticket is not None:
+            self.channel.site.budget.cancel(self._budget_ticket)
+            self._budget_ticket = None
         super().connectionLost(reason)
 
     def _discard_upload(self, result: Any) -> None:
@@ -427,6 +457,11 @@ class MedImageSite(server.Site):
         if self.limits.connections_in_total is None:
             self.limits.connections_in_total = connection_budget(
                 RELAY_CONNECTIONS if relay else PC_CONNECTIONS, open_file_limit(), uses_select(state.reactor))
+        limits = self.limits
+        self.budget = RequestBudget(
+            state.reactor, limits.requests_per_address, limits.request_burst_per_address,
+            limits.requests_in_total or (RELAY_TOTAL_RATE if relay else PC_TOTAL_RATE),
+            limits.request_burst_in_total or (RELAY_TOTAL_BURST if relay else PC_TOTAL_BURST))
         self.connections: dict[str, int] = {}
         self.open_connections = 0
         self._refusals_logged_at: Optional[float] = None
@@ -456,6 +491,10 @@ class MedImageSite(server.Site):
         self.connections[host] -= 1
         if self.connections[host] <= 0:
             del self.connections[host]
+
+    def stopFactory(self) -> None:
+        self.budget.stop()
+        super().stopFactory()
 
     def log(self, request):
         # The access log would name patients' folders and files; the
