@@ -146,9 +146,13 @@ def main() -> None:
         time.sleep(args.warmup)
         flooded = upload_latencies(port, args.uploads, photo)
         stop.set()
-        for thread in flooders:
-            thread.join()
         seconds = time.perf_counter() - started
+        for thread in flooders:
+            # A flooder the relay has paused waits on its socket: end it.
+            thread.join(2)
+            if thread.is_alive():
+                thread.terminate()
+                thread.join()
         print(f"relay: {args.twistd}")
         print(f"uploads, no flood:   {summary(quiet)}")
         print(f"uploads, with flood: {summary(flooded)}")

@@ -258,9 +258,11 @@ class MedImageRequest(server.Request):
 
     def _take_turn(self, command: bytes, path: bytes, version: bytes) -> None:
         self._budget_ticket = None
-        if self.channel is None:
+        channel = self.channel
+        if channel is None:
             return  # the connection went while it waited
-        self.channel._networkProducer.resumeProducing()
+        if not channel._waitingForTransport:  # else the client is not reading its answers: stay paused
+            channel._networkProducer.resumeProducing()
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason) -> None:
