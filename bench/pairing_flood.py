@@ -147,21 +147,19 @@ def main() -> None:
         flooded = upload_latencies(port, args.uploads, photo)
         stop.set()
         seconds = time.perf_counter() - started
+        answers, cpu = dict(answers), cpu_seconds(process.pid)  # while measuring
         for thread in flooders:
             # A flooder the relay has paused waits on its socket: end it.
-            thread.join(2)
-            if thread.is_alive():
-                thread.terminate()
-                thread.join()
+            thread.terminate()
+            thread.join()
         print(f"relay: {args.twistd}")
         print(f"uploads, no flood:   {summary(quiet)}")
         print(f"uploads, with flood: {summary(flooded)}")
-        answers = dict(answers)
         total = sum(v for k, v in answers.items() if k.isdigit())
         print(f"flood: {args.flooders} addresses x {args.batch} pipelined {args.kind} requests; {total} answered in "
               f"{seconds:.1f} s ({total / seconds:.0f}/s): " +
               ", ".join(f"{k}: {v}" for k, v in sorted(answers.items(), key=str)))
-        print(f"relay CPU: {cpu_seconds(process.pid):.1f} s")
+        print(f"relay CPU: {cpu:.1f} s")
     finally:
         process.terminate()
         process.wait(30)
