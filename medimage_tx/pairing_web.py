@@ -23,11 +23,10 @@ from twisted.web.resource import Resource
 from .admin import AdminResource
 from .identity import fingerprint
 from .pairing import NOMATCH, issue_answer, redeem_answer
-from .relay_tls import policy_for
 from .errors import TryLater
 from .pc_pairing import (
-    CENTRAL_PAIRING_URL, PairingError, PairingPlan, PairRequest, one_off_client, paired_changes, plan,
-    relay_of, request_code,
+    CENTRAL_PAIRING_URL, PairingError, PairingPlan, PairRequest, paired_changes, plan, relay_of,
+    request_code_as_configured,
 )
 from .web import Answer, answer_now, html_page, render_async
 
@@ -144,11 +143,8 @@ class PairPage(AdminResource):
         pairing = plan(self.state.config, wanted)
         if pairing.new_id and form.get("confirm") != "new-id":
             return self._confirm(request, pairing)
-        config = self.state.config
-        tls = policy_for(config)
-        client = one_off_client(self.state.reactor, config.webProxy, tls)
         try:
-            issued = await request_code(client, pairing, tls.ca_file, via_proxy=bool(config.webProxy))
+            issued = await request_code_as_configured(self.state.reactor, self.state.config, pairing)
         except PairingError as e:
             log.info("Pairing failed: {why}", why=str(e))
             return html_page(502, "Not paired", (

@@ -33,7 +33,7 @@ from twisted.web.client import HTTPConnectionPool
 from .identity import PAIRED_ID
 from .pairing import BadPairingAnswer, IssuedCode, parse_issue_answer
 from .proxy_tunnel import make_agent
-from .relay_tls import explain, is_tls_refusal
+from .relay_tls import explain, is_tls_refusal, policy_for
 from .response_limits import CappedBody, ResponseHeadTooLong, ResponseTooLarge, ResponseTooSlow, timed_out
 
 #: AtomJump's central pairing service: every MedImage app version redeems
@@ -212,6 +212,16 @@ def one_off_client(reactor: Any, web_proxy: str, tls=None) -> HTTPClient:
     @param tls: L{relay_tls.RelayTLSPolicy} (C{relayCA}); default the OS's trust.
     """
     return HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy, tls))
+
+
+async def request_code_as_configured(reactor: Any, config: Any, pairing: PairingPlan) -> IssuedCode:
+    """
+    L{request_code} the way config.json says: through its C{webProxy},
+    trusting what its C{relayCA} adds to the OS's trust.
+    """
+    tls = policy_for(config)
+    return await request_code(one_off_client(reactor, config.webProxy, tls), pairing, tls.ca_file,
+                              via_proxy=bool(config.webProxy))
 
 
 async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Optional[Path] = None,

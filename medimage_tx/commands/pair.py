@@ -29,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from twisted.internet import defer, task
 
     from ..config import ConfigError, load_or_create_config, save_config
-    from ..relay_tls import policy_for
-    from ..pc_pairing import PairingError, PairRequest, one_off_client, paired_changes, plan, relay_of, request_code
+    from ..pc_pairing import PairingError, PairRequest, paired_changes, plan, relay_of, request_code_as_configured
     from ..tap import default_data_dir
 
     config_path = Path(args.config) if args.config else default_data_dir() / "config.json"
@@ -56,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def pair(reactor):
         try:
-            tls = policy_for(config)
-            issued = await request_code(one_off_client(reactor, config.webProxy, tls), pairing,
-                                        tls.ca_file, via_proxy=bool(config.webProxy))
+            issued = await request_code_as_configured(reactor, config, pairing)
         except PairingError as e:
             print(f"medimage: {e} Nothing was changed.", file=sys.stderr)
             raise SystemExit(1)

@@ -18,16 +18,15 @@ from twisted.web.template import Tag, tags
 from ..identity import fingerprint
 from ..pairing import CODE_LIFETIME
 from ..pc_pairing import (
-    PairingError, PairRequest, one_off_client, paired_changes, plan, relay_of, request_code,
+    PairingError, PairRequest, paired_changes, plan, relay_of, request_code_as_configured,
 )
-from ..relay_tls import policy_for
 from ..web import render_async
 from .countries import COUNTRIES, DEFAULT_COUNTRY
 from .layout import AdminPage, csrf_input, field, notice, page, send
 
 log = Logger()
 
-#: AtomJump's relay when config.json has no C{proxy} yet (the app's default).
+#: The AtomJump relay offered when config.json has no C{proxy} yet.
 ATOMJUMP_RELAY = "https://medimage-nz1.atomjump.com"
 
 
@@ -150,11 +149,8 @@ class PairingPage(AdminPage):
         pairing = plan(self.state.config, wanted)
         if pairing.new_id and form.get("confirm") != "new-id":
             return self._answer(request, self._confirm(request, form, pairing))
-        config = self.state.config
-        tls = policy_for(config)
-        client = one_off_client(self.state.reactor, config.webProxy, tls)
         try:
-            issued = await request_code(client, pairing, tls.ca_file, via_proxy=bool(config.webProxy))
+            issued = await request_code_as_configured(self.state.reactor, self.state.config, pairing)
         except PairingError as e:
             log.info("Pairing failed: {why}", why=str(e))
             return self._answer(request, self._form(request, f"{e} Nothing was changed."), 502)
