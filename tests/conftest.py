@@ -252,6 +252,24 @@ def stop_process(process, sig: int = signal.SIGTERM) -> None:
 
 
 @pytest.fixture
+def log_lines():
+    """
+    The lines medimage_tx logs while the test runs, formatted.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace", "").startswith("medimage_tx"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
 def http_client():
     """
     A treq client with its own connection pool, closed after the test.

@@ -7,25 +7,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
 
 from medimage_tx.config_watch import NEEDS_RESTART, ConfigWatcher, changed_keys
 from medimage_tx.config import parse_config
-
-
-@pytest.fixture
-def log_lines():
-    lines: list[str] = []
-
-    def observe(event):
-        if event.get("log_namespace", "").startswith("medimage_tx"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 async def edit_and_check(server, **changes) -> None:

@@ -9,22 +9,9 @@ import json
 
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import globalLogPublisher
 
 from conftest import jpeg_bytes, multipart
-
-
-@pytest.fixture
-def log_lines():
-    lines: list[str] = []
-
-    def observe(event):
-        if event.get("log_namespace", "").startswith("medimage_tx"):
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.mark.parametrize("case", ["wrong type", "too large", "no file1"])
