@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from conftest import jpeg_bytes, upload_photo, within
+from conftest import jpeg_bytes, skip_here_fail_in_ci, upload_photo, within
 from processes import spawn
 from test_service import dry_run, unit_values
 
@@ -267,7 +267,7 @@ def test_service_install_writes_the_named_unit_and_starts_it_now_and_at_boot(tmp
     # The real install, as root, with a user that exists (no useradd) and a
     # stand-in systemctl that records what it was asked (no systemd here).
     if os.geteuid() != 0:
-        pytest.skip("service install needs root")
+        skip_here_fail_in_ci("service install needs root")
     readme_says("Options: `--user`, `--data`, `--name`")
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -332,7 +332,7 @@ async def test_on_start_backup_drive_detect_copies_to_every_other_drive_without_
     import shutil
 
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("mkfs.ext4")):
-        pytest.skip("needs root, unshare and mkfs.ext4 for a drive of its own")
+        skip_here_fail_in_ci("needs root, unshare and mkfs.ext4 for a drive of its own")
     image, drive, data, clinic = tmp_path / "usb.img", tmp_path / "usb", tmp_path / "data", tmp_path / "clinic"
     for folder in (drive, data, clinic):
         folder.mkdir()
@@ -350,7 +350,7 @@ async def test_on_start_backup_drive_detect_copies_to_every_other_drive_without_
             line = await server.wait_for(rb"listening on port (\d+) .* and are copied to (.*)\n")
         except RuntimeError:
             if b"loop" in server.output or b"mount" in server.output:
-                pytest.skip("no loop devices here: " + server.output.decode()[-300:])
+                skip_here_fail_in_ci("no loop devices here: " + server.output.decode()[-300:])
             raise
         assert line.group(2).decode() == f"{clinic}, {drive / 'MedImage' / 'photos'}"
         photo = jpeg_bytes(10_000)
