@@ -45,7 +45,7 @@ test-newest:
 
 # Not part of `make test` (too slow for CI); see docs/testing.md.
 # Mutation testing of the plain-Python modules with the fast tests; one
-# module: make mutate MUTANTS='medimage_tx.paths*'
+# module: make mutate MUTANTS='medimage_tx.photos.paths*'
 mutate: $(VENV)/installed
 	$(VENV)/bin/python -m pip install --quiet '.[mutate]'
 	rm -rf mutants

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medimage_tx.relay_queue import RelayQueue  # noqa: E402
+from medimage_tx.relay_store.queue import RelayQueue
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .outbound.ca_file import load_ca_certificates
+
 MIB = 1024 * 1024
 
 DEFAULT_HEADERS = {
@@ -383,8 +385,6 @@ def parse_config(raw: Any, path: Path) -> Config:
         missing = "httpsCert" if values["httpsKey"] else "httpsKey"
         raise ConfigError(f"{path}: key {missing!r}: HTTPS needs both httpsKey and httpsCert")
     if values["relayCA"]:
-        from .relay_tls import load_ca_certificates  # here: it imports this module
-
         try:
             load_ca_certificates(resolve_path(values["relayCA"], path.parent))
         except ValueError as e:

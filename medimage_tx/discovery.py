@@ -25,9 +25,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .identity import fingerprint
-from .lan import (
-    PROTOCOL_VERSION, SERVICE_TYPE, Interface, ReplyLimiter, current_interfaces, local_address_for,
-    parse_probe, reply_for,
+from .lan.rules import (
+    PROTOCOL_VERSION,
+    SERVICE_TYPE,
+    Interface,
+    ReplyLimiter,
+    current_interfaces,
+    local_address_for,
+    parse_probe,
+    reply_for,
 )
 
 CHECK_INTERVAL = 5.0

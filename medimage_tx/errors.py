@@ -1,6 +1,6 @@
 """
 The two ways a request can fail that a phone understands (docs/protocol.md,
-"Answers the apps understand").  Domain code raises these; web.py turns them
+"Answers the apps understand").  Domain code raises these; web/answers.py turns them
 into answers in one place, for the app family that sent the request.
 """
 
@@ -44,3 +44,13 @@ def disk_trouble(error: OSError) -> TryLater:
         return TryLater(reason, status=507,
                         phrase="The clinic computer's disk is full; the photo stays on the phone")
     return TryLater(reason)
+
+
+class StartupFailed(SystemExit, Exception):
+    """
+    The server cannot start: one line for stderr, exit status 1.
+
+    A L{SystemExit} so the foreground process ends with just the line; an
+    L{Exception} too, because twistd reports only those from a daemon's
+    start to the launching process (anything else leaves it waiting forever).
+    """

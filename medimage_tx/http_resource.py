@@ -17,24 +17,40 @@ from twisted.python.failure import Failure
 from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
-from .app_families import app_family
+from .web.app_families import app_family
 from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
 from .addons.web import AddonResource
-from .connection_limits import connection_budget, open_file_limit, uses_select
+from .web.connection_limits import connection_budget, open_file_limit, uses_select
 from .errors import Rejected, TryLater
 from .identity import fingerprint
-from .intake import accepted_parts, checked_extension, relay_check_path, relay_parts
-from .pairing_web import PairingService, PairPage
+from .photos.intake import accepted_parts, checked_extension, relay_check_path, relay_parts
+from .web.pairing import PairingService, PairPage
 from .relay import ReadResource
-from .request_budget import (PC_TOTAL_BURST, PC_TOTAL_RATE, PER_ADDRESS_BURST, PER_ADDRESS_RATE,
-                             RELAY_TOTAL_BURST, RELAY_TOTAL_RATE, RequestBudget, Ticket, address_key)
-from .upload import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
-from .pages import DiscoveryPage, LoadAverage, StatusPage
+from .web.request_budget import (
+    PC_TOTAL_BURST,
+    PC_TOTAL_RATE,
+    PER_ADDRESS_BURST,
+    PER_ADDRESS_RATE,
+    RELAY_TOTAL_BURST,
+    RELAY_TOTAL_RATE,
+    RequestBudget,
+    Ticket,
+    address_key,
+)
+from .photos.multipart import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
+from .web.pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
-from .webadmin import add_admin_pages
-from .web import (NOT_READABLE, Answer, StateResource, add_config_headers, answer_for_failure,
-                  answer_now, render_async)
+from .admin.pages import add_admin_pages
+from .web.answers import (
+    NOT_READABLE,
+    Answer,
+    StateResource,
+    add_config_headers,
+    answer_for_failure,
+    answer_now,
+    render_async,
+)
 
 log = Logger()
 

@@ -20,6 +20,8 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 
+from .errors import StartupFailed
+
 ROTATE_BYTES = 10_000_000
 KEEP_FILES = 5
 
@@ -103,8 +105,6 @@ def twistd_observer() -> ILogObserver:
     twistd's C{--logger} for the server.  Runs before twistd daemonizes, so a
     log file it cannot write ends the start at once, with one line.
     """
-    from .tap import StartupFailed
-
     try:
         return make_observer(for_twistd["log_path"], verbose=for_twistd["verbose"])
     except LogFileTrouble as e:

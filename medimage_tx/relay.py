@@ -2,7 +2,7 @@
 The internet relay's side (PROTOCOL.md A4, B4): L{Relay} keeps the queue of
 photos per paired id and wakes long polls; L{ReadResource} serves
 C{HEAD|GET|DELETE /read/<id>[/<receipt>]}.  The PC's side, which pulls from
-a relay, is L{medimage_tx.puller}.
+a relay, is L{medimage_tx.pc.puller}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from twisted.web.static import NoRangeStaticProducer
 
 from .errors import Rejected, TryLater
 from .identity import PAIRED_ID, fingerprint
-from .web import NOT_READABLE, Answer, answer_now, render_async
+from .web.answers import NOT_READABLE, Answer, answer_now, render_async
 
 #: Response header by which a relay says it supports PROTOCOL.md B4.
 RELAY_FEATURES = b"X-MedImage-Relay"

@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .config import Config, config_stamp, save_config
-from .store import PhotoStore
+from .photos.store import PhotoStore
 
 log = Logger()
 
@@ -47,9 +47,9 @@ class ServerState:
     config_stamp: Optional[tuple[int, int]] = None
     #: The add-ons (medimage_tx.addons.AddonService), on a clinic PC.
     addons: Any = None
-    #: The web admin's view of recent photos (webadmin.activity.Activity).
+    #: The web admin's view of recent photos (admin.activity.Activity).
     activity: Any = None
-    #: The latest log lines (webadmin.log_ring.LogRing), for the logs page.
+    #: The latest log lines (admin.log_ring.LogRing), for the logs page.
     log_ring: Any = None
     #: The relay puller (puller.RelayPuller) on a clinic PC, for its status.
     puller: Any = None
@@ -62,7 +62,7 @@ class ServerState:
         """
         Store a complete upload on a clinic PC (from a phone or pulled from
         the relay), copy it to the targets and run its add-ons
-        (L{medimage_tx.store.PhotoStore.store}).
+        (L{medimage_tx.photos.store.PhotoStore.store}).
         """
         if self.addons is not None:
             return await self.addons.store(temp_path, fd, parts)

@@ -19,23 +19,24 @@ from twisted.python import usage
 
 from . import __version__
 from .addons import make_addon_service
-from .backups import BackupService
+from .pc.backups import BackupService
 from .config_watch import ConfigWatcher
-from .connection_limits import raise_open_file_limit
+from .web.connection_limits import raise_open_file_limit
 from .config import ConfigError, Config, check_relay_store, config_stamp, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
-from .drives import backup_drive_folders
+from .errors import StartupFailed
+from .pc.filing import photo_store
 from .http_resource import make_site
 from . import logs
 from .state import ServerState
-from .puller import RelayPuller
-from .webadmin.activity import Activity
-from .webadmin.log_ring import LogRing, LogRingService
+from .pc.puller import RelayPuller
+from .admin.activity import Activity
+from .admin.log_ring import LogRing, LogRingService
 from .relay import Relay, RelayExpiry
 from .relay_store import RelayStoreService, RelayStoreUnavailable, open_relay_store
-from .relay_queue import DEFAULT_LEASE_SECONDS
-from .store import PhotoStore, process_umask
-from .tls import TLSConfigError, server_tls_options
+from .relay_store.queue import DEFAULT_LEASE_SECONDS
+from .photos.store import PhotoStore, process_umask
+from .web.tls import TLSConfigError, server_tls_options
 
 log = Logger()
 
@@ -116,16 +117,6 @@ def _port_option(option: str, value: str) -> int:
     if not 0 <= port <= 65535:
         raise usage.UsageError(f"{option}: expected 0 to 65535, got {port}")
     return port
-
-
-class StartupFailed(SystemExit, Exception):
-    """
-    The server cannot start: one line for stderr, exit status 1.
-
-    A L{SystemExit} so the foreground process ends with just the line; an
-    L{Exception} too, because twistd reports only those from a daemon's
-    start to the launching process (anything else leaves it waiting forever).
-    """
 
 
 def listen_problem(port: int, interface: str) -> Optional[str]:
@@ -265,10 +256,8 @@ def build_service(
     if created:
         log.info("No config found: wrote the defaults to {path}", path=config_path)
     relay = pairing = None
+    store = photo_store(config, data_dir)
     if config.allowPhotosLeaving:
-        # A relay only queues: backupTo and keepMaster are for clinic PCs.
-        store = PhotoStore(data_dir, [], keep_master=True)
-        store.prepare()
         url = config.relayStore if relay_store is None else relay_store
         try:
             check_relay_store(url)
@@ -278,8 +267,6 @@ def build_service(
         except RelayStoreUnavailable as e:
             raise ConfigError(str(e)) from None
         relay = Relay(shared, clock)
-    else:
-        store = _make_store(config, data_dir)
     backups = BackupService(store, reactor)
     state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
                         pairing=pairing,
@@ -335,40 +322,6 @@ def build_service(
         state.puller = service.puller
         service.puller.delivered.append(lambda relative: state.activity.note(relative, "relay"))
     return service
-
-
-def photo_store(config: Config, data_dir: Path) -> PhotoStore:
-    """
-    The store a server with C{config} files photos into: a relay's only
-    queues; a PC's copies to its targets.  Raises L{ConfigError}.
-    """
-    if config.allowPhotosLeaving:
-        store = PhotoStore(data_dir, [], keep_master=True)
-        try:
-            store.prepare()
-        except OSError as e:
-            raise ConfigError(f"{data_dir}: cannot create the photo folders: {e.strerror}")
-        return store
-    return _make_store(config, data_dir)
-
-
-def _make_store(config: Config, data_dir: Path) -> PhotoStore:
-    base = config.path.parent
-    targets = [resolve_path(folder, base) for folder in config.backupTo]
-    store = PhotoStore(data_dir, targets, config.keepMaster, config.fileMode)
-    try:
-        store.prepare()
-    except OSError as e:
-        raise ConfigError(f"{data_dir}: cannot create the photo folders: {e.strerror}")
-    if config.onStartBackupDriveDetect:
-        drives = backup_drive_folders(data_dir)
-        for folder in drives:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                log.warn("Cannot use the drive folder {folder}: {reason}", folder=folder, reason=e.strerror)
-        store.backup_to = store.backup_to + tuple(drives)
-    return store
 
 
 def _follow_backup_to(state: ServerState, detected: tuple) -> None:

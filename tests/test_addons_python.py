@@ -120,7 +120,7 @@ async def test_add_ons_of_a_photo_left_by_a_crash_run_at_the_next_start(start_se
     The server stopped after the phone's 200 and before the add-ons ran:
     they run at the next start, then the photo is copied.
     """
-    from medimage_tx.store import PhotoStore
+    from medimage_tx.photos.store import PhotoStore
 
     target = tmp_path / "clinic"
     target.mkdir()

@@ -148,9 +148,9 @@ async def test_stored_photo_is_200_for_every_family(start_server, http_client):
 def test_legacy_android_body_never_contains_200():
     from twisted.python.failure import Failure
 
-    from medimage_tx.app_families import AppFamily
+    from medimage_tx.web.app_families import AppFamily
     from medimage_tx.errors import Rejected
-    from medimage_tx.web import answer_for_failure
+    from medimage_tx.web.answers import answer_for_failure
 
     answer = answer_for_failure(Failure(Rejected("Upload too large: the limit is 2000000 bytes")),
                                 AppFamily.LEGACY_ANDROID)
@@ -166,7 +166,7 @@ def test_legacy_android_body_never_contains_200():
     (b"text/plain", "STANDARD"),
 ])
 def test_app_family_by_boundary(content_type, family):
-    from medimage_tx.app_families import AppFamily, app_family
+    from medimage_tx.web.app_families import AppFamily, app_family
 
     assert app_family(content_type) is AppFamily[family]
 
@@ -176,7 +176,7 @@ def test_app_family_by_boundary(content_type, family):
     (429, True), (500, True), (503, True), (507, True),
 ])
 def test_send_retries_on_every_try_later_answer(code, retried):
-    from medimage_tx.client import should_retry
+    from medimage_tx.cli.phone_client import should_retry
 
     assert should_retry(code) is retried
 
@@ -186,7 +186,7 @@ async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, 
     from twisted.internet import defer
     from twisted.internet.task import Clock as WaitClock
 
-    from medimage_tx.client import SendFailed, send_file
+    from medimage_tx.cli.phone_client import SendFailed, send_file
 
     class WatchedClock(WaitClock):
         """The clock send_file waits on; says when it starts waiting."""

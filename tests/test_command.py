@@ -14,7 +14,7 @@ import pytest_twisted
 
 from conftest import jpeg_bytes, multipart, write_config
 from medimage_tx import cli
-from medimage_tx.commands.serve import twistd_arguments
+from medimage_tx.cli.serve import twistd_arguments
 from processes import spawn
 
 COMMAND = Path(sys.executable).parent / "medimage-tx"
@@ -95,8 +95,8 @@ def test_windows_paths_use_no_unix_only_calls(monkeypatch, capsys, tmp_path):
     import signal
 
     from medimage_tx import logs
-    from medimage_tx.commands import serve, service
-    from medimage_tx.store import process_umask
+    from medimage_tx.cli import serve, service
+    from medimage_tx.photos.store import process_umask
 
     monkeypatch.setattr(sys, "platform", "win32")
     assert serve.run(argparse.Namespace(rest=["--daemon", "--data", "C:\\MedImage"])) == 2

@@ -10,7 +10,12 @@ import json
 import pytest
 
 from medimage_tx.config import (
-    ConfigError, load_config, load_or_create_config, native_path, redact_url, save_config,
+    ConfigError,
+    load_config,
+    load_or_create_config,
+    native_path,
+    redact_url,
+    save_config,
 )
 
 ORIGINAL = {

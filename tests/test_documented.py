@@ -22,7 +22,9 @@ def doc_text(name: str) -> str:
 
 
 def code_value(name: str):
-    from medimage_tx import http_resource, lan, pairing, relay, relay_queue, tap
+    from medimage_tx import http_resource, relay, tap
+    from medimage_tx.lan import rules as lan
+    from medimage_tx.relay_store import pairing_codes as pairing, queue as relay_queue
     from medimage_tx.admin import sessions
 
     values = {

@@ -14,7 +14,7 @@ import pytest_twisted
 
 from conftest import jpeg_bytes, multipart
 from medimage_tx.config import ConfigError, parse_config
-from medimage_tx.store import folder_mode_for, process_umask
+from medimage_tx.photos.store import folder_mode_for, process_umask
 
 
 @pytest.fixture

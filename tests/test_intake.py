@@ -11,10 +11,15 @@ import pytest
 
 from medimage_tx.config import parse_config
 from medimage_tx.errors import Rejected
-from medimage_tx.intake import (
-    RECONNECT, accepted_parts, checked_extension, named_extension, relay_check_path, relay_parts,
+from medimage_tx.photos.intake import (
+    RECONNECT,
+    accepted_parts,
+    checked_extension,
+    named_extension,
+    relay_check_path,
+    relay_parts,
 )
-from medimage_tx.upload import ReceivedFile
+from medimage_tx.photos.multipart import ReceivedFile
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"

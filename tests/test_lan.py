@@ -19,11 +19,18 @@ from twisted.internet.protocol import DatagramProtocol
 
 from conftest import jpeg_bytes
 from processes import spawn
-from medimage_tx.client import app_file_name, matching_server, Found, read_pairing
+from medimage_tx.cli.phone_client import app_file_name, matching_server, Found, read_pairing
 from medimage_tx.discovery import DiscoveryService, ScanResponder
 from medimage_tx.identity import fingerprint, proof
-from medimage_tx.lan import (
-    MAX_REPLY, PROBE_SIZE, Interface, ReplyLimiter, local_address_for, make_probe, parse_probe, reply_for,
+from medimage_tx.lan.rules import (
+    MAX_REPLY,
+    PROBE_SIZE,
+    Interface,
+    ReplyLimiter,
+    local_address_for,
+    make_probe,
+    parse_probe,
+    reply_for,
     usable_interfaces,
 )
 
@@ -234,7 +241,7 @@ def test_interfaces_skip_loopback_flags_and_read_past_other_families():
     ("eth0", False), ("Wi-Fi", False), ("enp3s0", False),
 ])
 def test_virtual_adapters(name, virtual):
-    from medimage_tx.lan import is_virtual
+    from medimage_tx.lan.rules import is_virtual
 
     assert is_virtual(name) is virtual
 
@@ -260,7 +267,7 @@ def test_replies_are_counted_per_sender_and_in_total_per_window():
 
 
 def test_replies_parse_only_server_answers():
-    from medimage_tx.lan import parse_reply
+    from medimage_tx.lan.rules import parse_reply
 
     assert parse_reply(b'{"medimage": "server", "url": "http://x"}') == {"medimage": "server", "url": "http://x"}
     for data in (b"[]", b"nope", b'{"medimage": "scan", "url": "x"}', b'{"medimage": "server", "url": 5}', b"\xff"):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medimage_tx.config import DEFAULT_ALLOWED_CHARS
-from medimage_tx.naming import DEFAULT_STEM, map_upload_name
+from medimage_tx.photos.naming import DEFAULT_STEM, map_upload_name
 
 
 def mapped(name: str, **kw) -> str:
@@ -81,13 +81,13 @@ def test_dot_and_separator_soup_never_escapes(pieces):
 
 
 def test_suffix_numbers_for_different_photos_under_one_name():
-    from medimage_tx.naming import with_suffix_number
+    from medimage_tx.photos.naming import with_suffix_number
 
     assert [with_suffix_number("arm", n) for n in (0, 1, 2, 10)] == ["arm", "arm-1", "arm-2", "arm-10"]
 
 
 def test_long_parts_are_cut_to_whole_characters_within_the_limit():
-    from medimage_tx.naming import MAX_COMPONENT
+    from medimage_tx.photos.naming import MAX_COMPONENT
 
     mapped = map_upload_name("#" + "é" * 150 + "-" + "x" * 300 + ".jpg", allowed_chars="\\w#.-")
     assert len(mapped.folders[0].encode()) <= MAX_COMPONENT and set(mapped.folders[0]) == {"é"}
@@ -95,7 +95,7 @@ def test_long_parts_are_cut_to_whole_characters_within_the_limit():
 
 
 def test_the_longest_known_extension_is_stripped_first():
-    from medimage_tx.naming import strip_extension
+    from medimage_tx.photos.naming import strip_extension
 
     assert strip_extension("scan.tar.gz", [".gz", ".tar.gz"]) == "scan"
     assert strip_extension("scan.TAR.GZ", [".tar.gz", ".gz"]) == "scan"
@@ -103,7 +103,7 @@ def test_the_longest_known_extension_is_stripped_first():
 
 
 def test_a_cut_that_ends_on_a_dot_or_space_is_trimmed_again():
-    from medimage_tx.naming import MAX_COMPONENT, safe_component
+    from medimage_tx.photos.naming import MAX_COMPONENT, safe_component
 
     assert safe_component("x" * (MAX_COMPONENT - 1) + ".y") == "x" * (MAX_COMPONENT - 1)
     assert safe_component("x" * (MAX_COMPONENT - 1) + " y") == "x" * (MAX_COMPONENT - 1)

@@ -18,9 +18,14 @@ from twisted.internet.task import Clock
 from central_pairing import pair_on_page, shown_code
 import documented
 from conftest import jpeg_bytes, multipart
-from medimage_tx.pairing import (
-    CODE_ALPHABET, NOMATCH, BadPairingAnswer, PairingBook,
-    guess_odds, parse_issue_answer, redeem_answer,
+from medimage_tx.relay_store.pairing_codes import (
+    CODE_ALPHABET,
+    NOMATCH,
+    BadPairingAnswer,
+    PairingBook,
+    guess_odds,
+    parse_issue_answer,
+    redeem_answer,
 )
 from processes import spawn
 from test_relay import fast_retries, next_delivery
@@ -313,7 +318,7 @@ def test_issue_answer_parsed_strictly_with_one_line_reasons():
 
 
 def test_redeem_answer_as_the_original():
-    from medimage_tx.pairing import Pairing
+    from medimage_tx.relay_store.pairing_codes import Pairing
 
     pairing = Pairing("ABCD", "uPSE4UWHmJ8XqFUqvf", "https://relay:5566/", "NZ", 0.0)
     assert redeem_answer(pairing) == "https://relay:5566/write/uPSE4UWHmJ8XqFUqvf"
@@ -322,7 +327,7 @@ def test_redeem_answer_as_the_original():
 
 def test_issuing_limits_are_the_documented_ones():
     from medimage_tx.errors import Rejected, TryLater
-    from medimage_tx.pairing import PairingBook
+    from medimage_tx.relay_store.pairing_codes import PairingBook
 
     clock = Clock()
     book = PairingBook(clock.seconds)
@@ -344,7 +349,7 @@ def test_issuing_limits_are_the_documented_ones():
 
 def test_live_codes_are_capped_at_the_documented_number():
     from medimage_tx.errors import TryLater
-    from medimage_tx.pairing import PairingBook
+    from medimage_tx.relay_store.pairing_codes import PairingBook
 
     clock = Clock()
     book = PairingBook(clock.seconds)
@@ -362,7 +367,7 @@ def test_live_codes_are_capped_at_the_documented_number():
 
 
 def test_guess_counts_and_codes_survive_a_restart_through_the_snapshot():
-    from medimage_tx.pairing import PairingBook
+    from medimage_tx.relay_store.pairing_codes import PairingBook
 
     clock = Clock()
     before = PairingBook(clock.seconds)
@@ -387,7 +392,7 @@ def test_successful_pairings_never_count_against_the_guess_limit():
     """
     A clinic pairs many phones from behind one address: matches are not failures.
     """
-    from medimage_tx.pairing import PairingBook
+    from medimage_tx.relay_store.pairing_codes import PairingBook
 
     book = PairingBook(Clock().seconds)
     live = book.issue("", "https://relay", "", "clinic")

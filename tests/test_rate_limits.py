@@ -10,8 +10,13 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 
 from medimage_tx.errors import Rejected, TryLater
-from medimage_tx.pairing import ISSUES_IN_TOTAL, ISSUES_PER_ADDRESS, MAX_LIVE_CODES, PairingBook
-from medimage_tx.rate_limits import WindowLimiter
+from medimage_tx.relay_store.pairing_codes import (
+    ISSUES_IN_TOTAL,
+    ISSUES_PER_ADDRESS,
+    MAX_LIVE_CODES,
+    PairingBook,
+)
+from medimage_tx.relay_store.rate_limits import WindowLimiter
 
 
 @settings(max_examples=100, deadline=None)

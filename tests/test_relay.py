@@ -109,7 +109,7 @@ async def test_upload_to_relay_lands_in_pc_target(start_server, http_client, tmp
     # Every line of the log but the PC's own report of what it stored: no
     # id, no patient folder, no file name (an access log would show all three).
     lines = [formatEvent(e) for e in events
-             if not e.get("log_namespace", "").startswith("medimage_tx.puller")]
+             if not e.get("log_namespace", "").startswith("medimage_tx.pc.puller")]
     assert any("Relay: queued a photo" in line for line in lines)
     assert [line for line in lines if any(secret in line for secret in (PAIRED_ID, "NHID1234", "arm-27"))] == []
 
@@ -588,7 +588,7 @@ async def start_relay_with(start_server, **settings):
 
 
 def test_backoff_is_capped_even_after_days_of_failures():
-    from medimage_tx.puller import backoff_delay
+    from medimage_tx.pc.puller import backoff_delay
 
     assert [backoff_delay(n, 1.0, 60.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
     assert backoff_delay(100_000, 1.0, 60.0) == 60.0

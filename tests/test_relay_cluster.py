@@ -26,7 +26,7 @@ from treq.client import HTTPClient
 
 from conftest import all_files, eventually, jpeg_bytes, multipart, within, write_config
 from haproxy_front import haproxy_argv, haproxy_config
-from medimage_tx.pairing import FAILURES_PER_ADDRESS
+from medimage_tx.relay_store.pairing_codes import FAILURES_PER_ADDRESS
 from postgres_server import free_port
 from processes import WatchedProcess, spawn
 

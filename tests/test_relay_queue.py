@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 
 import documented
-from medimage_tx.relay_queue import QuotaFull, RelayQueue
+from medimage_tx.relay_store.queue import QuotaFull, RelayQueue
 
 A, B = "PairedIdNumberOne01", "PairedIdNumberTwo02"
 

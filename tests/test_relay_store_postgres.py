@@ -21,9 +21,7 @@ from conftest import jpeg_bytes, within
 from medimage_tx.errors import TryLater
 from medimage_tx.relay_store import schema
 from medimage_tx.relay_store.base import RelayStoreUnavailable
-from medimage_tx.relay_store.postgres import (
-    PostgresPairingDesk, PostgresRelayStore, check_database, redacted,
-)
+from medimage_tx.relay_store.postgres import PostgresPairingDesk, PostgresRelayStore, check_database, redacted
 from postgres_server import free_port
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from conftest import jpeg_bytes, upload_photo, within
-from medimage_tx.relay_tls import explain_certificate
+from medimage_tx.outbound.tls import explain_certificate
 from processes import spawn
 from test_relay import APP_NAME, DELIVERED_AS, PAIRED_ID, fast_retries, next_delivery, start_relay_with
 
@@ -94,7 +94,7 @@ async def relay_with_photo(start_server, http_client, key_path: Path, cert_path:
     from twisted.internet import reactor
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from medimage_tx.relay_tls import RelayTLSPolicy
+    from medimage_tx.outbound.tls import RelayTLSPolicy
 
     relay = await start_relay_with(start_server, httpsKey=str(key_path), httpsCert=str(cert_path))
     url = relay.url.replace("http://", "https://")
@@ -197,7 +197,7 @@ def test_a_timed_out_relay_is_named_in_the_outage_line():
     from twisted.python.failure import Failure
     from twisted.web._newclient import ResponseNeverReceived
 
-    from medimage_tx.relay_tls import one_line
+    from medimage_tx.outbound.tls import one_line
 
     # treq's timeout cancels the request: these carry no message of their own.
     assert one_line(CancelledError()) == "no answer in time"

@@ -1,5 +1,5 @@
 """
-The head counter of medimage_tx.response_limits, which every outgoing
+The head counter of medimage_tx.outbound.response_limits, which every outgoing
 connection uses: it must find the end of a real answer's head wherever
 the reads split it (else a photo's body would be counted as headers and
 cut), and count interim 1xx heads towards the limit.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from medimage_tx.response_limits import HeadCounter, ResponseHeadTooLong
+from medimage_tx.outbound.response_limits import HeadCounter, ResponseHeadTooLong
 
 
 def feed_in_pieces(counter: HeadCounter, data: bytes, cuts: list[int]) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from medimage_tx.config import AllowedType
-from medimage_tx.sniff import JPEG, choose_type
+from medimage_tx.photos.sniff import JPEG, choose_type
 
 PDF = AllowedType(".pdf", "application/pdf")
 MP4 = AllowedType(".mp4", "video/mp4")
@@ -74,7 +74,7 @@ def test_binary_type_not_in_list_is_rejected_even_with_matching_name():
 
 
 def test_iso_media_families_by_brand():
-    from medimage_tx.sniff import detect_mimes
+    from medimage_tx.photos.sniff import detect_mimes
 
     assert detect_mimes(ftyp(b"avif", b"avif", b"mif1")) == {"image/avif"}
     assert detect_mimes(ftyp(b"qt  ", b"qt  ")) == {"video/quicktime"}
@@ -92,7 +92,7 @@ def test_iso_media_families_by_brand():
 
 
 def test_other_magic_numbers():
-    from medimage_tx.sniff import describe, detect_mimes
+    from medimage_tx.photos.sniff import describe, detect_mimes
 
     assert detect_mimes(b"GIF87a...") == {"image/gif"} and detect_mimes(b"GIF89a...") == {"image/gif"}
     assert detect_mimes(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == {"image/webp"}
@@ -109,7 +109,7 @@ def test_other_magic_numbers():
     (b"\xff\xe0", False), (b"\xff\x1b", False), (b"ID3", True), (b"", False),
 ])
 def test_mp3_frame_sync(head, is_mp3):
-    from medimage_tx.sniff import detect_mimes
+    from medimage_tx.photos.sniff import detect_mimes
 
     assert ("audio/mpeg" in detect_mimes(head)) is is_mp3
 

@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.logger import capturedLogs, formatEvent
 
 from conftest import all_files, jpeg_bytes, multipart, post_upload
-from medimage_tx.store import INCOMING, PhotoStore
+from medimage_tx.photos.store import INCOMING, PhotoStore
 from test_upload_http import APP_NAME
 
 

@@ -16,9 +16,9 @@ import pytest_twisted
 from twisted.logger import LogLevel
 
 from conftest import jpeg_bytes, multipart, post_upload, within
-from medimage_tx.webadmin.activity import Activity
-from medimage_tx.webadmin.home import size_text
-from medimage_tx.webadmin.log_ring import LogRing
+from medimage_tx.admin.activity import Activity
+from medimage_tx.admin.pages.home import size_text
+from medimage_tx.admin.log_ring import LogRing
 
 
 def event(text: str, level=LogLevel.info, **more) -> dict:

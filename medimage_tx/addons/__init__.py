@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from .pipeline import AddonService
 from .registry import Registry
+from .python_api import discover
 
 log = Logger()
 
@@ -35,8 +36,6 @@ def make_addon_service(state: Any, reactor: Any, clock: Any = None) -> AddonServ
     """
     The add-on service of a clinic PC server, wired into C{state}.
     """
-    from .python_api import discover
-
     registry = Registry(registry_path(state.config.path))
     try:
         if registry.ensure_exists():

@@ -26,9 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config import ConfigError, load_config
-from ..paths import inside
+from ..photos.paths import inside
 from ..errors import Rejected
-from ..store import Stored
+from ..photos.store import Stored
 from .command import CannotRun, build_command
 from .output import AddonOutput, parse_output
 from .python_api import PythonAddon, Result, StoredFile

@@ -39,12 +39,18 @@ from twisted.web.resource import Resource
 
 from ..admin import form_fields, set_admin_headers
 from ..errors import Rejected
-from ..web import Answer, answer_now, render_async
+from ..web.answers import Answer, answer_now, render_async
 from . import installer
 from .installer import InstallError, install, list_addons, uninstall
 from .output import parse_output
 from .pipeline import in_daemon_thread, photos_relative
 from .python_api import Page, UrlRequest
+from treq.client import HTTPClient
+from twisted.web.client import HTTPConnectionPool
+from ..outbound.proxy_tunnel import make_agent
+from ..outbound.tls import one_line
+from ..outbound.response_limits import CappedBody, ResponseTooLarge, ResponseTooSlow, discard, timed_out
+from .output import parse_query
 
 log = Logger()
 
@@ -204,7 +210,6 @@ class UrlRequestPage(Resource):
     async def _python(self, addon, request, rest: str) -> Answer:
         addons = self.state.addons
         name, _, query = rest.partition("?")
-        from .output import parse_query
         call = UrlRequest(name=self.name, query=parse_query(query), raw_query=query,
                           method=request.method.decode(), parent_dir=addons.parent_dir,
                           photos=self.state.store.photos, pages=addons.pages,
@@ -370,13 +375,6 @@ async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> No
     L{installer.DOWNLOAD_SECONDS} (a server that trickles its answer or
     never ends it is cut off).  @raise InstallError.
     """
-    from treq.client import HTTPClient
-    from twisted.web.client import HTTPConnectionPool
-
-    from ..proxy_tunnel import make_agent
-    from ..relay_tls import one_line
-    from ..response_limits import CappedBody, ResponseTooLarge, ResponseTooSlow, discard, timed_out
-
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise InstallError("zipfileURL must be an http:// or https:// address")
     limit, seconds = installer.DOWNLOAD_MAX_BYTES, installer.DOWNLOAD_SECONDS

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.web.resource import Resource
 
-from ..web import Answer, answer_now, html_page
+from ..web.answers import Answer, answer_now, html_page
 from .hosts import OwnNames, _canonical, is_loopback
 from .sessions import SessionStore
 

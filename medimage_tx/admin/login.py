@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
-from ..web import Answer, answer_now, html_page
+from ..web.answers import Answer, answer_now, html_page
 from .access import SESSION_COOKIE, AdminResource, form_fields, set_admin_headers
 from .sessions import PasswordNotSet, TooManyAttempts, WrongPassword
 

@@ -15,8 +15,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..durable import BackgroundJSONWriter, read_json
-from ..pairing import PairingBook
-from ..store import PhotoStore
+from .pairing_codes import PairingBook
+from ..photos.store import PhotoStore
 from .base import RelayStoreUnavailable
 from .local import LocalPairingDesk, LocalRelayStore
 

@@ -24,10 +24,10 @@ from twisted.logger import Logger
 
 from ..errors import TryLater
 from ..identity import PAIRED_ID
-from ..pairing import Pairing, PairingBook
-from ..paths import inside
-from ..relay_queue import QuotaFull, RelayQueue, Reservation
-from ..store import PhotoStore
+from .pairing_codes import Pairing, PairingBook
+from ..photos.paths import inside
+from .queue import QuotaFull, RelayQueue, Reservation
+from ..photos.store import PhotoStore
 from .base import Delivery, QueuedPhoto, quota_exceeded, relay_full
 
 log = Logger()

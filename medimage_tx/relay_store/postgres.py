@@ -35,14 +35,27 @@ from twisted.python.threadpool import ThreadPool
 
 from ..errors import Rejected, TryLater
 from ..identity import PAIRED_ID
-from ..naming import with_suffix_number
-from ..pairing import (
-    CODE_ALPHABET, CODE_LENGTH, CODE_LIFETIME, FAILURE_WINDOW, FAILURES_IN_TOTAL, FAILURES_PER_ADDRESS,
-    ISSUES_IN_TOTAL, ISSUES_PER_ADDRESS, MAX_COUNTRY, MAX_GUID, MAX_LIVE_CODES, MAX_PROXY_SERVER, Pairing,
-    new_id, normalise_code,
+from ..photos.naming import with_suffix_number
+from .pairing_codes import (
+    CODE_ALPHABET,
+    CODE_LENGTH,
+    CODE_LIFETIME,
+    FAILURE_WINDOW,
+    FAILURES_IN_TOTAL,
+    FAILURES_PER_ADDRESS,
+    ISSUES_IN_TOTAL,
+    ISSUES_PER_ADDRESS,
+    MAX_COUNTRY,
+    MAX_GUID,
+    MAX_LIVE_CODES,
+    MAX_PROXY_SERVER,
+    Pairing,
+    new_id,
+    normalise_code,
 )
 from . import schema
 from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, quota_exceeded, relay_full, split_name
+from twisted.internet.threads import deferToThread
 
 CHANNEL = "medimage_relay"
 #: How often each node looks for leases that ran out (on nodes that died,
@@ -141,8 +154,6 @@ class PostgresRelayStore:
                 listener.stop()
             if pool is not None:
                 pool.close(timeout=5)
-
-        from twisted.internet.threads import deferToThread
 
         d = deferToThread(close)
         d.addBoth(lambda result: (self._threads.stop(), result)[1])
@@ -375,7 +386,7 @@ class _Listener:
 
 class PostgresPairingDesk:
     """
-    Pairing codes and their limits (L{medimage_tx.pairing}: the same
+    Pairing codes and their limits (L{medimage_tx.relay_store.pairing_codes}: the same
     numbers) in the shared database: a code issued on one node redeems on
     any, and the limits count issues and failed compares on all nodes
     together, committed before the answer.  Each limit holds over any hour

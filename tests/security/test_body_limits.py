@@ -129,7 +129,7 @@ def test_multipart_limits_without_a_server():
     import tempfile
     from pathlib import Path
 
-    from medimage_tx.upload import MAX_FIELD_NAME, MAX_PARTS, MultipartReceiver
+    from medimage_tx.photos.multipart import MAX_FIELD_NAME, MAX_PARTS, MultipartReceiver
 
     with tempfile.TemporaryDirectory() as temp:
         name = b"n" * (MAX_FIELD_NAME + 1)
@@ -188,7 +188,7 @@ async def test_deep_folders_and_long_names_are_refused_up_front_without_a_traceb
 def test_unexpected_errors_are_one_line_each():
     from twisted.python.failure import Failure
 
-    from medimage_tx.web import answer_for_failure
+    from medimage_tx.web.answers import answer_for_failure
 
     with capturedLogs() as events:
         for _ in range(3):

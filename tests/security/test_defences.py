@@ -38,8 +38,8 @@ from conftest import (
 )
 from medimage_tx.config import DEFAULT_ALLOWED_CHARS
 from medimage_tx.errors import Rejected
-from medimage_tx.naming import map_upload_name
-from medimage_tx.paths import inside
+from medimage_tx.photos.naming import map_upload_name
+from medimage_tx.photos.paths import inside
 from processes import spawn
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
@@ -259,7 +259,7 @@ def test_inside_accepts_plain_relative_paths(tmp_path):
 
 
 def test_store_refuses_parts_that_escape_even_when_given_directly(tmp_path):
-    from medimage_tx.store import PhotoStore
+    from medimage_tx.photos.store import PhotoStore
 
     store = PhotoStore(tmp_path / "data", [], keep_master=True)
     store.prepare()
@@ -589,7 +589,7 @@ class Replies(DatagramProtocol):
 @pytest_twisted.ensureDeferred
 async def test_a_sender_gets_at_most_the_documented_replies_per_second(start_server):
     from medimage_tx.discovery import DiscoveryService, ScanResponder
-    from medimage_tx.lan import Interface, make_probe
+    from medimage_tx.lan.rules import Interface, make_probe
 
     pc = await start_server(globalId=PAIRED_ID)
     loopback = [Interface("lo", "127.0.0.1", "255.0.0.0")]

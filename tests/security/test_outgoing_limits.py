@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from conftest import all_files, eventually, within
 from test_addons_web import browser, csrf, post_form  # noqa: F401 (browser: a fixture)
-from medimage_tx.response_limits import MAX_RESPONSE_HEAD
+from medimage_tx.outbound.response_limits import MAX_RESPONSE_HEAD
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 #: Bytes a stand-in can write before a cut reaches it: loopback socket
@@ -324,7 +324,7 @@ class _SlowAnswer(Protocol):
 
 
 async def pair_with(port: int):
-    from medimage_tx.pc_pairing import PairingPlan, PairRequest, one_off_client, request_code
+    from medimage_tx.pc.pairing import PairingPlan, PairRequest, one_off_client, request_code
 
     wanted = PairRequest.checked("http://relay.example", custom_pairing=f"http://127.0.0.1:{port}/med-genid.php")
     return await request_code(one_off_client(reactor, ""), PairingPlan(wanted, "", ""))
@@ -332,7 +332,7 @@ async def pair_with(port: int):
 
 @pytest_twisted.ensureDeferred
 async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeypatch):
-    from medimage_tx import pc_pairing
+    from medimage_tx.pc import pairing as pc_pairing
 
     monkeypatch.setattr(pc_pairing, "TIMEOUT_SECONDS", 3.0)  # 30 s in use
     # Headers that end just before the time is up, then a body that drips.
@@ -383,7 +383,7 @@ class _DrippedHandshake(Protocol):
 async def test_the_certificate_diagnosis_has_a_time_limit_in_all(monkeypatch):
     from OpenSSL import SSL
 
-    from medimage_tx import relay_tls
+    from medimage_tx.outbound import tls as relay_tls
 
     # After a refused certificate the PC connects once more to say why
     # (relay_tls.explain, in a thread the puller waits on). Python's ssl

@@ -21,9 +21,7 @@ from twisted.internet.task import Clock
 
 import documented
 from conftest import jpeg_bytes, multipart, write_config
-from medimage_tx.pairing import (
-    CODE_ALPHABET, ISSUES_PER_ADDRESS, NOMATCH,
-)
+from medimage_tx.relay_store.pairing_codes import CODE_ALPHABET, ISSUES_PER_ADDRESS, NOMATCH
 from test_crash import free_port, kill9, spawn_server
 
 TIMEOUT = 30

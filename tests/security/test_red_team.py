@@ -19,7 +19,7 @@ import pytest_twisted
 
 from addon_helpers import PYTHON, RECORD_ARGS, calls, write_registry, write_script
 from conftest import write_config
-from medimage_tx.pc_pairing import TIMEOUT_SECONDS
+from medimage_tx.pc.pairing import TIMEOUT_SECONDS
 from processes import spawn
 from test_twistd import TWISTD, spawn_twistd
 

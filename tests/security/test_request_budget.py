@@ -20,8 +20,13 @@ from conftest import eventually, jpeg_bytes, multipart, upload_photo, within
 from test_connections import connect, port_of
 from test_pairing_limits import http, in_thread
 
-from medimage_tx.request_budget import (PER_ADDRESS_BURST, PER_ADDRESS_RATE, RequestBudget,
-                                        TokenBucket, address_key)
+from medimage_tx.web.request_budget import (
+    PER_ADDRESS_BURST,
+    PER_ADDRESS_RATE,
+    RequestBudget,
+    TokenBucket,
+    address_key,
+)
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 RELAY = {"allowPhotosLeaving": True, "allowGettingRemotePhotos": False}

@@ -21,7 +21,7 @@ FLOOD_RATE = 2000
 
 ATTACKER = r"""
 import json, socket, sys, time
-from medimage_tx.lan import make_probe
+from medimage_tx.lan.rules import make_probe
 sources, target, seconds, rate = json.loads(sys.argv[1])
 target = tuple(target)
 small = json.dumps({"medimage": "scan", "v": 1, "nonce": "ab"}).encode()

@@ -1,0 +1,37 @@
+"""
+`medimage-tx migrate`: take over an original MedImage server's config and
+the photos still waiting in its folder (medimage_tx/pc/migration.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "take over an original MedImage server: its config.json and the photos waiting in its folder"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="original", required=True, metavar="FOLDER",
+                        help="the original's folder, holding its config.json, photos and addons")
+    parser.add_argument("--data", help="this server's data folder [default: ~/MedImage]")
+    parser.add_argument("--config", help="this server's config.json [default: DATA/config.json]")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace a different config.json here (kept as config.json.before-migration)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pc.migration import MigrationError, migrate
+    from ..tap import default_data_dir
+
+    data_dir = Path(args.data) if args.data else default_data_dir()
+    config_path = Path(args.config) if args.config else data_dir / "config.json"
+    try:
+        report = migrate(Path(args.original), config_path, data_dir, replace=args.replace)
+    except MigrationError as e:
+        print(f"medimage: {e}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    return 1 if report.not_filed else 0

@@ -1,0 +1,3 @@
+"""
+The LAN: discovery rules as plain Python (the service is L{medimage_tx.discovery}).
+"""

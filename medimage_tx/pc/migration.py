@@ -1,0 +1,273 @@
+"""
+Take over an original MedImage installation (the folder holding its
+C{config.json}, C{photos/} and C{addons/}): its config copied byte for byte
+to this server's config location, its add-ons beside it (the add-on
+service runs the original's add-ons unchanged), and the photos still
+waiting in its C{photos/} filed as if just received: the same durable
+store path, then the C{backupTo} copies; a photo that has add-ons to run
+is staged for them, and the server runs its add-ons and copies when it
+starts, as after a restart.
+
+Plain blocking Python, run with no server running; the caller prints the
+report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..config import Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
+from ..errors import Rejected, TryLater
+from ..photos.paths import inside
+from ..photos.store import PhotoStore
+from ..addons import registry_path
+from ..addons.pipeline import event_for
+from ..addons.python_api import discover
+from ..addons.registry import Registry
+from .filing import photo_store
+
+#: What a replaced config.json of ours is renamed to (never deleted).
+BEFORE_MIGRATION = ".before-migration"
+
+
+class MigrationError(Exception):
+    """
+    The migration cannot start; C{str(error)} is one line saying why.
+    """
+
+
+@dataclass
+class MigrationReport:
+    original: Path
+    config_from: Path
+    config_to: Path
+    config_copied: bool = False  # False: ours already had these exact bytes
+    config_kept_as: Optional[Path] = None  # where our previous config.json went
+    role: str = "pc"
+    filed: list[str] = field(default_factory=list)  # new in this server's store
+    already_there: list[str] = field(default_factory=list)  # same bytes already stored
+    not_filed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    ignored: list[str] = field(default_factory=list)  # hidden files (.DS_Store, temp files)
+    copies_waiting: list[tuple[str, str]] = field(default_factory=list)  # (target, why)
+    addons: list[str] = field(default_factory=list)  # add-on folders found in the original
+    addons_to: Optional[Path] = None  # where they were copied; None: not taken over
+    addons_kept_as: Optional[Path] = None  # where our previous addons folder went
+    filed_into: list[str] = field(default_factory=list)  # the store's target folders, in order
+    staged_for_addons: list[str] = field(default_factory=list)  # the server runs add-ons, then copies
+
+    def lines(self) -> list[str]:
+        """
+        What was done, for people: one line per fact, paths in full.
+        """
+        out = []
+        if self.config_copied:
+            out.append(f"Copied {self.config_from} to {self.config_to} unchanged.")
+        else:
+            out.append(f"{self.config_to} already holds {self.config_from} unchanged.")
+        if self.config_kept_as is not None:
+            out.append(f"The config.json that was there is kept as {self.config_kept_as}.")
+        what = "queued for the paired PCs (relay)" if self.role == "relay" else "filed"
+        out.append(f"Photos waiting in {self.original / 'photos'}: {len(self.filed)} {what}, "
+                   f"{len(self.staged_for_addons)} staged for add-ons, "
+                   f"{len(self.already_there)} already here, {len(self.not_filed)} not taken over.")
+        if self.filed and self.filed_into:
+            out.append(f"Filed into {', '.join(self.filed_into)}, as if just received.")
+        for relative in self.filed:
+            out.append(f"  {what}: {relative}")
+        for relative in self.staged_for_addons:
+            out.append(f"  staged for its add-ons: {relative}: the server runs them, then makes the "
+                       f"copies, when it starts")
+        for relative, why in self.not_filed:
+            out.append(f"  not taken over: {relative}: {why}")
+        for relative in self.ignored:
+            out.append(f"  ignored (hidden file): {relative}")
+        for target, why in self.copies_waiting:
+            out.append(f"  copy to {target} not made yet ({why}): the server retries it when it runs")
+        if self.addons_to is not None:
+            out.append(f"Add-ons ({', '.join(self.addons) or 'none'}): the original's addons "
+                       f"folder is now {self.addons_to}, where this server runs them.")
+        elif self.addons:
+            out.append(f"Add-ons in {self.original / 'addons'} ({', '.join(self.addons)}) are not "
+                       f"taken over: this server has other add-ons; run again with --replace to use "
+                       f"the original's.")
+        if self.addons_kept_as is not None:
+            out.append(f"The addons folder that was there is kept as {self.addons_kept_as}.")
+        out.append(f"The original's files are left as they were: stop the original server for good "
+                   f"(rename its config.json) before starting this one.")
+        return out
+
+
+def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = False) -> MigrationReport:
+    """
+    Copy the original's config.json to C{config_path} and file the photos
+    waiting in C{original/photos} into C{data_dir} as the server would.
+
+    @param replace: when C{config_path} holds another config, keep it as
+        C{config.json.before-migration} and go on; otherwise refuse.
+    @raise MigrationError: the migration cannot start (nothing was
+        changed), or this server's data folder cannot be used.
+    """
+    original = original.expanduser().absolute()
+    source = original / "config.json"
+    if not source.is_file():
+        raise MigrationError(f"{original}: no config.json here; give the folder of the original "
+                             f"MedImage server (the one holding config.json, photos and addons)")
+    config_path = config_path.expanduser().absolute()
+    try:
+        # Usable at its new place (relative paths there), before anything is touched.
+        parse_config(load_config(source).raw, config_path)
+        source_bytes = source.read_bytes()
+    except ConfigError as e:
+        raise MigrationError(f"the original's config cannot be used: {e}") from None
+    except OSError as e:
+        raise MigrationError(f"{source}: cannot read: {e.strerror}") from None
+    report = MigrationReport(original=original, config_from=source, config_to=config_path)
+    _copy_config(source_bytes, config_path, replace, report)
+    config = load_config(config_path)
+    report.role = config.role
+    addons = original / "addons"
+    if addons.is_dir():
+        _copy_addons(addons, config_path.parent / "addons", replace, report)
+    photos = original / "photos"
+    if photos.is_dir():
+        wants_addons = _addons_wanted(config) if config.role == "pc" else (lambda name: False)
+        _take_over_photos(photos, _store_for(config, data_dir.expanduser().absolute()),
+                          wants_addons, report)
+    return report
+
+
+def _copy_config(source_bytes: bytes, config_path: Path, replace: bool, report: MigrationReport) -> None:
+    if config_path.exists():
+        if config_path.read_bytes() == source_bytes:
+            return
+        if not replace:
+            raise MigrationError(f"{config_path} already exists with other settings; run again with "
+                                 f"--replace to keep it as {config_path.name}{BEFORE_MIGRATION} and "
+                                 f"use the original's")
+        kept = config_path.with_name(config_path.name + BEFORE_MIGRATION)
+        os.replace(config_path, kept)
+        report.config_kept_as = kept
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(config_path, source_bytes)
+    report.config_copied = True
+
+
+def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationReport) -> None:
+    """
+    The original's add-ons (their folders and C{addons/config.json}) beside
+    this server's config.json, where the add-on service reads them.
+    """
+    report.addons = sorted(p.name for p in source.iterdir() if p.is_dir())
+    if source.resolve() == dest.resolve():
+        report.addons_to = dest
+        return
+    if dest.exists():
+        if _same_tree(source, dest):
+            report.addons_to = dest
+            return
+        if not replace and any(dest.iterdir()):
+            return  # ours stay; the report says so
+        kept = dest.with_name(dest.name + BEFORE_MIGRATION)
+        if any(dest.iterdir()):
+            os.replace(dest, kept)
+            report.addons_kept_as = kept
+        else:
+            dest.rmdir()
+    temp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".addons-", suffix=".tmp"))
+    try:
+        shutil.copytree(source, temp, dirs_exist_ok=True, symlinks=True)
+        os.replace(temp, dest)  # all of them or none
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    fsync_folder(dest.parent)
+    report.addons_to = dest
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+    return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+
+
+def _addons_wanted(config: Config) -> Callable[[str], bool]:
+    """
+    Whether a photo of this name has add-ons to run on this server (the
+    add-on service's own test: active registry entries for its event, or
+    a Python add-on handling it).
+    """
+    registry = Registry(registry_path(config.path))
+    python_addons = discover()
+
+    def wanted(name: str) -> bool:
+        event = event_for(name)
+        return bool(registry.active(event)) or any(a.handler(event) for a in python_addons)
+    return wanted
+
+
+def _store_for(config: Config, data_dir: Path) -> PhotoStore:
+    try:
+        return photo_store(config, data_dir)
+    except ConfigError as e:
+        raise MigrationError(str(e)) from None
+
+
+def _take_over_photos(photos: Path, store: PhotoStore, wants_addons: Callable[[str], bool],
+                      report: MigrationReport) -> None:
+    if photos.resolve() == store.photos.resolve():
+        return  # the original's folder is this server's own: nothing to move
+    report.filed_into = [str(t) for t in store.backup_to] or [str(store.photos)]
+    for path in sorted(photos.rglob("*")):
+        if path.is_symlink():
+            # Not a photo the original received: following it would file
+            # whatever it points at (any file this user can read).
+            report.not_filed.append((path.relative_to(photos).as_posix(), "a link: not followed"))
+            continue
+        if not path.is_file():
+            continue
+        relative = path.relative_to(photos).as_posix()
+        parts = tuple(relative.split("/"))
+        if any(part.startswith(".") for part in parts):
+            report.ignored.append(relative)
+            continue
+        try:
+            inside(store.photos, relative)
+            if wants_addons(parts[-1]):
+                # Durable and marked as waiting for its add-ons: the server
+                # runs them, then the copies, when it starts (its recovery).
+                stored = store.stage(_staged_copy(path, store.temp), None, parts)
+                if not stored.duplicate:
+                    report.staged_for_addons.append(stored.relative)
+                    continue
+            else:
+                stored = store.store(_staged_copy(path, store.temp), None, parts)
+        except (Rejected, TryLater, OSError) as e:
+            report.not_filed.append((relative, str(e)))
+            continue
+        (report.already_there if stored.duplicate else report.filed).append(stored.relative)
+        report.copies_waiting.extend(stored.backup_failures)
+
+
+def _staged_copy(path: Path, temp_dir: Path) -> Path:
+    """
+    A flushed copy of C{path} in the store's temporary folder, as an upload
+    would be: the store links it into place and removes it.
+    """
+    fd, name = tempfile.mkstemp(dir=temp_dir, prefix="migrate-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as source:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+        raise
+    return Path(name)
