@@ -12,6 +12,7 @@ from io import BytesIO
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, pages, server
@@ -165,6 +166,30 @@ class MedImageChannel(http.HTTPChannel):
         self._awaiting_request = True
         super().requestDone(request)
 
+    # Reading from the client, paused while a request waits its turn in the
+    # request budget.  The transport tells the channel (a push producer for
+    # it) when the client stops reading our answers; Twisted then keeps the
+    # connection paused too, and so must a request whose turn comes.
+    client_reads_answers = True
+
+    def pauseProducing(self) -> None:
+        self.client_reads_answers = False
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.client_reads_answers = True
+        super().resumeProducing()
+
+    def pause_reading(self) -> None:
+        reading = IPushProducer(self.transport, None)
+        if reading is not None:
+            reading.pauseProducing()
+
+    def resume_reading(self) -> None:
+        reading = IPushProducer(self.transport, None)
+        if reading is not None:
+            reading.resumeProducing()
+
     def connectionLost(self, reason) -> None:
         self._stop_header_deadline()
         if self._counted is not None:
@@ -268,7 +293,7 @@ class MedImageRequest(server.Request):
         # Over budget: stop reading this connection (a paused socket costs
         # nothing, and the client's sends back up) until its turn.
         self._budget_ticket = ticket
-        channel._networkProducer.pauseProducing()
+        channel.pause_reading()
 
     _budget_ticket: Optional[Ticket] = None
 
@@ -277,8 +302,8 @@ class MedImageRequest(server.Request):
         channel = self.channel
         if channel is None:
             return  # the connection went while it waited
-        if not channel._waitingForTransport:  # else the client is not reading its answers: stay paused
-            channel._networkProducer.resumeProducing()
+        if channel.client_reads_answers:  # else stay paused, as Twisted does, until the client reads
+            channel.resume_reading()
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason) -> None:

@@ -20,11 +20,9 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-# The interface a trustRoot provides; twisted.internet.ssl does not re-export it.
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.ssl import optionsForClientTLS, platformTrust
+from twisted.internet.ssl import OpenSSLDefaultPaths, optionsForClientTLS, platformTrust
 from twisted.internet.threads import deferToThread
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -48,17 +46,18 @@ def relay_ca_path(config: Config) -> Optional[Path]:
     return resolve_path(config.relayCA, config.path.parent) if config.relayCA else None
 
 
-@implementer(IOpenSSLTrustRoot)
-class PlatformAndClinicCA:
+class PlatformAndClinicCA(OpenSSLDefaultPaths):
     """
-    What the OS trusts, and the clinic's CA certificates besides.
+    What the OS trusts (Twisted's platform trust root), and the clinic's CA
+    certificates besides.
     """
 
     def __init__(self, certificates: list[x509.Certificate]):
         self.certificates = certificates
 
     def _addCACertsToContext(self, context: SSL.Context) -> None:
-        context.set_default_verify_paths()
+        # The trust-root interface's one method (IOpenSSLTrustRoot).
+        super()._addCACertsToContext(context)
         store = context.get_cert_store()
         for certificate in self.certificates:
             store.add_cert(crypto.X509.from_cryptography(certificate))
