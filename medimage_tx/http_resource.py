@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IPushProducer
@@ -19,7 +19,6 @@ from twisted.web import http, pages, server
 from twisted.web.resource import Resource
 
 from .web.app_families import app_family
-from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
 from .addons.web import AddonResource
 from .web.connection_limits import connection_budget, open_file_limit, uses_select
@@ -27,7 +26,9 @@ from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .photos.intake import accepted_parts, checked_extension, relay_check_path, relay_parts
 from .web.pairing import PairingService, PairPage
-from .relay import ReadResource
+from .relay import NotARelay, ReadResource, Relay
+from .relay_store import PairingDesk
+from .pc.filing import Filing
 from .web.request_budget import (
     PC_TOTAL_BURST,
     PC_TOTAL_RATE,
@@ -39,7 +40,7 @@ from .web.request_budget import (
     Ticket,
     address_key,
 )
-from .photos.multipart import ENVELOPE_ALLOWANCE, MultipartReceiver, boundary_of
+from .photos.multipart import ENVELOPE_ALLOWANCE, MultipartReceiver, ReceivedFile, boundary_of
 from .web.pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
 from .admin.pages import add_admin_pages
@@ -54,6 +55,7 @@ from .web.answers import (
 )
 
 log = Logger()
+_T = TypeVar("_T")
 
 RECEIVED = b"Received upload successfully!"
 UPLOAD_READ_SIZE = 256 * 1024
@@ -79,13 +81,25 @@ class Limits:
     body_base_seconds: float = 60.0  # plus the body at the slowest rate we wait for:
     min_body_rate: float = 16 * 1024  # bytes/s (128 kbit/s, a poor 3G upload)
     small_body: int = 64 * 1024  # the most a non-upload body may carry
-    connections_per_address: Optional[int] = None  # default: per role, below
-    connections_in_total: Optional[int] = None  # default: per role, within the open-file limit
+    connections_per_address: int = PC_CONNECTIONS_PER_ADDRESS
+    connections_in_total: int = PC_CONNECTIONS  # within the open-file limit: see for_role
     # Requests answered per second (request_budget.py); more wait their turn.
     requests_per_address: float = PER_ADDRESS_RATE
     request_burst_per_address: float = PER_ADDRESS_BURST
-    requests_in_total: Optional[float] = None  # default: per role
-    request_burst_in_total: Optional[float] = None
+    requests_in_total: float = PC_TOTAL_RATE
+    request_burst_in_total: float = PC_TOTAL_BURST
+
+    @classmethod
+    def for_role(cls, relay: bool, select_reactor: bool = False) -> Limits:
+        """
+        A relay's or a clinic PC's limits; connections in total fit in the
+        open-file limit (and in select()'s, on a select reactor).
+        """
+        if relay:
+            return cls(connections_per_address=RELAY_CONNECTIONS_PER_ADDRESS,
+                       connections_in_total=connection_budget(RELAY_CONNECTIONS, open_file_limit(), select_reactor),
+                       requests_in_total=RELAY_TOTAL_RATE, request_burst_in_total=RELAY_TOTAL_BURST)
+        return cls(connections_in_total=connection_budget(PC_CONNECTIONS, open_file_limit(), select_reactor))
 
 
 class MedImageChannel(http.HTTPChannel):
@@ -320,16 +334,23 @@ class MedImageRequest(server.Request):
 
 class PhotoUpload(StateResource):
     """
-    C{POST /api/photo} (PROTOCOL.md A1).
+    C{POST /api/photo} (PROTOCOL.md A1): what both roles do with an upload
+    (read it, log why one was not taken); C{keeper} keeps it, as the
+    server's role does (L{FileOnPC}, L{QueueOnRelay}).
     """
+
+    def __init__(self, state: ServerState, keeper: FileOnPC | QueueOnRelay):
+        super().__init__(state)
+        self.keeper = keeper
 
     def render_POST(self, request: MedImageRequest):
         content_type = request.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
         return render_async(request, self.receive_logged, family=app_family(content_type))
 
     async def receive_logged(self, request: MedImageRequest) -> Answer:
+        started = time.monotonic()
         try:
-            return await self.receive(request)
+            return await self.keeper.keep(self.received(request), started)
         except (Rejected, TryLater) as e:
             # So IT can see why a doctor's phone showed an error.  The
             # reason never holds the patient's name; the file name would.
@@ -340,50 +361,77 @@ class PhotoUpload(StateResource):
                      after="" if refused else "; the phone keeps the photo and sends it again")
             raise
 
-    async def receive(self, request: MedImageRequest) -> Answer:
-        started = time.monotonic()
+    @staticmethod
+    def received(request: MedImageRequest) -> ReceivedFile:
         receiver = request.receiver
         if receiver is None:
             raise Rejected("Expected a multipart/form-data upload with the photo in the field 'file1'")
         received = receiver.finish()
         receiver.disown()
-        config, relay = self.state.config, self.state.relay
-        try:
-            if relay is not None:
-                paired_id, parts = relay_parts(
-                    received.filename, checked_extension(received, config), config)
-            else:
-                parts = accepted_parts(received, config)
-        except Exception:
-            os.close(received.fd)
-            os.unlink(received.temp_path)
-            raise
-        if relay is not None:
-            # Durable in the relay's store (fsynced file, or committed row)
-            # before the 200; no room: try-later.  A phone that hangs up now
-            # does not stop the store: what is stored is queued, and its
-            # room accounted for, all the same.
-            _, duplicate = await detached(ensureDeferred(relay.store.put(
-                paired_id, parts, received.temp_path, received.fd, received.size, config)))
-            self.state.stats.photos_received += 0 if duplicate else 1
-            self.state.stats.bytes_received += 0 if duplicate else received.size
-            # Never a patient folder or file name in a relay's log.
-            log.info("Relay: queued a photo for {fp} ({size} bytes) in {ms:.0f} ms",
-                     fp=fingerprint(paired_id), size=received.size,
-                     ms=(time.monotonic() - started) * 1000)
-            return Answer(200, RECEIVED)
-        stored = await self.state.store_photo(received.temp_path, received.fd, parts)
-        if not stored.duplicate:
-            self.state.stats.photos_received += 1
-            self.state.stats.bytes_received += received.size
-            if self.state.activity is not None:
-                self.state.activity.note(stored.relative, "phone")
+        return received
+
+
+
+def checked(received: ReceivedFile, check: Callable[[], _T]) -> _T:
+    """
+    C{check()}'s result; if it raises, the upload's temporary file goes.
+    """
+    try:
+        return check()
+    except Exception:
+        os.close(received.fd)
+        os.unlink(received.temp_path)
+        raise
+
+
+class FileOnPC:
+    """
+    A clinic PC files an upload in its folders.
+    """
+
+    def __init__(self, state: ServerState, filing: Filing):
+        self.state = state
+        self.filing = filing
+
+    async def keep(self, received: ReceivedFile, started: float) -> Answer:
+        config = self.state.config
+        parts = checked(received, lambda: accepted_parts(received, config))
+        stored = await self.filing.file(received.temp_path, received.fd, parts, received.size, "phone")
         log.info(
             "Received {path} ({size} bytes) in {ms:.0f} ms{again}",
             path=stored.relative, size=received.size,
             ms=(time.monotonic() - started) * 1000,
             again=" (a retry: already stored)" if stored.duplicate else "",
         )
+        return Answer(200, RECEIVED)
+
+
+class QueueOnRelay:
+    """
+    A relay queues an upload for the PC paired with the id in its name.
+    """
+
+    def __init__(self, state: ServerState, relay: Relay):
+        self.state = state
+        self.relay = relay
+
+    async def keep(self, received: ReceivedFile, started: float) -> Answer:
+        config = self.state.config
+        paired_id, parts = checked(
+            received, lambda: relay_parts(received.filename, checked_extension(received, config), config))
+        # Durable in the relay's store (fsynced file, or committed row)
+        # before the 200; no room: try-later.  A phone that hangs up now
+        # does not stop the store: what is stored is queued, and its
+        # room accounted for, all the same.
+        _, duplicate = await detached(ensureDeferred(self.relay.store.put(
+            paired_id, parts, received.temp_path, received.fd, received.size, config)))
+        if not duplicate:
+            self.state.stats.photos_received += 1
+            self.state.stats.bytes_received += received.size
+        # Never a patient folder or file name in a relay's log.
+        log.info("Relay: queued a photo for {fp} ({size} bytes) in {ms:.0f} ms",
+                 fp=fingerprint(paired_id), size=received.size,
+                 ms=(time.monotonic() - started) * 1000)
         return Answer(200, RECEIVED)
 
 
@@ -398,23 +446,21 @@ def detached(d: Deferred) -> Deferred:
 
 class Check(StateResource):
     """
-    C{GET /check=<name>} (PROTOCOL.md A3): only a relay holds photos that
-    wait to be read.
+    C{GET /check=<name>} on a relay (PROTOCOL.md A3): does a photo of that
+    name still wait to be read?
     """
 
-    def __init__(self, state: ServerState, name: bytes):
+    def __init__(self, state: ServerState, relay: Relay, name: bytes):
         super().__init__(state)
+        self.relay = relay
         self.name = name
 
     def render_GET(self, request):
-        relay = self.state.relay
-        if not self.state.config.allowPhotosLeaving or relay is None:
-            return answer_now(request, Answer(400, NOT_READABLE))
-        return render_async(request, self._check, relay)
+        return render_async(request, self._check)
 
-    async def _check(self, request, relay) -> Answer:
+    async def _check(self, request) -> Answer:
         relative = relay_check_path(self.name.decode("utf-8", "replace"), self.state.config)
-        waiting = relative is not None and await relay.store.holds(relative)
+        waiting = relative is not None and await self.relay.store.holds(relative)
         return Answer(200, b"true" if waiting else b"false")
 
 
@@ -442,16 +488,23 @@ def is_app_route(segment: bytes) -> bool:
 
 
 class Root(Resource):
-    def __init__(self, state: ServerState):
+    """
+    C{/}: the routes both roles serve, and the role's own (L{pc_root},
+    L{relay_root}), put together once at start.
+    """
+
+    def __init__(self, state: ServerState, keeper: FileOnPC | QueueOnRelay, read: Resource,
+                 check: Callable[[bytes], Resource]):
         super().__init__()
         self.state = state
+        self.check = check
         self.putChild(b"", StatusPage(state))
         self.putChild(b"load", LoadAverage(state))
         self.putChild(b"discovery", DiscoveryPage(state))
         api = Resource()
-        api.putChild(b"photo", PhotoUpload(state))
+        api.putChild(b"photo", PhotoUpload(state, keeper))
         self.putChild(b"api", api)
-        self.putChild(b"read", ReadResource(state))
+        self.putChild(b"read", read)
         admin = Resource()
         admin.putChild(b"login", LoginPage(state))
         admin.putChild(b"logout", LogoutPage(state))
@@ -460,12 +513,6 @@ class Root(Resource):
         addon = AddonResource(state)
         addon.putChild(b"get-session", GetSession(state))  # the original's basic-authentication
         self.putChild(b"addon", addon)
-        if state.pairing is not None:
-            service = PairingService(state.pairing)
-            self.putChild(b"med-genid.php", service)
-            self.putChild(b"pair", service)
-        else:
-            self.putChild(b"pair", PairPage(state))
 
     def getChildWithDefault(self, path: bytes, request):
         app_route = is_app_route(path)
@@ -477,34 +524,47 @@ class Root(Resource):
 
     def getChild(self, path: bytes, request):
         if path.startswith(b"check="):
-            return Check(self.state, path[len(b"check="):])
+            return self.check(path[len(b"check="):])
         return pages.notFound()
+
+
+def pc_root(state: ServerState, filing: Filing) -> Root:
+    """
+    A clinic PC files uploads; nothing on it waits to be read (C{/read},
+    C{/check=}); C{/pair} is its pairing page.
+    """
+    not_a_relay = NotARelay()
+    root = Root(state, FileOnPC(state, filing), not_a_relay, lambda name: not_a_relay)
+    root.putChild(b"pair", PairPage(state))
+    return root
+
+
+def relay_root(state: ServerState, relay: Relay, pairing: PairingDesk) -> Root:
+    """
+    A relay queues uploads, serves them to the PCs (C{/read}, C{/check=})
+    and issues and redeems pairing codes (the original's
+    C{/med-genid.php}, and C{/pair}).
+    """
+    root = Root(state, QueueOnRelay(state, relay), ReadResource(state, relay),
+                lambda name: Check(state, relay, name))
+    service = PairingService(pairing)
+    root.putChild(b"med-genid.php", service)
+    root.putChild(b"pair", service)
+    return root
 
 
 class MedImageSite(server.Site):
     requestFactory = MedImageRequest
     protocol = MedImageChannel
 
-    def __init__(self, state: ServerState, limits: Optional[Limits] = None,
-                 interface: Optional[str] = None):
-        if state.access is None:
-            state.access = Access(state, listen_address=interface)
+    def __init__(self, state: ServerState, root: Root, limits: Limits):
         # timeout: a connection idle this long is closed.
-        super().__init__(Root(state), parsePOSTFormSubmission=False, timeout=75)
+        super().__init__(root, parsePOSTFormSubmission=False, timeout=75)
         self.state = state
-        self.limits = limits or Limits()
-        relay = state.relay is not None
-        if self.limits.connections_per_address is None:
-            self.limits.connections_per_address = (RELAY_CONNECTIONS_PER_ADDRESS if relay
-                                                   else PC_CONNECTIONS_PER_ADDRESS)
-        if self.limits.connections_in_total is None:
-            self.limits.connections_in_total = connection_budget(
-                RELAY_CONNECTIONS if relay else PC_CONNECTIONS, open_file_limit(), uses_select(state.reactor))
-        limits = self.limits
+        self.limits = limits
         self.budget = RequestBudget(
             state.reactor, limits.requests_per_address, limits.request_burst_per_address,
-            limits.requests_in_total or (RELAY_TOTAL_RATE if relay else PC_TOTAL_RATE),
-            limits.request_burst_in_total or (RELAY_TOTAL_BURST if relay else PC_TOTAL_BURST))
+            limits.requests_in_total, limits.request_burst_in_total)
         self.connections: dict[str, int] = {}
         self.open_connections = 0
         self._refusals_logged_at: Optional[float] = None
@@ -545,9 +605,8 @@ class MedImageSite(server.Site):
         pass
 
 
-def make_site(state: ServerState, interface: Optional[str] = None) -> MedImageSite:
+def make_site(state: ServerState, root: Root, relay: bool) -> MedImageSite:
     """
-    @param interface: the address the server listens on (one of its own
-        names for the C{Host} check).
+    The site of a relay (C{relay}) or a clinic PC, with its role's limits.
     """
-    return MedImageSite(state, interface=interface)
+    return MedImageSite(state, root, Limits.for_role(relay, uses_select(state.reactor)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -22,12 +22,10 @@ from twisted.web.static import NoRangeStaticProducer
 from .errors import Rejected, TryLater
 from .identity import PAIRED_ID, fingerprint
 from .web.answers import NOT_READABLE, Answer, answer_now, render_async
+if TYPE_CHECKING:
+    from .state import ServerState
+from .web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES, RELAY_FEATURES_VALUE
 
-#: Response header by which a relay says it supports PROTOCOL.md B4.
-RELAY_FEATURES = b"X-MedImage-Relay"
-RELAY_FEATURES_VALUE = b"ack, wait"
-ACK_HEADER = b"X-MedImage-Ack"
-RECEIPT_HEADER = b"X-MedImage-Receipt"
 
 MAX_WAIT = 60
 NOTHING = b"none"
@@ -114,8 +112,9 @@ class RelayExpiry(Service):
     name = "relay-expiry"
     interval = 3600.0
 
-    def __init__(self, state, clock: Any):
+    def __init__(self, state: ServerState, relay: Relay, clock: Any):
         self.state = state
+        self.relay = relay
         self.clock = clock
         self._loop: Optional[LoopingCall] = None
         #: The last sweep (fired once the photos are gone).
@@ -134,7 +133,7 @@ class RelayExpiry(Service):
             self._loop.stop()
 
     def sweep(self) -> Deferred:
-        relay, days = self.state.relay, self.state.config.relayExpiryDays
+        relay, days = self.relay, self.state.config.relayExpiryDays
         self.removing = ensureDeferred(relay.store.expire_older_than(self.clock.seconds() - days * 86400))
         self.removing.addCallbacks(self._report, self._failed, callbackArgs=(days,))
         return self.removing
@@ -154,6 +153,18 @@ class RelayExpiry(Service):
             self.log.failure("Relay: the expiry sweep failed", failure)
 
 
+class NotARelay(Resource):
+    """
+    C{/read/...} and C{/check=...} on a clinic PC: as on the original PC,
+    nothing here waits to be read.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        return answer_now(request, Answer(400, NOT_READABLE))
+
+
 class ReadResource(Resource):
     """
     C{HEAD|GET /read/<id>} and C{DELETE /read/<id>/<receipt>}.
@@ -162,18 +173,16 @@ class ReadResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, state):
+    def __init__(self, state: ServerState, relay: Relay):
         super().__init__()
         self.state = state
+        self.relay = relay
 
     def render(self, request):
         request.setHeader(RELAY_FEATURES, RELAY_FEATURES_VALUE)
-        relay = self.state.relay
-        if not self.state.config.allowPhotosLeaving or relay is None:
-            return answer_now(request, Answer(400, NOT_READABLE))
         if request.method not in (b"GET", b"HEAD", b"DELETE"):
             return answer_now(request, Answer(405, b"Use GET, HEAD or DELETE"))
-        return render_async(request, self._read, relay)
+        return render_async(request, self._read, self.relay)
 
     async def _read(self, request, relay: Relay):
         path = [p for p in request.postpath if p]

@@ -7,14 +7,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from .admin.activity import Activity
+from .admin.log_ring import LogRing
 from .config import Config, config_stamp, save_config
+from .pc.backups import BackupService
 from .photos.store import PhotoStore
+
+if TYPE_CHECKING:
+    # The parts tap.py builds around a state and then names in it; they
+    # import this module, so only the type checker imports them here.
+    from .addons.pipeline import AddonService
+    from .admin.access import Access
+    from .discovery import DiscoveryStatus
+    from .pc.filing import Filing
+    from .pc.puller import RelayPuller
+    from .relay import Relay
+    from .relay_store import PairingDesk
 
 log = Logger()
 
@@ -32,44 +46,40 @@ class ServerState:
     What the resources share.  C{config} is replaced, not mutated, when it
     changes (pairing, the transfer count), so each request reads the
     current one; C{config_listeners} are called after each change.
+
+    The role is decided once, at start, by L{medimage_tx.tap}: a clinic PC
+    has C{filing} and C{addons} (and C{puller}, C{discovery}
+    when they run); a relay has C{relay} and C{pairing}.  tap.py fills
+    these in as it builds them, before anything serves a request.
     """
 
     config: Config
     store: PhotoStore
+    #: The reactor: its clock, its thread pool, its listeners.
     reactor: Any
-    backups: Any = None  # BackupService
-    relay: Any = None  # Relay, on a relay
-    pairing: Any = None  # the pairing desk (relay_store), on a relay
-    discovery: Any = None  # DiscoveryStatus while LAN discovery runs
-    access: Any = None  # admin.Access: who may see and change the PC's own pages
+    #: Recovery of the store at start (both roles); a PC's copies to its targets.
+    backups: BackupService
     stats: ServerStats = field(default_factory=ServerStats)
     config_listeners: list[Callable[[], None]] = field(default_factory=list)
     config_stamp: Optional[tuple[int, int]] = None
-    #: The add-ons (medimage_tx.addons.AddonService), on a clinic PC.
-    addons: Any = None
-    #: The web admin's view of recent photos (admin.activity.Activity).
-    activity: Any = None
-    #: The latest log lines (admin.log_ring.LogRing), for the logs page.
-    log_ring: Any = None
-    #: The relay puller (puller.RelayPuller) on a clinic PC, for its status.
-    puller: Any = None
+    #: The web admin's view of recent photos.
+    activity: Activity = field(default_factory=Activity)
+    #: The latest log lines, for the logs page.
+    log_ring: LogRing = field(default_factory=LogRing)
+    #: Who may see and change the PC's own pages.
+    access: Optional[Access] = None
+    # A clinic PC's parts.
+    filing: Optional[Filing] = None
+    addons: Optional[AddonService] = None
+    puller: Optional[RelayPuller] = None  # when allowGettingRemotePhotos
+    discovery: Optional[DiscoveryStatus] = None  # while LAN discovery runs
+    # A relay's parts.
+    relay: Optional[Relay] = None
+    pairing: Optional[PairingDesk] = None
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
-    def in_thread(self, f: Callable, *args: Any):
+    def in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
-
-    async def store_photo(self, temp_path, fd, parts):
-        """
-        Store a complete upload on a clinic PC (from a phone or pulled from
-        the relay), copy it to the targets and run its add-ons
-        (L{medimage_tx.photos.store.PhotoStore.store}).
-        """
-        if self.addons is not None:
-            return await self.addons.store(temp_path, fd, parts)
-        stored = await self.in_thread(self.store.store, temp_path, fd, parts)
-        if self.backups is not None:
-            self.backups.note(stored.backup_failures, succeeded=self.store.backup_to)
-        return stored
 
     async def save_config(self, **changes: Any) -> Config:
         """

@@ -25,13 +25,13 @@ from .web.connection_limits import raise_open_file_limit
 from .config import ConfigError, Config, check_relay_store, config_stamp, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
 from .errors import StartupFailed
-from .pc.filing import photo_store
-from .http_resource import make_site
+from .pc.filing import Filing, photo_store
+from .http_resource import make_site, pc_root, relay_root
+from .admin import Access
 from . import logs
 from .state import ServerState
 from .pc.puller import RelayPuller
-from .admin.activity import Activity
-from .admin.log_ring import LogRing, LogRingService
+from .admin.log_ring import LogRingService
 from .relay import Relay, RelayExpiry
 from .relay_store import RelayStoreService, RelayStoreUnavailable, open_relay_store
 from .relay_store.queue import DEFAULT_LEASE_SECONDS
@@ -255,8 +255,11 @@ def build_service(
     config, created = load_or_create_config(config_path)
     if created:
         log.info("No config found: wrote the defaults to {path}", path=config_path)
-    relay = pairing = None
     store = photo_store(config, data_dir)
+    # As loaded: an edit made before the watcher starts is still an edit.
+    state = ServerState(config=config, store=store, reactor=reactor, backups=BackupService(store, reactor),
+                        config_stamp=config_stamp(config.path))
+    relay = None
     if config.allowPhotosLeaving:
         url = config.relayStore if relay_store is None else relay_store
         try:
@@ -267,18 +270,21 @@ def build_service(
         except RelayStoreUnavailable as e:
             raise ConfigError(str(e)) from None
         relay = Relay(shared, clock)
-    backups = BackupService(store, reactor)
-    state = ServerState(config=config, store=store, reactor=reactor, backups=backups, relay=relay,
-                        pairing=pairing,
-                        # As loaded: an edit made before the watcher starts is still an edit.
-                        config_stamp=config_stamp(config.path))
+        state.relay, state.pairing = relay, pairing
+        root = relay_root(state, relay, pairing)
+    else:
+        addons = make_addon_service(state, reactor, clock)
+        state.backups.on_unfinished_addons = addons.resume
+        state.addons, state.filing = addons, Filing(state, addons)
+        root = pc_root(state, state.filing)
     lan = config.lanMode and not no_lan and relay is None
     if not lan and relay is None:
         interface = interface or "127.0.0.1"
         log.info("LAN mode is off: no mDNS adverts or UDP scan replies, and HTTP only on "
                  "{interface}, so phones on the WiFi cannot find this PC; they send through the relay",
                  interface=interface)
-    site = make_site(state, interface)
+    state.access = Access(state, listen_address=interface)
+    site = make_site(state, root, relay=relay is not None)
     listen_port = config.listenPort if port is None else port
     tls = _tls_options(config)
     https_only = tls is not None and config.httpsPort is None
@@ -291,14 +297,13 @@ def build_service(
         service.https = HTTPListener(_endpoint(reactor, config.httpsPort, interface, tls), site,
                                      lambda p: _announce(config, store, p, "https"),
                                      address=(config.httpsPort, interface or ""))
-    backups.setServiceParent(service)
-    state.activity, state.log_ring = Activity(), LogRing()
+    state.backups.setServiceParent(service)
     LogRingService(state.log_ring).setServiceParent(service)
     if relay is not None:
         RelayStoreService(relay.store).setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
     if relay is not None:
-        RelayExpiry(state, clock).setServiceParent(service)
+        RelayExpiry(state, relay, clock).setServiceParent(service)
     http.setServiceParent(service)
     if service.https is not None:
         service.https.setServiceParent(service)
@@ -310,8 +315,8 @@ def build_service(
             scheme=lambda: "https" if tls is not None else "http", udp_port=discovery_port)
         service.discovery.setServiceParent(service)
         state.discovery = service.discovery.status
-    if relay is None:
-        make_addon_service(state, reactor, clock).setServiceParent(service)
+    if state.addons is not None:
+        state.addons.setServiceParent(service)
         detected = store.backup_to[len(config.backupTo):]
         state.config_listeners.append(lambda: _follow_backup_to(state, detected))
     if relay is None and config.allowGettingRemotePhotos:
@@ -320,7 +325,6 @@ def build_service(
         state.config_listeners.append(service.puller.config_changed)
         service.puller.setServiceParent(service)
         state.puller = service.puller
-        service.puller.delivered.append(lambda relative: state.activity.note(relative, "relay"))
     return service
 
 

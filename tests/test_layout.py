@@ -31,6 +31,16 @@ def test_the_cycle_finder_finds_a_cycle():
     assert import_graph.cycles(edges) == [["a", "b", "c"]]
 
 
+def test_imports_for_the_type_checker_only_are_not_edges(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (package / "b.py").write_text("from .a import A\n")
+    edges, _ = import_graph.graph(package)
+    assert edges == {"pkg": set(), "pkg.a": set(), "pkg.b": {"pkg.a"}}
+
+
 def test_own_modules_are_imported_at_the_top_of_a_module():
     _, local = import_graph.graph(PACKAGE)
     own = [i for i in local if " medimage_tx" in i.statement or "from ." in i.statement]

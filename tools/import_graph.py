@@ -3,6 +3,9 @@ The package's own import graph: `python tools/import_graph.py [medimage_tx]`
 prints the module count, the import cycles (strongly connected groups of
 modules) and every import made inside a function, then exits 1 if there is
 a cycle.  tests/test_layout.py holds the package to it.
+
+Imports under C{if TYPE_CHECKING:} are left out: they name types for the
+checker and never run.
 """
 
 from __future__ import annotations
@@ -47,6 +50,22 @@ def _imported(node: ast.ImportFrom | ast.Import, module: str, is_package: bool, 
     return submodules | whole
 
 
+def _type_checking_only(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and ast.unparse(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST):
+    """
+    Every node of C{tree}, except what is under C{if TYPE_CHECKING:}.
+    """
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _type_checking_only(child))
+
+
 def graph(root: Path) -> tuple[dict[str, set[str]], list[LocalImport]]:
     """
     Each module's imports of the package's own modules (at any depth), and
@@ -60,7 +79,7 @@ def graph(root: Path) -> tuple[dict[str, set[str]], list[LocalImport]]:
         tree = ast.parse(path.read_text(), str(path))
         is_package = path.name == "__init__.py"
         edges[name] = set()
-        for node in ast.walk(tree):
+        for node in _runtime_nodes(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 edges[name] |= _imported(node, name, is_package, known) - {name}
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

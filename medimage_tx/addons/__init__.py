@@ -34,7 +34,7 @@ def registry_path(config_path: Path) -> Path:
 
 def make_addon_service(state: Any, reactor: Any, clock: Any = None) -> AddonService:
     """
-    The add-on service of a clinic PC server, wired into C{state}.
+    The add-on service of a clinic PC server.
     """
     registry = Registry(registry_path(state.config.path))
     try:
@@ -43,8 +43,4 @@ def make_addon_service(state: Any, reactor: Any, clock: Any = None) -> AddonServ
     except OSError as e:
         log.warn("Cannot create the add-on registry {path}: {reason}; no add-ons run until it "
                  "exists", path=registry.path, reason=e.strerror)
-    service = AddonService(state, reactor, registry, discover(), clock=clock)
-    state.addons = service
-    if state.backups is not None:
-        state.backups.on_unfinished_addons = service.resume
-    return service
+    return AddonService(state, reactor, registry, discover(), clock=clock)

@@ -1,19 +1,51 @@
 """
-Where a server files photos: the photo store built from config.json (a
-relay's only queues; a PC's copies to its targets and detected drives).
+Filing a photo on a clinic PC, one path whether it came from a phone or
+from the relay: L{Filing} stores it durably, runs its add-ons, has it
+copied to the targets, and counts it.  L{photo_store} builds the store
+from config.json (a relay's only queues; a PC's copies to its targets and
+detected drives).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 from twisted.logger import Logger
 
 from ..config import Config, ConfigError, resolve_path
-from ..photos.store import PhotoStore
+from ..photos.store import PhotoStore, Stored
 from .drives import backup_drive_folders
 
+if TYPE_CHECKING:
+    from ..addons.pipeline import AddonService
+    from ..state import ServerState
+
 log = Logger()
+
+
+class Filing:
+    """
+    The one way a complete photo enters the clinic's folders.
+    """
+
+    def __init__(self, state: ServerState, addons: AddonService):
+        self.state = state
+        self.addons = addons
+
+    async def file(self, temp_path: Path, fd: Optional[int], parts: Sequence[str], size: int,
+                   source: Literal["phone", "relay"]) -> Stored:
+        """
+        File a complete temporary file under C{parts} (see
+        L{PhotoStore.store}); what the sender's answer may say once this
+        returns.  A retry of a photo already filed is not counted again.
+        """
+        stored = await self.addons.store(temp_path, fd, parts)
+        if not stored.duplicate:
+            self.state.stats.photos_received += 1
+            self.state.stats.bytes_received += size
+            self.state.activity.note(stored.relative, source)
+        return stored
 
 
 def photo_store(config: Config, data_dir: Path) -> PhotoStore:

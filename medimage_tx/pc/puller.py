@@ -40,7 +40,7 @@ from ..errors import Rejected, disk_trouble
 from ..photos.held import hold
 from ..photos.naming import DEFAULT_STEM, check_name_bounds, clean_text, safe_component, strip_extension
 from ..outbound.proxy_tunnel import make_agent
-from ..relay import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
+from ..web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
 from ..outbound.tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
 from ..photos.sniff import HEAD_SIZE, choose_type
 
@@ -336,10 +336,7 @@ class RelayPuller(Service):
         stem = safe_component(strip_extension(name, extensions)) or DEFAULT_STEM
         parts = folders + (stem + allowed.extension,)
         fd, temp = download.hand_over()
-        stored = await self.state.store_photo(temp, fd, parts)
-        if not stored.duplicate:
-            self.state.stats.photos_received += 1
-        self.state.stats.bytes_received += download.size
+        stored = await self.state.filing.file(temp, fd, parts, download.size, "relay")
         return stored, None
 
     async def _hold(self, download: "_Download", file_name: str, reason: str) -> Path:

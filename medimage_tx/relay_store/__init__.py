@@ -8,7 +8,7 @@ PostgreSQL database between several relay nodes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from twisted.application.service import Service
 from twisted.internet.threads import deferToThreadPool
@@ -19,6 +19,14 @@ from .pairing_codes import PairingBook
 from ..photos.store import PhotoStore
 from .base import RelayStoreUnavailable
 from .local import LocalPairingDesk, LocalRelayStore
+
+if TYPE_CHECKING:
+    # Imported when configured only: its driver is an optional dependency.
+    from .postgres import PostgresPairingDesk, PostgresRelayStore
+
+#: The two stores have the same methods (docs/relay-cluster.md).
+RelayStore = Union[LocalRelayStore, "PostgresRelayStore"]
+PairingDesk = Union[LocalPairingDesk, "PostgresPairingDesk"]
 
 log = Logger()
 
