@@ -278,7 +278,9 @@ async def test_failed_install_leaves_nothing_and_lockdown_refuses(start_server, 
     code, answer = await post_form(http_client, server, "/addon/install-addon",
                                    {"zipfileURL": f"{base}/bad.zip", "csrf": token}, cookie)
     assert code == 400 and not answer["finished"] and "exit status 7" in answer["message"]
-    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["config.json", "installed-myaddon"]
+    # Its folder, what its commands wrote beside it and its page are gone.
+    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["config.json"]
+    assert not (server.data / "public" / "pages" / "mine.html").exists()
     assert (server.data / "addons" / "config.json").read_bytes() == registry_before
 
     locked = await start_server("locked", lockDown=True)
