@@ -333,3 +333,47 @@ async def test_install_from_an_uploaded_zip(start_server, browser, tmp_path):
     assert response.code == 200 and answer["name"] == "myaddon", answer
     assert (server.data / "addons" / "myaddon" / "hook.sh").exists()
     assert all_files(server.data / "tmp") == []  # the uploaded zip is gone
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_originals_get_install_link_asks_the_admin_and_only_the_post_installs(
+        start_server, browser, zip_server):
+    served, base = await zip_server()
+    (served / "myaddon-1.0.zip").write_bytes(addon_zip())
+    server = await start_server()
+    folder = server.data / "addons" / "myaddon"
+    link = f"{server.url}/addon/install-addon?zipfileURL={quote(base + '/myaddon-1.0.zip', safe='')}"
+    # Another site's page (a link or an <img> to the PC) gets no page and changes nothing.
+    response = await browser.get(link, headers={b"Referer": [EVIL + b"/page"]})
+    assert response.code == 403
+    # The admin's browser on the PC: the original's link shows what would be
+    # installed, and a button; the GET itself installs nothing.
+    response = await browser.get(link, headers={b"Sec-Fetch-Site": [b"none"]})
+    body = (await response.content()).decode()
+    assert response.code == 200, body
+    assert f"{base}/myaddon-1.0.zip" in body
+    assert re.search(r'<form[^>]*method="post"[^>]*action="/addon/install-addon"', body) or \
+        re.search(r'<form[^>]*action="/addon/install-addon"[^>]*method="post"', body), body
+    assert not folder.exists()
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', body).group(1)
+    url = re.search(r'name="zipfileURL" value="([^"]+)"', body).group(1)
+    cookie = response.headers.getRawHeaders(b"set-cookie")[0].split(b";")[0]
+    code, answer = await post_form(browser, server, "/addon/install-addon",
+                                   {"zipfileURL": url, "csrf": token}, cookie)
+    assert code == 200 and answer["finished"], answer
+    assert (folder / "hook.sh").exists()
+    # Removal the same way.
+    response = await browser.get(f"{server.url}/addon/install-addon?uninstall=myaddon",
+                                 headers={b"Sec-Fetch-Site": [b"none"], b"Cookie": [cookie]})
+    body = (await response.content()).decode()
+    assert response.code == 200 and "Remove myaddon" in body
+    assert folder.exists()
+    code, answer = await post_form(browser, server, "/addon/install-addon",
+                                   {"uninstall": "myaddon", "csrf": token}, cookie)
+    assert code == 200 and not folder.exists()
+    # In lockDown the page says so and offers no button.
+    locked = await start_server("locked", lockDown=True)
+    response = await browser.get(f"{locked.url}/addon/install-addon?zipfileURL=x",
+                                 headers={b"Sec-Fetch-Site": [b"none"]})
+    body = (await response.content()).decode()
+    assert response.code == 403 and "lockDown" in body and "<form" not in body.split("<main")[1]
