@@ -377,3 +377,44 @@ async def test_the_originals_get_install_link_asks_the_admin_and_only_the_post_i
                                  headers={b"Sec-Fetch-Site": [b"none"]})
     body = (await response.content()).decode()
     assert response.code == 403 and "lockDown" in body and "<form" not in body.split("<main")[1]
+
+
+#: What the original's log-viewer add-on does on Linux and macOS: the last
+#: 100 lines of $HOME/.pm2/logs/medimage-error.log into its page (here in
+#: Python, run as a process as the original's node script is).
+VIEW_LOG = """\
+import os, sys
+from urllib.parse import quote
+path = os.path.join(os.environ["HOME"], ".pm2", "logs", "medimage-error.log")
+try:
+    with open(path) as f:
+        log = "".join(f.readlines()[-100:])
+except OSError as e:
+    log = "Sorry, cannot read log file! " + str(e)
+print("returnParams:?LOG=" + quote(log.replace("\\n", "<br />")))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_viewer_add_on_finds_the_servers_log(start_server, http_client, tmp_path,
+                                                          monkeypatch):
+    from twisted.logger import Logger
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    server = await start_server()
+    script = server.data / "addons" / "log-viewer" / "view-log.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(VIEW_LOG)
+    write_page(server.data, "view-log.html", "<pre>LOG</pre>")
+    write_registry(server.data, urlRequest=[{
+        "addon": "Log Viewer", "scriptURLName": "view-log", "active": True, "priority": "medium",
+        "runProcess": f"{PYTHON} parentdir/addons/log-viewer/view-log.py param1",
+        "waitForRequestFinish": "view-log.html"}])
+    Logger().info("Photo NHI123-x.jpg received: a line the clinic looks for")
+    code, body = await get(http_client, server.url + "/addon/view-log")
+    assert code == 200, body
+    assert b"a line the clinic looks for" in body, body[:500]
+    # The user's own home (where a pm2 log of the original would be) is untouched.
+    assert list(home.iterdir()) == []
