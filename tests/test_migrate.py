@@ -259,6 +259,8 @@ def test_the_originals_add_ons_get_their_node_modules_and_pages_or_are_made_inac
     write(original, "addons/log-viewer/view-log.js",
           "var fs = require('fs');\nconst Entities = require('html-entities');\n"
           "console.log('returnParams:?LOG=' + Entities.encode('<b>log</b>'));\n")
+    # A require() that is a path trick names no package (it would name all of node_modules).
+    write(original, "addons/log-viewer/old.js", "require('@x/..');\nrequire('fs/promises');\n")
     write(original, "addons/change-folder/set-folder.js",
           "var multiparty = require('multiparty');\nvar upath = require(\"upath\");\n")
     write(original, "node_modules/html-entities/package.json",
