@@ -42,9 +42,10 @@ from .registry import EVENTS, Registry, RegistryError
 
 DESCRIPTOR = "medimage-installer.json"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-#: How long one install command may run: long enough for an C{npm install}
-#: over a clinic's slow line (400 s, as the original allows), past which it is
-#: stopped and the install rolled back.  An C{"attempt"} may set its own.
+#: How long one install command may run (past it the command is stopped and
+#: the install rolled back): long enough for an C{npm install} over a
+#: clinic's slow line, which 40 s (the stored version of the original's
+#: installer add-on) is not.  An C{"attempt"} may set its own.
 COMMAND_TIMEOUT = 400.0
 #: How often a running command's clock is looked at.
 POLL_SECONDS = 0.25
