@@ -308,3 +308,23 @@ def test_the_originals_add_ons_get_their_node_modules_and_pages_or_are_made_inac
                          text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert "returnParams:?LOG=&lt;b>log&lt;/b>" in ran.stdout
+
+
+def test_migrate_says_when_the_add_ons_need_node_and_it_is_missing(tmp_path):
+    import os
+    import subprocess
+
+    original = original_install(tmp_path / "old" / "medimageserv")
+    write(original, "addons/resize/resize.js", "console.log('resized');\n")
+    (original / "addons" / "config.json").write_text(json.dumps({"events": {"photoWritten": [
+        {"addon": "Resize", "runProcess": "node parentdir/addons/resize/resize.js param1",
+         "active": True}]}}))
+    bin_dir = tmp_path / "bin"  # a PATH without node
+    bin_dir.mkdir()
+    os.symlink("/bin/sh", bin_dir / "sh")
+    done = subprocess.run([sys.executable, "-m", "medimage_tx", "migrate", "--from", str(original),
+                           "--data", str(tmp_path / "new")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": str(bin_dir)})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "Node.js" in line]
+    assert len(lines) == 1 and "https://nodejs.org" in lines[0], done.stdout
