@@ -42,6 +42,7 @@ from twisted.web.resource import Resource
 from twisted.web.template import tags
 
 from ..admin import form_fields, set_admin_headers
+from ..admin.pages.layout import csrf_input, notice, page, send
 from ..errors import Rejected
 from ..web.answers import Answer, answer_now, render_async
 from . import installer
@@ -302,8 +303,6 @@ class InstallAddon(Resource):
         The original's C{GET ?zipfileURL=} link: a page asking the admin
         to confirm (a GET never installs anything).
         """
-        from ..webadmin.layout import csrf_input, notice, page, send
-
         set_admin_headers(request)
         refused = refusal(self.state, request)
         if refused is not None:

@@ -26,6 +26,7 @@ from ..errors import Rejected, TryLater
 from ..photos.paths import inside
 from ..photos.store import PhotoStore
 from ..addons import registry_path
+from ..addons.node_modules import bring_addon_needs
 from ..addons.pipeline import event_for
 from ..addons.python_api import discover
 from ..addons.registry import Registry
@@ -137,8 +138,6 @@ def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = F
     if addons.is_dir():
         _copy_addons(addons, config_path.parent / "addons", replace, report)
         if report.addons_to is not None:
-            from .addons.node_modules import bring_addon_needs
-
             # Their Node.js modules and pages, or they are made inactive.
             report.addon_needs = bring_addon_needs(original, config_path.parent)
     photos = original / "photos"
