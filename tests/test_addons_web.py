@@ -278,7 +278,9 @@ async def test_failed_install_leaves_nothing_and_lockdown_refuses(start_server, 
     code, answer = await post_form(http_client, server, "/addon/install-addon",
                                    {"zipfileURL": f"{base}/bad.zip", "csrf": token}, cookie)
     assert code == 400 and not answer["finished"] and "exit status 7" in answer["message"]
-    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["config.json", "installed-myaddon"]
+    # Its folder, what its commands wrote beside it and its page are gone.
+    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["config.json"]
+    assert not (server.data / "public" / "pages" / "mine.html").exists()
     assert (server.data / "addons" / "config.json").read_bytes() == registry_before
 
     locked = await start_server("locked", lockDown=True)
@@ -331,3 +333,88 @@ async def test_install_from_an_uploaded_zip(start_server, browser, tmp_path):
     assert response.code == 200 and answer["name"] == "myaddon", answer
     assert (server.data / "addons" / "myaddon" / "hook.sh").exists()
     assert all_files(server.data / "tmp") == []  # the uploaded zip is gone
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_originals_get_install_link_asks_the_admin_and_only_the_post_installs(
+        start_server, browser, zip_server):
+    served, base = await zip_server()
+    (served / "myaddon-1.0.zip").write_bytes(addon_zip())
+    server = await start_server()
+    folder = server.data / "addons" / "myaddon"
+    link = f"{server.url}/addon/install-addon?zipfileURL={quote(base + '/myaddon-1.0.zip', safe='')}"
+    # Another site's page (a link or an <img> to the PC) gets no page and changes nothing.
+    response = await browser.get(link, headers={b"Referer": [EVIL + b"/page"]})
+    assert response.code == 403
+    # The admin's browser on the PC: the original's link shows what would be
+    # installed, and a button; the GET itself installs nothing.
+    response = await browser.get(link, headers={b"Sec-Fetch-Site": [b"none"]})
+    body = (await response.content()).decode()
+    assert response.code == 200, body
+    assert f"{base}/myaddon-1.0.zip" in body
+    assert re.search(r'<form[^>]*method="post"[^>]*action="/addon/install-addon"', body) or \
+        re.search(r'<form[^>]*action="/addon/install-addon"[^>]*method="post"', body), body
+    assert not folder.exists()
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', body).group(1)
+    url = re.search(r'name="zipfileURL" value="([^"]+)"', body).group(1)
+    cookie = response.headers.getRawHeaders(b"set-cookie")[0].split(b";")[0]
+    code, answer = await post_form(browser, server, "/addon/install-addon",
+                                   {"zipfileURL": url, "csrf": token}, cookie)
+    assert code == 200 and answer["finished"], answer
+    assert (folder / "hook.sh").exists()
+    # Removal the same way.
+    response = await browser.get(f"{server.url}/addon/install-addon?uninstall=myaddon",
+                                 headers={b"Sec-Fetch-Site": [b"none"], b"Cookie": [cookie]})
+    body = (await response.content()).decode()
+    assert response.code == 200 and "Remove myaddon" in body
+    assert folder.exists()
+    code, answer = await post_form(browser, server, "/addon/install-addon",
+                                   {"uninstall": "myaddon", "csrf": token}, cookie)
+    assert code == 200 and not folder.exists()
+    # In lockDown the page says so and offers no button.
+    locked = await start_server("locked", lockDown=True)
+    response = await browser.get(f"{locked.url}/addon/install-addon?zipfileURL=x",
+                                 headers={b"Sec-Fetch-Site": [b"none"]})
+    body = (await response.content()).decode()
+    assert response.code == 403 and "lockDown" in body and "<form" not in body.split("<main")[1]
+
+
+#: What the original's log-viewer add-on does on Linux and macOS: the last
+#: 100 lines of $HOME/.pm2/logs/medimage-error.log into its page (here in
+#: Python, run as a process as the original's node script is).
+VIEW_LOG = """\
+import os, sys
+from urllib.parse import quote
+path = os.path.join(os.environ["HOME"], ".pm2", "logs", "medimage-error.log")
+try:
+    with open(path) as f:
+        log = "".join(f.readlines()[-100:])
+except OSError as e:
+    log = "Sorry, cannot read log file! " + str(e)
+print("returnParams:?LOG=" + quote(log.replace("\\n", "<br />")))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_viewer_add_on_finds_the_servers_log(start_server, http_client, tmp_path,
+                                                          monkeypatch):
+    from twisted.logger import Logger
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    server = await start_server()
+    script = server.data / "addons" / "log-viewer" / "view-log.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(VIEW_LOG)
+    write_page(server.data, "view-log.html", "<pre>LOG</pre>")
+    write_registry(server.data, urlRequest=[{
+        "addon": "Log Viewer", "scriptURLName": "view-log", "active": True, "priority": "medium",
+        "runProcess": f"{PYTHON} parentdir/addons/log-viewer/view-log.py param1",
+        "waitForRequestFinish": "view-log.html"}])
+    Logger().info("Photo NHI123-x.jpg received: a line the clinic looks for")
+    code, body = await get(http_client, server.url + "/addon/view-log")
+    assert code == 200, body
+    assert b"a line the clinic looks for" in body, body[:500]
+    # The user's own home (where a pm2 log of the original would be) is untouched.
+    assert list(home.iterdir()) == []

@@ -241,3 +241,90 @@ def test_a_config_unusable_at_its_new_place_changes_nothing(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "cannot read 'keys/key.pem'" in error and error.count("\n") == 1
     assert not (ours / "config.json").exists()
+
+
+def write(folder: Path, relative: str, text: str) -> None:
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_the_originals_add_ons_get_their_node_modules_and_pages_or_are_made_inactive(tmp_path):
+    import shutil
+    import subprocess
+
+    original = original_install(tmp_path / "old" / "medimageserv")
+    # Add-ons shaped like the original's bundled ones: scripts that require()
+    # modules of the original server's own node_modules, one folder above.
+    write(original, "addons/log-viewer/view-log.js",
+          "var fs = require('fs');\nconst Entities = require('html-entities');\n"
+          "console.log('returnParams:?LOG=' + Entities.encode('<b>log</b>'));\n")
+    # A require() that is a path trick names no package (it would name all of node_modules).
+    write(original, "addons/log-viewer/old.js", "require('@x/..');\nrequire('fs/promises');\n")
+    write(original, "addons/change-folder/set-folder.js",
+          "var multiparty = require('multiparty');\nvar upath = require(\"upath\");\n")
+    write(original, "node_modules/html-entities/package.json",
+          json.dumps({"name": "html-entities", "main": "index.js", "dependencies": {"he-core": "^1"}}))
+    write(original, "node_modules/html-entities/index.js",
+          "var core = require('he-core');\nmodule.exports = {encode: core.escape};\n")
+    write(original, "node_modules/he-core/package.json", json.dumps({"name": "he-core", "main": "core.js"}))
+    write(original, "node_modules/he-core/core.js",
+          "module.exports = {escape: function (s) { return s.replace(/</g, '&lt;'); }};\n")
+    write(original, "node_modules/multiparty/package.json", json.dumps({"name": "multiparty"}))
+    write(original, "node_modules/multiparty/index.js", "module.exports = {};\n")
+    write(original, "node_modules/drivelist/package.json", json.dumps({"name": "drivelist"}))
+    (original / "addons" / "config.json").write_text(json.dumps({"events": {"urlRequest": [
+        {"addon": "Log Viewer", "scriptURLName": "view-log", "active": True,
+         "runProcess": "node parentdir/addons/log-viewer/view-log.js param1",
+         "waitForRequestFinish": "view-log.html"},
+        {"addon": "Change Folder", "scriptURLName": "change-folder", "active": True,
+         "runProcess": "node parentdir/addons/change-folder/set-folder.js param1",
+         "waitForRequestFinish": "change-folder-settings.html"}]}}, indent=4))
+    write(original, "public/pages/view-log.html", "<pre>LOG</pre>")
+    write(original, "public/components/header.html", "<nav>the original's menu</nav>")
+    ours = tmp_path / "new"
+    write(ours, "public/pages/index.html", "ours")
+    write(original, "public/pages/index.html", "the original's")
+
+    done = subprocess.run([sys.executable, "-m", "medimage_tx", "migrate", "--from", str(original),
+                           "--data", str(ours)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # The modules the add-ons need, with what they need, and nothing else.
+    assert sorted(p.name for p in (ours / "node_modules").iterdir()) == ["he-core", "html-entities",
+                                                                         "multiparty"]
+    # upath is nowhere: change-folder is made inactive, and the report says how to fix it.
+    registry = json.loads((ours / "addons" / "config.json").read_text())
+    active = {e["addon"]: e["active"] for e in registry["events"]["urlRequest"]}
+    assert active == {"Log Viewer": True, "Change Folder": False}
+    assert f"cd {ours} && npm install upath" in done.stdout, done.stdout
+    # The pages came too; ours were not replaced.
+    assert (ours / "public" / "pages" / "view-log.html").read_text() == "<pre>LOG</pre>"
+    assert (ours / "public" / "components" / "header.html").exists()
+    assert (ours / "public" / "pages" / "index.html").read_text() == "ours"
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node (Node.js) is not installed: the add-on cannot be run")
+    ran = subprocess.run([node, "addons/log-viewer/view-log.js", "x"], cwd=ours, capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert "returnParams:?LOG=&lt;b>log&lt;/b>" in ran.stdout
+
+
+def test_migrate_says_when_the_add_ons_need_node_and_it_is_missing(tmp_path):
+    import os
+    import subprocess
+
+    original = original_install(tmp_path / "old" / "medimageserv")
+    write(original, "addons/resize/resize.js", "console.log('resized');\n")
+    (original / "addons" / "config.json").write_text(json.dumps({"events": {"photoWritten": [
+        {"addon": "Resize", "runProcess": "node parentdir/addons/resize/resize.js param1",
+         "active": True}]}}))
+    bin_dir = tmp_path / "bin"  # a PATH without node
+    bin_dir.mkdir()
+    os.symlink("/bin/sh", bin_dir / "sh")
+    done = subprocess.run([sys.executable, "-m", "medimage_tx", "migrate", "--from", str(original),
+                           "--data", str(tmp_path / "new")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": str(bin_dir)})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "Node.js" in line]
+    assert len(lines) == 1 and "https://nodejs.org" in lines[0], done.stdout

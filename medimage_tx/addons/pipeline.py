@@ -31,6 +31,7 @@ from ..errors import Rejected
 from ..photos.store import Stored
 from .command import CannotRun, build_command
 from .output import AddonOutput, parse_output
+from .log_viewer import HOME_FOLDER, LINES as LOG_VIEWER_LINES, is_log_viewer, write_log_for_viewer
 from .python_api import PythonAddon, Result, StoredFile
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
 from .runner import RunResult, kill_tree, run_process
@@ -291,8 +292,11 @@ class AddonService(Service):
         except CannotRun as e:
             result = RunResult(error=str(e))
         else:
+            env = self.environment()
+            if is_log_viewer(entry.run_process) and self.state.log_ring is not None:
+                env["HOME"] = str(await self._log_for_viewer())
             result = await run_process(self.reactor, command, str(self.parent_dir),
-                                       self.environment(), entry.timeout, self.clock, self.processes)
+                                       env, entry.timeout, self.clock, self.processes)
         if result.ok:
             log.info("Add-on {addon} ({event}) on {what}: done in {ms:.0f} ms{output}",
                      addon=entry.addon, event=entry.event, what=describe, ms=result.seconds * 1000,
@@ -303,6 +307,20 @@ class AddonService(Service):
                       how=result.describe(), stdout=quoted(result.stdout) or "(none)",
                       stderr=quoted(result.stderr) or "(none)")
         return result
+
+    async def _log_for_viewer(self) -> Path:
+        """
+        The server's latest log lines where the original's log-viewer
+        add-on reads them (L{log_viewer}); returns the C{HOME} it gets.
+        """
+        home = self.state.store.temp.parent / HOME_FOLDER
+        lines = self.state.log_ring.lines(limit=LOG_VIEWER_LINES)
+        try:
+            await self.state.in_thread(write_log_for_viewer, home, lines)
+        except OSError as e:
+            log.warn("Cannot write the log for the log-viewer add-on in {home}: {reason}",
+                     home=home, reason=e.strerror or str(e))
+        return home
 
     async def reload_config(self) -> None:
         """

@@ -194,6 +194,23 @@ class Registry:
         self._change(change)
         return removed
 
+    def set_active_where(self, predicate, active: bool) -> int:
+        """
+        Set C{"active"} on every entry for which C{predicate(event,
+        raw_entry)} holds and that is not so already; returns how many.
+        """
+        changed = 0
+
+        def change(raw):
+            nonlocal changed
+            for event, listed in raw["events"].items():
+                for item in listed if isinstance(listed, list) else ():
+                    if isinstance(item, dict) and predicate(event, item) and item.get("active") is not active:
+                        item["active"] = active
+                        changed += 1
+        self._change(change)
+        return changed
+
     def snapshot(self) -> Optional[bytes]:
         try:
             return self.path.read_bytes()

@@ -12,6 +12,9 @@ admin page uses to install, remove and list add-ons.
   runs on.
 - C{POST /addon/install-addon}: C{zipfileURL=<url>} or an uploaded zip
   (multipart field C{file1}) installs; C{uninstall=<name>} removes.
+  C{GET /addon/install-addon?zipfileURL=...} (or C{?uninstall=...}), the
+  original's link, changes nothing: it shows the admin a page that says
+  what would be installed or removed, whose button sends that C{POST}.
 - C{GET /addon/installed}: the installed add-ons as JSON.
 
 Add-on pages can run any program the clinic installed, so they are the
@@ -36,8 +39,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import pages
 from twisted.web.resource import Resource
+from twisted.web.template import tags
 
 from ..admin import form_fields, set_admin_headers
+from ..admin.pages.layout import csrf_input, notice, page, send
 from ..errors import Rejected
 from ..web.answers import Answer, answer_now, render_async
 from . import installer
@@ -292,6 +297,51 @@ class InstallAddon(Resource):
     def render_POST(self, request):
         set_admin_headers(request)
         return render_async(request, self.answer)
+
+    def render_GET(self, request):
+        """
+        The original's C{GET ?zipfileURL=} link: a page asking the admin
+        to confirm (a GET never installs anything).
+        """
+        set_admin_headers(request)
+        refused = refusal(self.state, request)
+        if refused is not None:
+            return answer_now(request, refused)
+        args = {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace")
+                for k, v in request.args.items() if v}
+        url, name = args.get("zipfileURL", "").strip(), args.get("uninstall", "").strip()
+        code = 200
+        if self.state.addons is None:
+            content: list = [notice("This server has no add-ons (a relay).", "error")]
+            code = 404
+        elif self.state.config.lockDown:
+            content = [notice("lockDown is on in config.json: add-ons cannot be installed or removed.",
+                              "error")]
+            code = 403
+        elif url or name:
+            if url:
+                question = tags.p("Install the add-on from ", tags.code(url), "?")
+                hidden, button = ("zipfileURL", url), "Install this add-on"
+            else:
+                question = tags.p("Remove the add-on ", tags.code(name), "?")
+                hidden, button = ("uninstall", name), f"Remove {name}"
+            content = [
+                question,
+                tags.p("Add-ons run programs on this PC: install only those you trust.", class_="hint"),
+                tags.form(csrf_input(request, self.state),
+                          tags.input(type="hidden", name=hidden[0], value=hidden[1]),
+                          tags.button(button, type="submit"),
+                          method="post", action="/addon/install-addon",
+                          **{"data-json": "1", "data-result": "addon-result",
+                             "data-after": "/admin/addons"}),
+                tags.div(id="addon-result", role="status"),
+            ]
+        else:
+            content = [tags.p("Give ", tags.code("?zipfileURL=<address of a .zip>"), " or ",
+                              tags.code("?uninstall=<name>"), ", or use the ",
+                              tags.a("Add-ons page", href="/admin/addons"), ".")]
+        return send(request, page(request, self.state, "Install an add-on", "/admin/addons", *content),
+                    code)
 
     async def answer(self, request) -> Answer:
         uploaded = None

@@ -19,13 +19,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ..config import Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
 from ..errors import Rejected, TryLater
 from ..photos.paths import inside
 from ..photos.store import PhotoStore
 from ..addons import registry_path
+from ..addons.node_modules import bring_addon_needs
 from ..addons.pipeline import event_for
 from ..addons.python_api import discover
 from ..addons.registry import Registry
@@ -59,6 +60,7 @@ class MigrationReport:
     addons_kept_as: Optional[Path] = None  # where our previous addons folder went
     filed_into: list[str] = field(default_factory=list)  # the store's target folders, in order
     staged_for_addons: list[str] = field(default_factory=list)  # the server runs add-ons, then copies
+    addon_needs: Any = None  # addons.node_modules.AddonNeeds: their Node.js modules and pages
 
     def lines(self) -> list[str]:
         """
@@ -95,6 +97,8 @@ class MigrationReport:
             out.append(f"Add-ons in {self.original / 'addons'} ({', '.join(self.addons)}) are not "
                        f"taken over: this server has other add-ons; run again with --replace to use "
                        f"the original's.")
+        if self.addon_needs is not None and self.addons_to is not None:
+            out += self.addon_needs.lines(self.addons_to.parent)
         if self.addons_kept_as is not None:
             out.append(f"The addons folder that was there is kept as {self.addons_kept_as}.")
         out.append(f"The original's files are left as they were: stop the original server for good "
@@ -133,6 +137,9 @@ def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = F
     addons = original / "addons"
     if addons.is_dir():
         _copy_addons(addons, config_path.parent / "addons", replace, report)
+        if report.addons_to is not None:
+            # Their Node.js modules and pages, or they are made inactive.
+            report.addon_needs = bring_addon_needs(original, config_path.parent)
     photos = original / "photos"
     if photos.is_dir():
         wants_addons = _addons_wanted(config) if config.role == "pc" else (lambda name: False)

@@ -23,7 +23,12 @@
             var answer;
             try { answer = JSON.parse(text); } catch (e) { answer = { message: text }; }
             say(form, answer.message || ("HTTP " + response.status), !answer.finished);
-            if (answer.finished) { window.setTimeout(function () { window.location.reload(); }, 1200); }
+            var after = form.getAttribute("data-after");
+            if (answer.finished) {
+              window.setTimeout(function () {
+                if (after) { window.location.assign(after); } else { window.location.reload(); }
+              }, 1200);
+            }
           });
         })
         .catch(function () { say(form, "The server could not be reached.", true); });
