@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from .web.app_families import app_family
 from .admin import Access
 from .admin.login import GetSession, LoginPage, LogoutPage
-from .addons.web import AddonResource
+from .addons.web import AddonResource, PublicFiles
 from .web.connection_limits import connection_budget, open_file_limit, uses_select
 from .errors import Rejected, TryLater
 from .identity import fingerprint
@@ -478,6 +478,9 @@ class Root(Resource):
     def getChild(self, path: bytes, request):
         if path.startswith(b"check="):
             return Check(self.state, path[len(b"check="):])
+        if self.state.addons is not None:
+            # The original's public/ folder: add-ons' pages, scripts, styles, images.
+            return PublicFiles(self.state, path)
         return pages.notFound()
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
+from .public import ensure_standard_files
 from .registry import EVENTS, Registry, RegistryError
 
 DESCRIPTOR = "medimage-installer.json"
@@ -266,6 +267,8 @@ def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Any) -
             dest.rename(replaced)
         root.rename(dest)
         created = True
+        # Install scripts edit the standard header and settings page.
+        ensure_standard_files(parent_dir)
         warnings = run_commands(descriptor, "installCommands", dest, _environment(parent_dir))
         if events:
             registry.add(events)

@@ -282,9 +282,11 @@ class AddonService(Service):
 
     # Running one entry (photo events and URL requests)
 
-    async def run_entry(self, entry: Entry, values: dict[str, str], describe: str) -> RunResult:
+    async def run_entry(self, entry: Entry, values: dict[str, str], describe: str,
+                        more_env: Optional[dict[str, str]] = None) -> RunResult:
         """
-        Run an entry's command; log how it went.  Never raises.
+        Run an entry's command (C{more_env} added to its environment); log
+        how it went.  Never raises.
         """
         try:
             command = build_command(entry.run_process, entry.priority, values)
@@ -292,7 +294,8 @@ class AddonService(Service):
             result = RunResult(error=str(e))
         else:
             result = await run_process(self.reactor, command, str(self.parent_dir),
-                                       self.environment(), entry.timeout, self.clock, self.processes)
+                                       {**self.environment(), **(more_env or {})}, entry.timeout,
+                                       self.clock, self.processes)
         if result.ok:
             log.info("Add-on {addon} ({event}) on {what}: done in {ms:.0f} ms{output}",
                      addon=entry.addon, event=entry.event, what=describe, ms=result.seconds * 1000,

@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.template import Tag, renderElement, tags
 
 from ... import __version__
+from ...addons.public import menu_entries
 from .. import AdminResource, form_fields, set_admin_headers
 from ..access import CSRF_FIELD
 from ...web.answers import answer_now
@@ -35,7 +36,23 @@ def nav_items(state: Any) -> list[tuple[str, str]]:
     if not config.lockDown:
         items += [("/admin/settings", "Settings"), ("/admin/logs", "Logs")]
     items.append(("/admin/addons", "Add-ons"))
-    return items
+    return items + addon_menu(state, {href for href, _ in items})
+
+
+def addon_menu(state: Any, taken: set[str]) -> list[tuple[str, str]]:
+    """
+    The menu entries add-ons added to the standard header's side menu (as
+    the original's install scripts do: e.g. "EHR Log"), links to this
+    server only, each address once.
+    """
+    if state.addons is None:
+        return []
+    entries = []
+    for href, label in menu_entries(state.addons.parent_dir):
+        if href not in taken:
+            taken.add(href)
+            entries.append((href, label))
+    return entries
 
 
 def csrf_input(request, state: Any) -> Tag:
