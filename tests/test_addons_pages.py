@@ -188,7 +188,7 @@ async def test_an_add_on_form_posts_from_its_own_page_without_our_token(tmp_path
                                               waitForRequestFinish="saved.html")])
         calls = served.data / "addons" / "mine" / "save.py.calls"
         url = served.url + "/addon/mine-save"
-        for headers in ({"Origin": EVIL}, {"Referer": EVIL + b"/form.html"}, {},
+        for headers in ({"Origin": EVIL}, {"Origin": b"null"}, {"Referer": EVIL + b"/form.html"}, {},
                         {"Origin": served.url.encode(), "Host": b"rebound.evil.example"}):
             code, _ = await post(http_client, url, "width=800", **headers)
             assert code == 403, headers
@@ -354,3 +354,106 @@ async def test_resize_style_add_on_installs_edits_the_menu_and_resizes_a_real_up
         assert code == 200 and body.endswith(b"<p>Resized 1 photos</p>") and b"Resize Log" in body
     finally:
         await stop(served)
+
+
+LOGIN_PAGE = """STANDARDHEADER
+<main id="page-wrapper">
+  <input id="pass" type="password"><button id="sign-in">Sign in</button>
+  <p id="said">not yet</p>
+</main>
+<script src="../js/session-client.js"></script>
+<script>
+  // The developer guide's sign-in, word for word in its steps.
+  jQuery("#sign-in").click(function () {
+    jQuery.ajax({
+      url: "/addon/get-session",
+      data: { pass: jQuery("#pass").val() },
+      success: function (data) {
+        var myobj = JSON.parse(data);
+        if (myobj.success == true) {
+          setCookie(myobj.sessionId);
+          checkSessionValid(getCookie("sessionId"), function (err) {
+            jQuery("#said").html(err ? "invalid" : "signed in");
+          });
+        } else {
+          jQuery("#said").html("wrong password");
+        }
+      }
+    });
+  });
+</script>
+</div></body></html>
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_standard_pages_work_in_a_real_browser(start_server, tmp_path):
+    """
+    Headless Chromium: an add-on's settings tab loaded with jQuery.ajax (its
+    inline script runs), its plain POST form saved from there without our
+    token, and the guide's sign-in with session-client.js.
+    """
+    from browser import in_browser
+
+    server = await start_server(basicAuthent=PASSWORD)
+    pages = server.data / "public" / "pages"
+    settings = pages / "addon-settings.html"
+    # What an install script does to the settings page: a tab, its pane, its loader.
+    text = settings.read_text()
+    text = text.replace('<li class="active"><a href="#main" data-toggle="tab">Main Server</a></li>',
+                        '<li class="active"><a href="#main" data-toggle="tab">Main Server</a></li>'
+                        '<li><a id="mine-tab" href="#mine" data-toggle="tab">Mine</a></li>')
+    text = text.replace('<div id="tab-content" class="tab-content">',
+                        '<div id="tab-content" class="tab-content"><div class="tab-pane fade" id="mine"></div>')
+    text = text.replace("</main>", "</main><script>jQuery(document).ready(function(){"
+                        "jQuery('#mine-tab').click(function(){jQuery.ajax({url: '/addon/mine-view-settings/',"
+                        "success: function(data){jQuery('#mine').html(data);}});});});</script>")
+    settings.write_text(text)
+    (pages / "mine-settings.html").write_text(
+        "<h4>Mine</h4><form method='post' action='/addon/mine-set'>"
+        "<label>Width <input name='width' id='width' value='WIDTHVAL'></label>"
+        "<input type='submit' value='Save'></form><p id='ran'></p>"
+        "<script>jQuery('#ran').text('script ran');</script>")
+    (pages / "mine-saved.html").write_text("STANDARDHEADER<p id='saved'>Saved width NEWWIDTH</p>")
+    (pages / "login.html").write_text(LOGIN_PAGE)
+    folder = server.data / "addons" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "view.py").write_text("print('returnParams:?WIDTHVAL=1200')\n")
+    (folder / "set.py").write_text("import sys, urllib.parse\nq = urllib.parse.parse_qs(urllib.parse.unquote(sys.argv[1]))\n"
+                                   "print('returnParams:?NEWWIDTH=' + q['width'][0])\n")
+    registry = {"events": {"photoWritten": [], "fileWritten": [], "urlRequest": [
+        url_entry("mine-view-settings", f"{sys.executable} parentdir/addons/mine/view.py",
+                  waitForRequestFinish="mine-settings.html"),
+        url_entry("mine-set", f"{sys.executable} parentdir/addons/mine/set.py param1",
+                  waitForRequestFinish="mine-saved.html")]}}
+    (server.data / "addons" / "config.json").write_text(json.dumps(registry))
+
+    def steps(page):
+        seen = {}
+        page.goto(server.url + "/pages/addon-settings.html")
+        assert not page.locator("#mine").is_visible()
+        page.get_by_role("link", name="Mine").click()
+        page.locator("#ran").filter(has_text="script ran").wait_for()
+        seen["pane"] = page.locator("#mine").is_visible()
+        seen["main hidden"] = not page.locator("#main").is_visible()
+        seen["width"] = page.get_by_label("Width").input_value()
+        page.get_by_label("Width").fill("800")
+        page.get_by_role("button", name="Save").click()
+        seen["saved"] = page.locator("#saved").inner_text()
+        seen["menu"] = page.locator("#side-menu").inner_text()
+        page.goto(server.url + "/pages/login.html")
+        page.locator("#pass").fill("wrong-password-1")
+        page.locator("#sign-in").click()
+        page.locator("#said").filter(has_text="wrong password").wait_for()
+        page.locator("#pass").fill(PASSWORD)
+        page.locator("#sign-in").click()
+        page.locator("#said").filter(has_text="signed in").wait_for()
+        seen["cookie"] = page.evaluate("getCookie('sessionId')")
+        page.screenshot(path=tmp_path / "addon-login.png")
+        return seen
+
+    seen = await in_browser(steps)
+    assert seen["pane"] and seen["main hidden"] and seen["width"] == "1200"
+    assert seen["saved"] == "Saved width 800"
+    assert "Add-on settings" in seen["menu"]
+    assert server.service.state.access.sessions.valid(seen["cookie"])
