@@ -143,14 +143,14 @@ class MenuCache:
     """
 
     def __init__(self):
-        self._seen: Optional[tuple[int, int]] = None
+        self._seen: Optional[tuple[str, int, int]] = None
         self._entries: list[tuple[str, str]] = []
 
     def entries(self, parent_dir: Path) -> list[tuple[str, str]]:
         path = header_path(parent_dir)
         try:
             status = path.stat()
-            key = (status.st_mtime_ns, status.st_size)
+            key = (str(path), status.st_mtime_ns, status.st_size)
             if key != self._seen:
                 links = side_menu(path.read_text(encoding="utf-8", errors="replace"))
                 self._entries = [(local, label) for local, label in
