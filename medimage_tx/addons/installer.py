@@ -250,6 +250,9 @@ def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Any) -
     @raise InstallError: nothing was installed (and nothing left behind).
     """
     check_lockdown(config)
+    # Install scripts edit the standard header and settings page: they must
+    # be there (they are the server's own, so kept whatever happens next).
+    ensure_standard_files(parent_dir)
     addons = parent_dir / "addons"
     work = addons / f".installing-{secrets.token_hex(4)}"
     replaced: Optional[Path] = None
@@ -267,8 +270,6 @@ def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Any) -
             dest.rename(replaced)
         root.rename(dest)
         created = True
-        # Install scripts edit the standard header and settings page.
-        ensure_standard_files(parent_dir)
         warnings = run_commands(descriptor, "installCommands", dest, _environment(parent_dir))
         if events:
             registry.add(events)
