@@ -196,3 +196,24 @@ def test_standard_files_are_written_once_and_never_over_an_edited_one(tmp_path):
     (tmp_path / "public" / "pages" / "snippet.html").unlink()
     assert ensure_standard_files(tmp_path) == ["public/pages/snippet.html"]
     assert header.read_text() == "the clinic's own"
+
+
+def test_add_on_scripts_learn_only_live_sessions_and_only_as_hashes():
+    import hashlib
+
+    from medimage_tx.admin.sessions import IDLE_SECONDS, SessionStore
+
+    now = [1000.0]
+    password = ["clinic-password-2026"]
+    store = SessionStore(lambda: password[0], lambda: now[0])
+    first = store.login(password[0], "127.0.0.1")
+    now[0] += IDLE_SECONDS / 2
+    second = store.login(password[0], "127.0.0.1")
+    digest = {s: hashlib.sha256(s.encode()).hexdigest() for s in (first, second)}
+    assert store.live_digests() == [digest[first], digest[second]]
+    assert first not in ",".join(store.live_digests())
+    now[0] += IDLE_SECONDS / 2  # the first has been idle too long; asking keeps nothing alive
+    assert store.live_digests() == [digest[second]]
+    assert store.live_digests() == [digest[second]]
+    password[0] = "a-new-password-2026"  # a changed password ends every session
+    assert store.live_digests() == []
