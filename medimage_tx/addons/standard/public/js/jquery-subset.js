@@ -8,7 +8,7 @@
 (function () {
   "use strict";
 
-  function Set(elements) {
+  function Found(elements) {
     this.elements = elements;
     this.length = elements.length;
     for (var i = 0; i < elements.length; i++) { this[i] = elements[i]; }
@@ -26,9 +26,9 @@
     });
   }
 
-  Set.prototype = {
+  Found.prototype = {
     each: function (f) { this.elements.forEach(function (e, i) { f.call(e, i, e); }); return this; },
-    first: function () { return new Set(this.elements.slice(0, 1)); },
+    first: function () { return new Found(this.elements.slice(0, 1)); },
     html: function (value) {
       if (value === undefined) { return this.length ? this[0].innerHTML : undefined; }
       return this.each(function () {
@@ -87,16 +87,16 @@
   };
 
   function jQuery(what) {
-    if (typeof what === "function") { return new Set([document]).ready(what); }
-    if (what === document || what === window || (what && what.nodeType)) { return new Set([what]); }
-    if (what instanceof Set) { return what; }
+    if (typeof what === "function") { return new Found([document]).ready(what); }
+    if (what === document || what === window || (what && what.nodeType)) { return new Found([what]); }
+    if (what instanceof Found) { return what; }
     if (typeof what === "string" && what.trim().charAt(0) === "<") {
       var holder = document.createElement("div");
       holder.innerHTML = what;
-      return new Set(Array.prototype.slice.call(holder.childNodes));
+      return new Found(Array.prototype.slice.call(holder.childNodes));
     }
-    try { return new Set(Array.prototype.slice.call(document.querySelectorAll(what))); }
-    catch (e) { return new Set([]); }
+    try { return new Found(Array.prototype.slice.call(document.querySelectorAll(what))); }
+    catch (e) { return new Found([]); }
   }
 
   function query(data) {
