@@ -25,7 +25,7 @@ import os
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 HTML = b"text/html; charset=utf-8"
