@@ -3,7 +3,10 @@
 # the plugin exactly as it will on a clinic PC.
 PYTHON ?= python3
 VENV := .venv
-SOURCES := pyproject.toml $(shell find medimage_tx twisted -name '*.py' 2>/dev/null)
+# The package's files: its Python and the data it ships (admin CSS and
+# JavaScript, the standard add-on pages), so an edit to either reinstalls.
+SOURCES := pyproject.toml $(shell find medimage_tx twisted -type f \( -name '*.py' -o -path '*/static/*' \
+	-o -path '*/standard/*' \) 2>/dev/null)
 # pyproject's requires-python, as a check any Python can run.
 SUPPORTED := import sys; sys.exit(sys.version_info < (3, 11))
 

@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 
 from .web.app_families import app_family
 from .admin.login import GetSession, LoginPage, LogoutPage
-from .addons.web import AddonResource
+from .addons.web import AddonResource, PublicFiles
 from .web.connection_limits import connection_budget, open_file_limit, uses_select
 from .errors import Rejected, TryLater
 from .identity import fingerprint
@@ -494,10 +494,12 @@ class Root(Resource):
     """
 
     def __init__(self, state: ServerState, keeper: FileOnPC | QueueOnRelay, read: Resource,
-                 check: Callable[[bytes], Resource]):
+                 check: Callable[[bytes], Resource],
+                 other: Callable[[bytes], Resource] = lambda path: pages.notFound()):
         super().__init__()
         self.state = state
         self.check = check
+        self.other = other
         self.putChild(b"", StatusPage(state))
         self.putChild(b"load", LoadAverage(state))
         self.putChild(b"discovery", DiscoveryPage(state))
@@ -525,7 +527,7 @@ class Root(Resource):
     def getChild(self, path: bytes, request):
         if path.startswith(b"check="):
             return self.check(path[len(b"check="):])
-        return pages.notFound()
+        return self.other(path)
 
 
 def pc_root(state: ServerState, filing: Filing) -> Root:
@@ -534,7 +536,9 @@ def pc_root(state: ServerState, filing: Filing) -> Root:
     C{/check=}); C{/pair} is its pairing page.
     """
     not_a_relay = NotARelay()
-    root = Root(state, FileOnPC(state, filing), not_a_relay, lambda name: not_a_relay)
+    root = Root(state, FileOnPC(state, filing), not_a_relay, lambda name: not_a_relay,
+                # The original's public/ folder: add-ons' pages, scripts, styles, images.
+                lambda path: PublicFiles(state, path))
     root.putChild(b"pair", PairPage(state))
     return root
 

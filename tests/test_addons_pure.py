@@ -136,3 +136,84 @@ def test_links_in_zips_are_refused_and_the_folder_is_found_two_deep(tmp_path):
     path.write_bytes(zip_of({"outer/inner/medimage-installer.json": "{}", "outer/inner/x": "y"}).getvalue())
     assert unpack(path, tmp_path / "into2") == tmp_path / "into2" / "outer" / "inner"
     assert platform_name("Linux") == "unix" and platform_name("Windows", "AMD64") == "win64"
+
+
+# The standard pages (issue 20)
+
+ORIGINAL_SHAPED_HEADER = """<!DOCTYPE html><html><body><nav>
+<a class="navbar-brand" href="../index.html">MedImage Server</a>
+<ul class="nav" id="side-menu">
+  <li><a href="http://medimage.co.nz/guide.php#privacy"><i class="fa fa-eye fa-fw"></i> Privacy</a></li>
+  <li id='settings'><a href='/pages/addon-settings.html'><i class='fa fa-gear fa-fw'></i> Settings</a></li>
+  <li><a href="#"><i class="fa fa-list"></i> Logs<span class="fa arrow"></span></a>
+      <ul class="nav nav-second-level"><li><a href="/addon/ehr-log">EHR &amp; Log</a></li></ul></li>
+  <li><a href="javascript:alert(1)">Run</a></li>
+</ul>
+<ul><li><a href="/addon/outside">Outside the menu</a></li></ul>
+</nav>"""
+
+
+def test_side_menu_links_of_an_original_shaped_header():
+    from medimage_tx.addons.public import local_link, side_menu
+
+    links = side_menu(ORIGINAL_SHAPED_HEADER)
+    assert links == [("http://medimage.co.nz/guide.php#privacy", "Privacy"),
+                     ("/pages/addon-settings.html", "Settings"), ("#", "Logs"),
+                     ("/addon/ehr-log", "EHR & Log"), ("javascript:alert(1)", "Run")]
+    assert [local_link(href) for href, _ in links] == [None, "/pages/addon-settings.html", None,
+                                                       "/addon/ehr-log", None]
+    # Relative links as the header's pages (under /pages/) see them.
+    assert local_link("../index.html") == "/" and local_link("view-log.html") == "/pages/view-log.html"
+    for foreign in ("//evil.example/x", "https://evil.example/", "data:text/html,x", " "):
+        assert local_link(foreign) is None, foreign
+
+
+def test_public_files_stay_in_public(tmp_path):
+    from medimage_tx.addons.public import public_file
+
+    public = tmp_path / "public"
+    (public / "css").mkdir(parents=True)
+    (public / "css" / "a.css").write_text("a")
+    (tmp_path / "config.json").write_text("{}")
+    (public / "css" / "out.css").symlink_to(tmp_path / "config.json")
+    assert public_file(public, [b"css", b"a.css"]) == (public / "css" / "a.css").resolve()
+    for segments in ([b"css", b"..", b"..", b"config.json"], [b"..", b"config.json"], [b"css", b"out.css"],
+                     [b"css", b"../../config.json"], [b"css"], [b"css", b""], [b"css", b"\xff"], []):
+        assert public_file(public, segments) is None, segments
+
+
+def test_standard_files_are_written_once_and_never_over_an_edited_one(tmp_path):
+    from medimage_tx.addons.public import ensure_standard_files, side_menu
+
+    written = ensure_standard_files(tmp_path)
+    assert set(written) >= {"public/components/header.html", "public/pages/addon-settings.html",
+                            "public/pages/snippet.html", "public/js/session-client.js",
+                            "addons/basic-authentication/session.js"}
+    header = tmp_path / "public" / "components" / "header.html"
+    assert ("/admin/pair", "Pair phones") in side_menu(header.read_text())
+    assert (tmp_path / "public" / "pages" / "snippet.html").read_text() == "CUSTOMJSON"
+    header.write_text("the clinic's own")
+    (tmp_path / "public" / "pages" / "snippet.html").unlink()
+    assert ensure_standard_files(tmp_path) == ["public/pages/snippet.html"]
+    assert header.read_text() == "the clinic's own"
+
+
+def test_add_on_scripts_learn_only_live_sessions_and_only_as_hashes():
+    import hashlib
+
+    from medimage_tx.admin.sessions import IDLE_SECONDS, SessionStore
+
+    now = [1000.0]
+    password = ["clinic-password-2026"]
+    store = SessionStore(lambda: password[0], lambda: now[0])
+    first = store.login(password[0], "127.0.0.1")
+    now[0] += IDLE_SECONDS / 2
+    second = store.login(password[0], "127.0.0.1")
+    digest = {s: hashlib.sha256(s.encode()).hexdigest() for s in (first, second)}
+    assert store.live_digests() == [digest[first], digest[second]]
+    assert first not in ",".join(store.live_digests())
+    now[0] += IDLE_SECONDS / 2  # the first has been idle too long; asking keeps nothing alive
+    assert store.live_digests() == [digest[second]]
+    assert store.live_digests() == [digest[second]]
+    password[0] = "a-new-password-2026"  # a changed password ends every session
+    assert store.live_digests() == []

@@ -59,7 +59,9 @@ print("returnParams:?NAME=Jo%20Smith&COUNT=3")
         "show-name", f"{PYTHON} parentdir/addons/test/record.py param1",
         waitForRequestFinish="show.html")])
     code, body = await get(http_client, server.url + "/addon/show-name?patient=NHI%23123&x=a%20b")
-    assert (code, body) == (200, b"<html><p>Jo Smith has 3 photos</p></html>")
+    assert code == 200 and body.endswith(b"<p>Jo Smith has 3 photos</p></html>")
+    header = (server.data / "public" / "components" / "header.html").read_bytes()  # the standard one
+    assert body == b"<html>" + header + b"<p>Jo Smith has 3 photos</p></html>"
     # param1 as the original builds it: the query, URL-encoded once more.
     assert calls(server.data)[0]["argv"] == ["patient%3DNHI%23123%26x%3Da%20b"]
 
@@ -278,8 +280,9 @@ async def test_failed_install_leaves_nothing_and_lockdown_refuses(start_server, 
     code, answer = await post_form(http_client, server, "/addon/install-addon",
                                    {"zipfileURL": f"{base}/bad.zip", "csrf": token}, cookie)
     assert code == 400 and not answer["finished"] and "exit status 7" in answer["message"]
-    # Its folder, what its commands wrote beside it and its page are gone.
-    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["config.json"]
+    # Its folder, what its commands wrote beside it and its page are gone;
+    # the standard session.js stays (the server's own).
+    assert sorted(p.name for p in (server.data / "addons").iterdir()) == ["basic-authentication", "config.json"]
     assert not (server.data / "public" / "pages" / "mine.html").exists()
     assert (server.data / "addons" / "config.json").read_bytes() == registry_before
 

@@ -106,7 +106,7 @@ async def test_output_folder_changed_in_the_form_takes_the_next_upload(start_ser
 
     def steps(page):
         page.goto(pc.url + "/")
-        page.get_by_role("link", name="Settings").click()
+        page.get_by_role("link", name="Settings", exact=True).click()
         field = page.get_by_label("Output photo folder")
         field.fill((tmp_path / "no-such-folder").as_posix())
         page.get_by_role("button", name="Save settings").click()

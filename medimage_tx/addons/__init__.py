@@ -11,6 +11,8 @@ through the C{medimage_tx.addons} entry point group.
 - L{pipeline}: the service that runs photoWritten/fileWritten before the copies;
 - L{web}: C{/addon/...} (urlRequest, install and remove);
 - L{installer}: install from a C{.zip}, remove, list;
+- L{public}: the original's C{public/} folder: the standard pages add-ons
+  expect, their menu entries, their files served;
 - L{python_api}: the API for Python add-ons.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from .pipeline import AddonService
+from .public import ensure_standard_files
 from .registry import Registry
 from .python_api import discover
 
@@ -43,4 +46,11 @@ def make_addon_service(state: Any, reactor: Any, clock: Any = None) -> AddonServ
     except OSError as e:
         log.warn("Cannot create the add-on registry {path}: {reason}; no add-ons run until it "
                  "exists", path=registry.path, reason=e.strerror)
+    try:
+        written = ensure_standard_files(state.config.path.parent)
+        if written:
+            log.info("Wrote the standard add-on pages add-ons expect: {files}", files=", ".join(written))
+    except OSError as e:
+        log.warn("Cannot write the standard add-on pages (public/...): {reason}; add-ons that edit "
+                 "them will not install", reason=e.strerror)
     return AddonService(state, reactor, registry, discover(), clock=clock)

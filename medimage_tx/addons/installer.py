@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
+from .public import ensure_standard_files
 from .registry import EVENTS, Registry, RegistryError
 
 DESCRIPTOR = "medimage-installer.json"
@@ -377,6 +378,10 @@ def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Any,
     """
     check_lockdown(config)
     with _changing:
+        # Install scripts edit the standard header and settings page: they
+        # must be there (they are the server's own, so kept whatever happens
+        # next), before the install's snapshot of public/ is taken.
+        ensure_standard_files(parent_dir)
         return _install(zip_path, parent_dir, registry, clock)
 
 

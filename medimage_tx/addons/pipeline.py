@@ -283,9 +283,11 @@ class AddonService(Service):
 
     # Running one entry (photo events and URL requests)
 
-    async def run_entry(self, entry: Entry, values: dict[str, str], describe: str) -> RunResult:
+    async def run_entry(self, entry: Entry, values: dict[str, str], describe: str,
+                        more_env: Optional[dict[str, str]] = None) -> RunResult:
         """
-        Run an entry's command; log how it went.  Never raises.
+        Run an entry's command (C{more_env} added to its environment); log
+        how it went.  Never raises.
         """
         try:
             command = build_command(entry.run_process, entry.priority, values)
@@ -296,7 +298,8 @@ class AddonService(Service):
             if is_log_viewer(entry.run_process) and self.state.log_ring is not None:
                 env["HOME"] = str(await self._log_for_viewer())
             result = await run_process(self.reactor, command, str(self.parent_dir),
-                                       env, entry.timeout, self.clock, self.processes)
+                                       {**env, **(more_env or {})}, entry.timeout,
+                                       self.clock, self.processes)
         if result.ok:
             log.info("Add-on {addon} ({event}) on {what}: done in {ms:.0f} ms{output}",
                      addon=entry.addon, event=entry.event, what=describe, ms=result.seconds * 1000,

@@ -16,19 +16,21 @@ admin page uses to install, remove and list add-ons.
   original's link, changes nothing: it shows the admin a page that says
   what would be installed or removed, whose button sends that C{POST}.
 - C{GET /addon/installed}: the installed add-ons as JSON.
+- L{PublicFiles}: C{GET /<folder>/<file>}, a file of C{parentdir/public}
+  (add-ons' pages, scripts, styles, images; L{public}).
 
 Add-on pages can run any program the clinic installed, so they are the
 clinic's administrator's (docs/security.md): served only under this
 server's own names, never to another site's page (C{Origin},
 C{Sec-Fetch-Site}, C{Referer}), and only to the PC itself or a browser
 signed in with the C{basicAuthent} password; install and remove are also
-C{POST} with a CSRF token, and refused in C{lockDown}.
+C{POST} with a CSRF token, and refused in C{lockDown}; an add-on's own
+C{POST} forms need only come from a page of this server.
 """
 
 from __future__ import annotations
 
 import json
-import mimetypes
 import os
 import secrets
 from pathlib import Path
@@ -49,6 +51,7 @@ from . import installer
 from .installer import InstallError, install, list_addons, uninstall
 from .output import parse_output
 from .pipeline import in_daemon_thread, photos_relative
+from .public import HTML, content_type, fill_header, public_file, read_header
 from .python_api import Page, UrlRequest
 from treq.client import HTTPClient
 from twisted.web.client import HTTPConnectionPool
@@ -61,7 +64,6 @@ log = Logger()
 
 NO_CACHE = {b"cache-control": b"private, no-cache, no-store, must-revalidate",
             b"expires": b"-1", b"pragma": b"no-cache"}
-HTML = b"text/html; charset=utf-8"
 #: Built-in names under /addon/ (an add-on cannot take them over).
 INSTALL = b"install-addon"
 INSTALLED = b"installed"
@@ -90,13 +92,6 @@ def fill_page(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def content_type(path: Path) -> bytes:
-    if path.suffix.lower() in (".html", ".htm"):
-        return HTML
-    guessed, _ = mimetypes.guess_type(path.name)
-    return (guessed or "application/octet-stream").encode()
-
-
 def _json(code: int, data: Any) -> Answer:
     return Answer(code, json.dumps(data).encode(), b"application/json", headers=dict(NO_CACHE))
 
@@ -119,17 +114,18 @@ class AddonResource(Resource):
         return UrlRequestPage(self.state, path.decode("utf-8", "replace"))
 
 
-def refusal(state: Any, request, form: Optional[dict] = None) -> Optional[Answer]:
+def refusal(state: Any, request, form: Optional[dict] = None, csrf: bool = True) -> Optional[Answer]:
     """
     The access layer's decision, plus: a foreign C{Referer} is another
     site's page even where the browser sends no C{Origin} or
-    C{Sec-Fetch-Site} (an old browser's C{<img>}).
+    C{Sec-Fetch-Site} (an old browser's C{<img>}).  C{csrf=False}: a
+    C{POST} needs no token, only to come from a page of this server.
     """
     access = state.access
     referer = request.getHeader(b"referer")
     if referer is not None and not access._is_own_origin(request, referer.decode("latin-1")):
         return Answer(403, b"Refused: another site's page asked. Nothing was run.")
-    return access.refusal(request, form)
+    return access.refusal(request, form, csrf=csrf)
 
 
 def _asked_by_own_page(access: Any, request) -> bool:
@@ -168,7 +164,10 @@ class UrlRequestPage(Resource):
 
     async def answer(self, request) -> Answer:
         form = form_fields(request) if request.method == b"POST" else None
-        refused = refusal(self.state, request, form)
+        # The original's add-on pages post plain forms, without our CSRF
+        # token: the browser's Origin (else Referer) naming this server is
+        # the check (another site's form sends its own, or none).
+        refused = refusal(self.state, request, form, csrf=False)
         if refused is not None:
             return refused
         if request.method != b"POST" and not _asked_by_own_page(self.state.access, request):
@@ -187,13 +186,15 @@ class UrlRequestPage(Resource):
             return Answer(404, b"No add-on answers here", headers=dict(NO_CACHE))
         values = {"parentdir": str(addons.parent_dir), "param1": script_param(rest, self.name)}
         describe = f"/addon/{self.name}"
+        # For basic-authentication/session.js: the sessions live now, hashed.
+        sessions = {"MEDIMAGE_SESSIONS": ",".join(self.state.access.sessions.live_digests())}
         if entry.wait_for_request_finish is None:
             # The original answers at once and lets the script run on.
-            Deferred.fromCoroutine(addons.run_entry(entry, values, describe))
+            Deferred.fromCoroutine(addons.run_entry(entry, values, describe, sessions))
             if entry.after_request:
                 return await self._page(entry.after_request, None)
             return Answer(200, b"", HTML, headers=dict(NO_CACHE))
-        result = await addons.run_entry(entry, values, describe)
+        result = await addons.run_entry(entry, values, describe, sessions)
         if not result.ok:
             return Answer(500, f"The add-on {entry.addon} failed ({result.describe()}); the server's "
                                "log has its output".encode(), headers=dict(NO_CACHE))
@@ -268,16 +269,9 @@ class UrlRequestPage(Resource):
         kind = content_type(path)
         if params is not None and kind == HTML:
             values = dict(params)
-            values["STANDARDHEADER"] = await self.state.in_thread(self._header)
+            values["STANDARDHEADER"] = await self.state.in_thread(read_header, self.state.addons.parent_dir)
             body = fill_page(body.decode("utf-8", "replace"), values).encode("utf-8")
         return Answer(200, body, kind, headers=dict(NO_CACHE))
-
-    def _header(self) -> str:
-        header = self.state.addons.parent_dir / "public" / "components" / "header.html"
-        try:
-            return header.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
 
     async def _file(self, named: str) -> Answer:
         return await self._page(named, None)
@@ -453,3 +447,47 @@ async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> No
             raise InstallError(str(e)) from None
         except Exception as e:
             raise InstallError(f"Cannot download the add-on from {url}: {one_line(e)}") from None
+
+
+class PublicFiles(Resource):
+    """
+    C{GET /<segments>}: a file in C{parentdir/public}, for the clinic's
+    administrator (the access layer's rules: own C{Host}, never another
+    site's page, the PC itself or a password session; no CORS).  Read
+    only: anything but C{GET} and C{HEAD} is 405.
+    """
+
+    isLeaf = True
+
+    def __init__(self, state: Any, first: bytes):
+        super().__init__()
+        self.state = state
+        self.first = first
+
+    def render(self, request):
+        set_admin_headers(request)
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return b"Not allowed: these files are only read"
+        return render_async(request, self.answer)
+
+    async def answer(self, request) -> Answer:
+        parent_dir = self.state.addons.parent_dir
+        segments = [self.first, *request.postpath]
+        path = await self.state.in_thread(public_file, parent_dir / "public", segments)
+        if path is None:
+            return Answer(404, b"Not found")
+        refused = self.state.access.refusal(request)
+        if refused is not None:
+            return refused
+        kind = content_type(path)
+        try:
+            body = await self.state.in_thread(path.read_bytes)
+            if kind == HTML:
+                header = await self.state.in_thread(read_header, parent_dir)
+                body = fill_header(body.decode("utf-8", "replace"), header).encode("utf-8")
+        except OSError:
+            log.warn("A public file {path} cannot be read", path=path)
+            return Answer(404, b"Not found")
+        return Answer(200, body, kind)

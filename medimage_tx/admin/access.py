@@ -165,11 +165,13 @@ class Access:
     # -- the decision --------------------------------------------------------
 
     def refusal(self, request, form: Optional[dict[str, str]] = None,
-                need_admin: bool = True) -> Optional[Answer]:
+                need_admin: bool = True, csrf: bool = True) -> Optional[Answer]:
         """
         Why this admin request may not go on (an answer to send), or
         L{None}.  C{form}: the fields of a C{POST}.  C{need_admin=False}
-        (signing in and out): all checks but being an admin.
+        (signing in and out): all checks but being an admin.  C{csrf=False}
+        (the original's add-on forms, which cannot send our token): a
+        C{POST} needs only to be same-origin.
         """
         if not self.host_ok(request):
             return html_page(403, "Wrong address for this server", (
@@ -189,7 +191,7 @@ class Access:
                 return html_page(403, "Refused: not sent from this server's own page", (
                     "<p>Changes are only accepted from this server's own pages. "
                     "Nothing was changed.</p>"))
-            if form is None or not self.csrf_ok(request, form.get(CSRF_FIELD, "")):
+            if csrf and (form is None or not self.csrf_ok(request, form.get(CSRF_FIELD, ""))):
                 return html_page(403, "The form has expired", (
                     "<p>Open the page again and repeat what you did. Nothing was changed.</p>"))
         return None

@@ -129,5 +129,7 @@ class GetSession(Resource):
 
 
 def _json(request, code: int, value: dict) -> bytes:
-    return answer_now(request, Answer(code, json.dumps(value).encode(), b"application/json"))
+    # As the original's snippet.html answered it: text/html, so that the
+    # guide's page code (jQuery, then JSON.parse(data)) gets a string.
+    return answer_now(request, Answer(code, json.dumps(value).encode(), b"text/html; charset=utf-8"))
 

@@ -130,6 +130,16 @@ class SessionStore:
         session.last_used = now
         return True
 
+    def live_digests(self) -> list[str]:
+        """
+        SHA-256 (hex) of each live session id, for add-on scripts that
+        check a session (basic-authentication/session.js); using nothing.
+        """
+        now, current = self.now(), self.password()
+        return [hashlib.sha256(key.encode("ascii")).hexdigest() for key, session in self._sessions.items()
+                if now - session.last_used < IDLE_SECONDS and now - session.created < MAX_AGE_SECONDS
+                and usable_password(current) and hmac.compare_digest(session.password_tag, _tag(current))]
+
     def logout(self, session_id: Optional[str]) -> bool:
         """
         End a session; True if it was live.

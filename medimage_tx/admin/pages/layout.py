@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.template import Tag, renderElement, tags
 
 from ... import __version__
+from ...addons.public import menu_entries
 from .. import AdminResource, form_fields, set_admin_headers
 from ..access import CSRF_FIELD
 from ...web.answers import answer_now
@@ -35,7 +36,33 @@ def nav_items(state: Any) -> list[tuple[str, str]]:
     if not config.lockDown:
         items += [("/admin/settings", "Settings"), ("/admin/logs", "Logs")]
     items.append(("/admin/addons", "Add-ons"))
-    return items
+    return items + addon_menu(state, {href for href, _ in items})
+
+
+#: The standard settings page add-ons add their tabs to.
+SETTINGS_PAGE = "/pages/addon-settings.html"
+
+
+def addon_menu(state: Any, taken: set[str]) -> list[tuple[str, str]]:
+    """
+    The menu entries add-ons added to the standard header's side menu (as
+    the original's install scripts do: e.g. "EHR Log"), links to this
+    server only, each address once.  This server's own pages are
+    L{nav_items}' to show or hide (lockDown), whatever the header says; in
+    lockDown the add-on settings page is hidden with the settings.
+    """
+    if state.addons is None:
+        return []
+    entries = []
+    for href, label in menu_entries(state.addons.parent_dir):
+        own = href == "/" or href.startswith("/admin/")
+        if own or (state.config.lockDown and href.startswith(SETTINGS_PAGE)):
+            continue
+        if href not in taken:
+            taken.add(href)
+            # The original's header calls it "Settings", like our own page.
+            entries.append((href, "Add-on settings" if href == SETTINGS_PAGE else label))
+    return entries
 
 
 def csrf_input(request, state: Any) -> Tag:
