@@ -55,8 +55,11 @@ def exchange(port: int, raw: bytes, source: str = "127.0.0.1", answers: int = 1)
     (status, headers, body), or L{None} if the server closed the
     connection without answering.  Blocking: run in a thread.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)) as s:
+    with socket.socket() as s:
+        s.settimeout(TIMEOUT)
+        s.bind((source, 0))
         try:
+            s.connect(("127.0.0.1", port))
             s.sendall(raw)
             stream = s.makefile("rb")
             results = []
