@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
-from typing import Optional
 from urllib.parse import quote
 
 import pytest
@@ -26,13 +28,14 @@ from twisted.web import resource, server
 import documented
 from addon_helpers import PYTHON, RECORD_ARGS, calls, write_registry, write_script
 from browser import in_browser
-from conftest import jpeg_bytes, multipart, write_config
+from conftest import skip_here_fail_in_ci, write_config
+from connection_flood import exchange, hold_connections, phone_uploads, request
 from processes import spawn
 from test_pairing_limits import in_thread
+from test_lan_netns import cannot_build_lan, run_in
 from test_twistd import TWISTD
 
 COMMAND = TWISTD.parent / "medimage-tx"
-TIMEOUT = 30
 PASSWORD = "clinic-password-1"
 
 pytestmark = pytest.mark.skipif(not COMMAND.exists(), reason="run with `make test` (needs medimage-tx)")
@@ -49,92 +52,11 @@ async def stop(process) -> None:
     await process.exited()
 
 
-def exchange(port: int, raw: bytes, source: str = "127.0.0.1", answers: int = 1):
-    """
-    Send C{raw} from C{source} and read C{answers} answers: a list of
-    (status, headers, body), or L{None} if the server closed the
-    connection without answering.  Blocking: run in a thread.
-    """
-    with socket.socket() as s:
-        s.settimeout(TIMEOUT)
-        s.bind((source, 0))
-        try:
-            s.connect(("127.0.0.1", port))
-            s.sendall(raw)
-            stream = s.makefile("rb")
-            results = []
-            while len(results) < answers:
-                status_line = stream.readline()
-                if not status_line:
-                    return None
-                headers = {}
-                while (line := stream.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                results.append((int(status_line.split()[1]), headers,
-                                stream.read(int(headers.get("content-length", 0)))))
-            return results
-        except (ConnectionResetError, BrokenPipeError):
-            return None
-
-
-def request(port: int, path: str, *headers: str, method: str = "GET", body: bytes = b"",
-            host: Optional[str] = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", *headers]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 def proxy_header(client: str, port: int) -> bytes:
     return f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n".encode()
 
 
 # -- 1. One device with many addresses cannot take every connection ----------
-
-def hold_connections(port: int, sources: list[str], each: int) -> tuple[list[socket.socket], int]:
-    """
-    From each source, C{each} connections, each asking C{GET /load} and
-    kept open (keep-alive) once answered.  Returns the held sockets and how
-    many the server closed instead.  Blocking.
-    """
-    held, closed = [], 0
-    for source in sources:
-        for _ in range(each):
-            s = socket.socket()
-            s.settimeout(TIMEOUT)
-            try:
-                s.bind((source, 0))
-                s.connect(("127.0.0.1", port))
-                s.sendall(request(port, "/load"))
-                answer = s.recv(4096)
-            except (ConnectionResetError, BrokenPipeError):
-                answer = b""
-            if answer.startswith(b"HTTP/1.1 200"):
-                held.append(s)
-            else:
-                closed += 1
-                s.close()
-    return held, closed
-
-
-def phone_uploads(port: int, source: str, count: int) -> int:
-    """
-    C{count} photo uploads from C{source}, one connection each; how many
-    were answered 200.  Blocking.
-    """
-    stored = 0
-    for n in range(count):
-        body, content_type = multipart(f"#PHONE-{n}.jpg", jpeg_bytes(5_000, seed=n + 1))
-        raw = request(port, "/api/photo", f"Content-Type: {content_type.decode()}", method="POST", body=body)
-        try:
-            answered = exchange(port, raw, source)
-        except OSError:
-            answered = None
-        if answered and answered[0][0] == 200:
-            stored += 1
-    return stored
-
 
 @pytest_twisted.ensureDeferred
 async def test_a_device_with_many_addresses_cannot_take_every_connection(tmp_path):
@@ -152,15 +74,68 @@ async def test_a_device_with_many_addresses_cannot_take_every_connection(tmp_pat
     try:
         port = await process.port()
         attacker = [f"127.0.1.{n}" for n in range(1, 33)]
-        held, closed = await in_thread(hold_connections, port, attacker, documented.CONNECTIONS_PER_ADDRESS)
+        held, closed = await in_thread(hold_connections, "127.0.0.1", port, attacker,
+                                       documented.CONNECTIONS_PER_ADDRESS)
         print(f"the device holds {len(held)} connections; {closed} were closed")
-        stored = await in_thread(phone_uploads, port, "127.0.0.200", 6)
+        stored = await in_thread(phone_uploads, "127.0.0.1", port, "127.0.0.200", 6)
         assert stored == 6, f"{stored} of 6 phone uploads stored while the device holds {len(held)}"
         assert len(list((data / "photos").rglob("*.jpg"))) == 6
         assert len(held) < 1000
     finally:
         for s in held:
             s.close()
+        await stop(process)
+
+
+@pytest.fixture
+def namespace():
+    """
+    A network namespace of the test's own (loopback only), removed after.
+    """
+    reason = cannot_build_lan()
+    if reason:
+        skip_here_fail_in_ci(reason)
+    existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    name = "mtx" + secrets.token_hex(4)
+    while name in existing:
+        name = "mtx" + secrets.token_hex(4)
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_with_many_ipv6_addresses_is_one_client(tmp_path, namespace):
+    """
+    The same device over IPv6, in a namespace of the test's own: 40
+    addresses of one /64 (as privacy addresses give it), 32 connections
+    from each.  Counted by exact address, as before the fix, it held all
+    1,000 slots and the phone (another /64) stored 0 of 6 (by exact address
+    with the kept share: 846, and the phone's 6 stored); counted by /64 it
+    holds 32.
+    """
+    server, phone = "fd00:1:2:ff::1", "fd00:1:2:4::1"
+    device = [f"fd00:1:2:3::{n:x}" for n in range(1, 41)]
+    for address in [server, phone, *device]:
+        subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", f"{address}/128", "dev", "lo", "nodad"],
+                       check=True, capture_output=True)
+    data = tmp_path / "pc"
+    write_config(data / "config.json", lanMode=False)
+    process = run_in(namespace, str(COMMAND), "serve", "--no-lan", "--data", str(data), "--port", "0",
+                     "--interface", server)
+    try:
+        port = await process.port()
+        flood = run_in(namespace, sys.executable, str(Path(__file__).parent.parent / "connection_flood.py"),
+                       server, str(port), str(documented.CONNECTIONS_PER_ADDRESS), phone, *device)
+        assert await flood.exited(120) == 0, flood.output
+        got = json.loads(flood.output.decode().strip().splitlines()[-1])
+        print(f"IPv6: {got}")
+        assert got["held"] == documented.CONNECTIONS_PER_ADDRESS and got["stored"] == 6, got
+        assert len(list((data / "photos").rglob("*.jpg"))) == 6
+    finally:
         await stop(process)
 
 
