@@ -7,7 +7,8 @@ holder signs out.
 Wrong passwords are throttled in fixed time buckets, per client address and
 in total, so guessing is slow and the bookkeeping stays small however many
 addresses guess; the last part of the total is kept for addresses that have
-not guessed wrong yet, so the admin's own address still gets its try.  Plain Python: time comes from C{now}.
+not guessed wrong yet, so the admin's own address still gets its try.
+Plain Python: time comes from C{now}.
 """
 
 from __future__ import annotations

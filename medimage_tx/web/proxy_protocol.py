@@ -26,6 +26,7 @@ from ..config import Network
 
 log = Logger()
 
+
 def listed(host: str, sources: Iterable[Network]) -> bool:
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])

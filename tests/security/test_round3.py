@@ -238,6 +238,24 @@ async def test_proxy_protocol_is_taken_from_loopback_only_by_default(tmp_path):
         await stop(process)
 
 
+def test_balancers_are_matched_by_address_or_network():
+    from medimage_tx.config import ConfigError, parse_config
+    from medimage_tx.web.proxy_protocol import listed
+
+    config = parse_config({"proxyProtocol": True, "proxyProtocolFrom": ["10.0.0.5", "fd00:1::/64"]},
+                          Path("config.json"))
+    sources = config.proxyProtocolFrom
+    assert listed("10.0.0.5", sources) and listed("::ffff:10.0.0.5", sources)
+    assert listed("fd00:1::abcd", sources) and listed("fd00:1::1%lo", sources)
+    assert not listed("10.0.0.6", sources) and not listed("fd00:2::1", sources)
+    assert not listed("127.0.0.1", sources) and not listed("", sources)
+    default = parse_config({}, Path("config.json")).proxyProtocolFrom
+    assert listed("127.0.0.1", default) and listed("127.9.9.9", default) and listed("::1", default)
+    assert not listed("10.0.0.5", default)
+    with pytest.raises(ConfigError, match="proxyProtocolFrom.*'haproxy.example'"):
+        parse_config({"proxyProtocolFrom": ["haproxy.example"]}, Path("config.json"))
+
+
 FORWARDING = ["X-Forwarded-For: 203.0.113.9", "Forwarded: for=203.0.113.9", "X-Real-IP: 203.0.113.9",
               "X-Forwarded-Host: relay.example", "Via: 1.1 proxy"]
 
