@@ -69,12 +69,28 @@ def exchange(port: int, raw: bytes, source: str = "127.0.0.1", answers: int = 1,
             return None
 
 
+def room_for_sockets() -> None:
+    """
+    This process may open as many files as the system lets it (a soft
+    limit of 1,024 would not hold the attack's connections).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # keep what there is: the test says if it was not enough
+
+
 def hold_connections(server: str, port: int, sources: list[str], each: int) -> tuple[list[socket.socket], int]:
     """
     From each source, C{each} connections, each asking C{GET /load} and
     kept open (keep-alive) once answered.  Returns the held sockets and how
     many the server closed instead.
     """
+    room_for_sockets()
     held, closed = [], 0
     for source in sources:
         for _ in range(each):
