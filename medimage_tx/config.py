@@ -7,6 +7,7 @@ Plain Python, no reactor: everything else reads attributes of L{Config}.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -14,11 +15,13 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from .outbound.ca_file import load_ca_certificates
 
 MIB = 1024 * 1024
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 DEFAULT_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -86,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "relayCA": "",
     "relayStore": "",
     "proxyProtocol": False,
+    "proxyProtocolFrom": ["127.0.0.0/8", "::1"],
 }
 
 
@@ -141,6 +145,7 @@ class Config:
     relayCA: str
     relayStore: str  # "" (this disk) or postgresql://... shared by relay nodes
     proxyProtocol: bool  # behind a balancer that sends the PROXY protocol
+    proxyProtocolFrom: tuple[Network, ...]  # the balancers whose PROXY header is believed
 
     @property
     def role(self) -> str:
@@ -202,6 +207,16 @@ def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    networks = []
+    for text in _strings(value):
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"expected addresses or networks (10.0.0.5, 10.0.0.0/24), got {text!r}") from None
+    return tuple(networks)
 
 
 def _folders(value: Any) -> tuple[str, ...]:
@@ -361,6 +376,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "relayCA": _string,
     "relayStore": check_relay_store,
     "proxyProtocol": _bool,
+    "proxyProtocolFrom": _networks,
 }
 
 

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from .web.app_families import app_family
 from .admin.login import GetSession, LoginPage, LogoutPage
 from .addons.web import AddonResource, PublicFiles
-from .web.connection_limits import connection_budget, open_file_limit, uses_select
+from .web.connection_limits import ConnectionCaps, connection_budget, open_file_limit, uses_select
 from .errors import Rejected, TryLater
 from .identity import fingerprint
 from .photos.intake import accepted_parts, checked_extension, relay_check_path, relay_parts
@@ -569,35 +569,43 @@ class MedImageSite(server.Site):
         self.budget = RequestBudget(
             state.reactor, limits.requests_per_address, limits.request_burst_per_address,
             limits.requests_in_total, limits.request_burst_in_total)
-        self.connections: dict[str, int] = {}
-        self.open_connections = 0
+        self.caps = ConnectionCaps(limits.connections_per_address, limits.connections_in_total)
         self._refusals_logged_at: Optional[float] = None
         self.displayTracebacks = False
+
+    @property
+    def connections(self) -> dict[str, int]:
+        """
+        Connections held per client (IPv4 address or IPv6 /64).
+        """
+        return self.caps.by_client
+
+    @property
+    def open_connections(self) -> int:
+        return self.caps.open
 
     def admit(self, host: str) -> bool:
         """
         Count a new connection from C{host}, or refuse it (C{False}) when
-        the caps are reached.
+        the caps are reached (L{ConnectionCaps}).
         """
         limits = self.limits
-        if (self.open_connections >= limits.connections_in_total
-                or self.connections.get(host, 0) >= limits.connections_per_address):
+        # The limits may be tuned after the site is made.
+        self.caps.per_address = limits.connections_per_address
+        self.caps.total = limits.connections_in_total
+        if not self.caps.admit(host):
             now = self.state.reactor.seconds()
             if self._refusals_logged_at is None or now - self._refusals_logged_at >= 60:
                 self._refusals_logged_at = now
-                log.warn("Refusing connections: {open} open (at most {total}; {per} per address)",
-                         open=self.open_connections, total=limits.connections_in_total,
-                         per=limits.connections_per_address)
+                log.warn("Refusing connections: {open} open (at most {total}; {per} per address, "
+                         "the last {kept} kept for clients holding few)",
+                         open=self.caps.open, total=limits.connections_in_total,
+                         per=limits.connections_per_address, kept=self.caps.reserved)
             return False
-        self.connections[host] = self.connections.get(host, 0) + 1
-        self.open_connections += 1
         return True
 
     def release(self, host: str) -> None:
-        self.open_connections -= 1
-        self.connections[host] -= 1
-        if self.connections[host] <= 0:
-            del self.connections[host]
+        self.caps.release(host)
 
     def stopFactory(self) -> None:
         self.budget.stop()

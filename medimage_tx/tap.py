@@ -14,7 +14,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python import usage
 
 from . import __version__
@@ -32,6 +31,7 @@ from . import logs
 from .state import ServerState
 from .pc.puller import RelayPuller
 from .admin.log_ring import LogRingService
+from .web.proxy_protocol import trusted_proxy_endpoint
 from .relay import Relay, RelayExpiry
 from .relay_store import RelayStoreService, RelayStoreUnavailable, open_relay_store
 from .relay_store.queue import DEFAULT_LEASE_SECONDS
@@ -289,7 +289,8 @@ def build_service(
     tls = _tls_options(config)
     https_only = tls is not None and config.httpsPort is None
     http = HTTPListener(_endpoint(reactor, listen_port, interface, tls if https_only else None,
-                                  config.proxyProtocol), site,
+                                  (lambda: state.config.proxyProtocolFrom) if config.proxyProtocol else None),
+                        site,
                         lambda p: _announce(config, store, p, "https" if https_only else "http"),
                         address=(listen_port, interface or ""))
     service = MedImageService(state, http)
@@ -351,12 +352,16 @@ def _tls_options(config: Config):
         raise ConfigError(f"{config.path}: HTTPS (httpsKey/httpsCert): {e}") from None
 
 
-def _endpoint(reactor, port: int, interface: Optional[str], tls, proxy_protocol: bool = False):
+def _endpoint(reactor, port: int, interface: Optional[str], tls, balancers=None):
+    """
+    @param balancers: with the PROXY protocol, returns the balancers whose
+        header is believed (C{proxyProtocolFrom}).
+    """
     interface = interface or ""
-    if proxy_protocol:
+    if balancers is not None:
         # Behind HAProxy's send-proxy: each connection starts with the
         # client's real address (docs/relay-cluster.md).
-        return proxyEndpoint(_endpoint(reactor, port, interface, tls))
+        return trusted_proxy_endpoint(_endpoint(reactor, port, interface, tls), balancers)
     if tls is not None:
         return SSL4ServerEndpoint(reactor, port, tls, interface=interface)
     if ":" in interface:

@@ -28,8 +28,12 @@ QUOTA_RETRY_AFTER_SECONDS = 120
 #: and in total per 15-minute bucket, and a session's life unused.
 SIGNIN_FAILURES_PER_ADDRESS = 5
 SIGNIN_FAILURES_IN_TOTAL = 50
+#: ... of which the last 25 only for addresses that have not guessed wrong.
+SIGNIN_FAILURES_KEPT_FOR_FIRST_TRIES = 25
 SIGNIN_BUCKET_SECONDS = 15 * 60
 SESSION_IDLE_SECONDS = 3600
+#: docs/security.md: a session's longest life, however often it is used.
+SESSION_MAX_AGE_SECONDS = 12 * 3600
 #: docs/protocol.md, Issuing: codes issued per address and in total per
 #: hour, codes live at once, and the longest issue fields.
 ISSUES_PER_ADDRESS = 30

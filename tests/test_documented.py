@@ -50,6 +50,8 @@ def code_value(name: str):
         "SIGNIN_FAILURES_IN_TOTAL": lambda: sessions.FAILURES_IN_TOTAL,
         "SIGNIN_BUCKET_SECONDS": lambda: sessions.THROTTLE_BUCKET_SECONDS,
         "SESSION_IDLE_SECONDS": lambda: sessions.IDLE_SECONDS,
+        "SESSION_MAX_AGE_SECONDS": lambda: sessions.MAX_AGE_SECONDS,
+        "SIGNIN_FAILURES_KEPT_FOR_FIRST_TRIES": lambda: sessions.FAILURES_KEPT_FOR_FIRST_TRIES,
     }
     return values[name]()
 
@@ -67,6 +69,8 @@ PROMISES = [
     ("SIGNIN_FAILURES_IN_TOTAL", "security.md", r"per client address and (\d+) in total per bucket"),
     ("SIGNIN_BUCKET_SECONDS", "security.md", r"counted in fixed (\d+)-minute buckets"),
     ("SESSION_IDLE_SECONDS", "security.md", r"they end after 1 (hour) unused"),
+    ("SESSION_MAX_AGE_SECONDS", "security.md", r"unused, (\d+) hours in all"),
+    ("SIGNIN_FAILURES_KEPT_FOR_FIRST_TRIES", "security.md", r"Of the \d+, the last (\d+) go only to"),
     ("ISSUES_PER_ADDRESS", "protocol.md", r"One client address may have (\d+) codes issued per hour"),
     ("ISSUES_IN_TOTAL", "protocol.md", r"all together ([\d,]+) per hour"),
     ("MAX_LIVE_CODES", "protocol.md", r"at most ([\d,]+) codes are live at once"),
@@ -88,6 +92,8 @@ def test_documented_value_is_in_the_docs_and_the_code(name, doc, pattern):
     said = UNITS[said] if said in UNITS else int(said.replace(",", ""))
     if name in ("LEASE_SECONDS", "SIGNIN_BUCKET_SECONDS"):
         said *= 60
+    if name == "SESSION_MAX_AGE_SECONDS":
+        said *= 3600
     assert said == value, f"{doc} says {said}, tests/documented.py says {value}"
     if name == "QUOTA_RETRY_AFTER_SECONDS":
         return  # an answer's header: test_faults.py checks it on the wire

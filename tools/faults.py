@@ -1,5 +1,5 @@
 """
-Put each of issue 11's deliberate faults into the code, one at a time, run
+Put each of issue 11's (and issue 19's) deliberate faults into the code, one at a time, run
 the tests that must catch it, and put the code back: `make faults`.
 
 Prints one line per fault: the tests that failed (good: the fault was
@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFENCES = "tests/security/test_defences.py"
+ROUND3 = "tests/security/test_round3.py"
 
 
 @dataclass
@@ -86,6 +87,37 @@ FAULTS = [
     Fault(15, "the lease is 30 s instead of 5 minutes", "medimage_tx/relay_store/queue.py",
           "DEFAULT_LEASE_SECONDS = 300.0", "DEFAULT_LEASE_SECONDS = 30.0",
           [DEFENCES, "tests/test_relay.py", "tests/test_documented.py"]),
+    # Issue 19: defences no test pinned, and the round's fixes.
+    Fault(16, "the CSRF check is skipped for a POST body that is not a form", "medimage_tx/admin/access.py",
+          "if form is None or not self.csrf_ok(", "if form is not None and not self.csrf_ok(",
+          [ROUND3 + "::test_a_post_that_is_not_a_urlencoded_form_still_needs_the_token"], installed=True),
+    Fault(17, "Origin/Referer are compared without the port", "medimage_tx/admin/access.py",
+          "                    and _port(theirs) == _port(ours))", "                    )",
+          [ROUND3 + "::test_a_page_on_another_port_of_the_pc_is_another_origin",
+           ROUND3 + "::test_a_browser_page_on_another_port_runs_no_add_on"], installed=True),
+    Fault(18, "the 12-hour maximum session age is not checked", "medimage_tx/admin/sessions.py",
+          "if (now - session.last_used >= IDLE_SECONDS or now - session.created >= MAX_AGE_SECONDS",
+          "if (now - session.last_used >= IDLE_SECONDS",
+          [ROUND3 + "::test_a_session_ends_after_twelve_hours_however_often_it_is_used",
+           ROUND3 + "::test_the_admin_pages_end_a_session_at_twelve_hours"]),
+    Fault(19, "connections are capped per exact address, not per IPv6 /64", "medimage_tx/web/connection_limits.py",
+          "        key = address_key(host)\n        held", "        key = host\n        held",
+          [ROUND3 + "::test_ipv6_addresses_count_by_their_64",
+           ROUND3 + "::test_a_device_with_many_ipv6_addresses_is_one_client"], installed=True),
+    Fault(20, "no connection slots are kept for clients holding few", "medimage_tx/web/connection_limits.py",
+          "return int(self.total * RESERVED_SHARE)", "return 0",
+          [ROUND3 + "::test_a_device_with_many_addresses_cannot_take_every_connection"], installed=True),
+    Fault(21, "the PROXY header is read from anyone", "medimage_tx/web/proxy_protocol.py",
+          "if not listed(peer, self.factory.sources()):", "if False:",
+          [ROUND3 + "::test_a_forged_proxy_header_gets_no_admin_page_and_locks_no_one_out"], installed=True),
+    Fault(22, "a client a balancer passed on can be the admin", "medimage_tx/admin/access.py",
+          "        if relayed(request):\n            return False\n", "",
+          [ROUND3 + "::test_proxy_protocol_is_taken_from_loopback_only_by_default",
+           ROUND3 + "::test_a_request_a_local_reverse_proxy_relayed_is_not_the_admin"], installed=True),
+    Fault(23, "no wrong passwords are kept for addresses' first tries", "medimage_tx/admin/sessions.py",
+          "FAILURES_KEPT_FOR_FIRST_TRIES = 25", "FAILURES_KEPT_FOR_FIRST_TRIES = 0",
+          [ROUND3 + "::test_guessers_on_eleven_addresses_do_not_lock_out_the_right_password",
+           "tests/test_documented.py"], installed=True),
 ]
 
 

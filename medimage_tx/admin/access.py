@@ -73,8 +73,11 @@ class Access:
         """
         The peer is this machine: a loopback address, or one of its own
         interface addresses (a browser on the PC that opened its LAN
-        address).  Only meaningful with L{host_ok}.
+        address), asking itself: never a client a balancer or a proxy
+        passed on (L{relayed}).  Only meaningful with L{host_ok}.
         """
+        if relayed(request):
+            return False
         peer = getattr(request.getClientAddress(), "host", "") or ""
         return is_loopback(peer) or self.names.is_own_address(peer)
 
@@ -195,6 +198,23 @@ class Access:
                 return html_page(403, "The form has expired", (
                     "<p>Open the page again and repeat what you did. Nothing was changed.</p>"))
         return None
+
+
+#: Headers a proxy adds for the client it passes on; a browser never sends
+#: them of itself.
+FORWARDING_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                      b"x-real-ip", b"via")
+
+
+def relayed(request) -> bool:
+    """
+    The request came through a PROXY-protocol balancer, or carries a
+    proxy's forwarding headers: its client is somebody else than the peer
+    (a reverse proxy on this machine connects from loopback for everyone).
+    """
+    if getattr(getattr(request, "transport", None), "via_proxy", False):
+        return True
+    return any(request.requestHeaders.hasHeader(name) for name in FORWARDING_HEADERS)
 
 
 def _port(parts) -> int:

@@ -6,7 +6,9 @@ holder signs out.
 
 Wrong passwords are throttled in fixed time buckets, per client address and
 in total, so guessing is slow and the bookkeeping stays small however many
-addresses guess.  Plain Python: time comes from C{now}.
+addresses guess; the last part of the total is kept for addresses that have
+not guessed wrong yet, so the admin's own address still gets its try.
+Plain Python: time comes from C{now}.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ MAX_SESSIONS = 64
 THROTTLE_BUCKET_SECONDS = 900.0
 FAILURES_PER_ADDRESS = 5
 FAILURES_IN_TOTAL = 50
+#: The last of those kept for addresses that have not guessed wrong in the
+#: bucket (one try each), so guessers on a few addresses cannot lock out the
+#: admin signing in from another.
+FAILURES_KEPT_FOR_FIRST_TRIES = 25
 
 
 class PasswordNotSet(Exception):
@@ -95,8 +101,9 @@ class SessionStore:
             raise PasswordNotSet()
         now = self.now()
         self._roll_bucket(now)
-        if (self._failures_by_address.get(address, 0) >= FAILURES_PER_ADDRESS
-                or self._failures >= FAILURES_IN_TOTAL):
+        failed = self._failures_by_address.get(address, 0)
+        if (failed >= FAILURES_PER_ADDRESS or self._failures >= FAILURES_IN_TOTAL
+                or (failed and self._failures >= FAILURES_IN_TOTAL - FAILURES_KEPT_FOR_FIRST_TRIES)):
             # Refused even with the right password: no guessing past the limit.
             raise TooManyAttempts(self._bucket_ends(now) - now)
         if not hmac.compare_digest(password.encode("utf-8"), current.encode("utf-8")):
