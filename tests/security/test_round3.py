@@ -373,11 +373,14 @@ def csrf_from_login_page(port: int) -> tuple[str, str]:
 @pytest_twisted.ensureDeferred
 async def test_a_post_that_is_not_a_urlencoded_form_still_needs_the_token(tmp_path):
     """
-    Same-origin POSTs from the PC's own browser without a CSRF token, with
-    bodies that are not C{application/x-www-form-urlencoded}: C{text/plain}
-    (a form with C{enctype=text/plain} makes one), JSON, and no type.  Each
-    is refused and nothing runs or changes; the same fields as a form with
-    the token go through.
+    POSTs from the PC's own browser without a CSRF token, with bodies that
+    are not C{application/x-www-form-urlencoded}: C{text/plain} (a form with
+    C{enctype=text/plain} makes one), JSON, and no type.  Same-origin, the
+    admin's own pages (settings, add-on install) refuse each, and nothing
+    runs or changes; an add-on's own page may post without our token
+    (issue 20: the original's pages cannot send it), but only same-origin:
+    with no Origin or Referer, or another site's, it is refused whatever
+    the body.  The same fields as a form with the token go through.
     """
     data = tmp_path / "pc"
     pc_with_addon(data)
@@ -387,18 +390,19 @@ async def test_a_post_that_is_not_a_urlencoded_form_still_needs_the_token(tmp_pa
         port = await process.port()
         origin = f"Origin: http://127.0.0.1:{port}"
         cookie, token = await in_thread(csrf_from_login_page, port)
-        routes = [("/addon/change-folder", b"newFolder=/tmp/attacker"),
-                  ("/admin/settings", b"backupTo=/tmp/attacker&allowedTypes=.jpg"),
-                  ("/addon/install-addon", b"uninstall=test")]
+        routes = [("/admin/settings", b"backupTo=/tmp/attacker&allowedTypes=.jpg", [origin]),
+                  ("/addon/install-addon", b"uninstall=test", [origin]),
+                  ("/addon/change-folder", b"newFolder=/tmp/attacker", []),
+                  ("/addon/change-folder", b"newFolder=/tmp/attacker", ["Origin: http://evil.example"])]
         answered = {}
-        for path, body in routes:
+        for path, body, sent_from in routes:
             for kind in ("text/plain", "application/json", None):
-                headers = [origin, f"Cookie: medimage_csrf={cookie}"]
+                headers = [*sent_from, f"Cookie: medimage_csrf={cookie}"]
                 if kind:
                     headers.append(f"Content-Type: {kind}")
                 [(status, _, _)] = await in_thread(
                     exchange, port, request(port, path, *headers, method="POST", body=body))
-                answered[path, kind] = status
+                answered[path, tuple(sent_from), kind] = status
         assert set(answered.values()) == {403}, answered
         assert calls(data) == []
         assert (data / "config.json").read_text() == config
