@@ -328,3 +328,171 @@ def test_migrate_says_when_the_add_ons_need_node_and_it_is_missing(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "Node.js" in line]
     assert len(lines) == 1 and "https://nodejs.org" in lines[0], done.stdout
+
+
+def run_migrate(original: Path, *more: str, env: dict | None = None, cwd: Path | None = None):
+    """
+    The installed C{medimage-tx migrate}, a real process.
+    """
+    import os
+    import subprocess
+
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(COMMAND), "migrate", "--from", str(original), *more], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=cwd or original.parent)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+needs_command = pytest.mark.skipif(not COMMAND.exists(), reason=f"no medimage-tx beside {sys.executable}: run `make test`")
+
+
+@needs_command
+@pytest.mark.parametrize("where", ["photos", "config.json", "addons", "photos/P1", "photos/P1/x.jpg",
+                                   "addons/medtech32/run.sh"])
+def test_a_link_anywhere_it_reads_stops_migrate_with_one_line_and_changes_nothing(tmp_path, where):
+    # Issue 19, item 1: root ran migrate on a folder whose `photos` was a
+    # link to a root-only folder, and filed what it held as 0644 photos.
+    import os
+
+    secret = tmp_path / "root-only"
+    (secret / "P1").mkdir(parents=True)
+    (secret / "P1" / "x.jpg").write_bytes(jpeg_bytes(5_000, seed=7))
+    (secret / "medtech32").mkdir()
+    (secret / "run.sh").write_text("echo secret\n")
+    (secret / "config.json").write_text(json.dumps({"backupTo": [], "keepMaster": True}))
+    os.chmod(secret, 0o700)
+    os.chmod(secret / "P1" / "x.jpg", 0o600)
+    original = original_install(tmp_path / "old")
+    put(original, "P1/real.jpg", jpeg_bytes(5_000))
+    (original / "addons" / "medtech32" / "run.sh").write_text("echo original\n")
+    link = original / where
+    if link.is_dir():
+        import shutil
+
+        shutil.rmtree(link)
+    elif link.exists():
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    pointed = {"photos": secret, "config.json": secret / "config.json", "addons": secret,
+               "photos/P1": secret / "P1", "photos/P1/x.jpg": secret / "P1" / "x.jpg",
+               "addons/medtech32/run.sh": secret / "run.sh"}[where]
+    link.symlink_to(pointed)
+    ours, clinic = tmp_path / "new", tmp_path / "clinic"
+
+    done = run_migrate(original, "--data", str(ours))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"{link}: a link" in lines[0] and "Nothing was changed" in lines[0]
+    assert files_under(ours) == [] and files_under(clinic) == []
+
+
+@needs_command
+def test_the_originals_photos_readme_is_not_filed(tmp_path):
+    # Issue 20, item 5: the original ships photos/README.md; it is no photo
+    # a phone sent, so it must not land in the practice folder.
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    original = original_install(tmp_path / "old", backupTo=[clinic.as_posix()])
+    put(original, "README.md", b"This folder holds the photos received, before they are copied.\n")
+    photo = put(original, "NHID1234/arm.jpg", jpeg_bytes(5_000))
+    ours = tmp_path / "new"
+    done = run_migrate(original, "--data", str(ours))
+    assert done.returncode == 0, done.stderr
+    assert files_under(clinic) == ["NHID1234", "NHID1234/arm.jpg"]
+    assert (clinic / "NHID1234" / "arm.jpg").read_bytes() == photo
+    assert not (ours / "photos" / "README.md").exists()
+    assert "1 filed" in done.stdout and "README.md" in done.stdout  # said, not silently dropped
+
+
+SERVICE_UID = 4321  # a user id no account on this machine has: chown and setpriv take numbers
+
+
+@pytest.fixture
+def shared_folder():
+    """
+    A folder another user can enter (pytest's own are 0700), removed after.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="medimage-migrate-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def owners(folder: Path) -> set[tuple[int, int]]:
+    return {(p.lstat().st_uid, p.lstat().st_gid) for p in [folder, *folder.rglob("*")]}
+
+
+@needs_command
+@pytest.mark.parametrize("how", ["data folder's owner", "SUDO_UID", "--user"])
+@pytest_twisted.ensureDeferred
+async def test_migrate_as_root_hands_everything_to_the_service_user_who_then_starts_it(shared_folder, how):
+    # Issue 19, item 2: `sudo medimage-tx migrate` left config.json root's
+    # and 0600, and the folders root's: the service user could not start.
+    import os
+    import shutil
+    import signal
+
+    from conftest import skip_here_fail_in_ci
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        skip_here_fail_in_ci("needs root and setpriv")
+    clinic = shared_folder / "clinic"
+    clinic.mkdir()
+    os.chown(clinic, SERVICE_UID, SERVICE_UID)  # the README: the service user may write here
+    original = original_install(shared_folder / "old", backupTo=[clinic.as_posix()], keepMaster=True)
+    photo = put(original, "NHID1234/arm.jpg", jpeg_bytes(5_000))
+    data = shared_folder / "var-lib-medimage"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(SUDO_UID="0", SUDO_GID="0")
+    more = []
+    if how == "data folder's owner":  # as `service install` made it
+        data.mkdir()
+        os.chown(data, SERVICE_UID, SERVICE_UID)
+        env.update(SUDO_UID="1000", SUDO_GID="1000")  # the admin who typed sudo: not the service
+    elif how == "SUDO_UID":
+        env.update(SUDO_UID=str(SERVICE_UID), SUDO_GID=str(SERVICE_UID))
+    else:
+        more = ["--user", f"#{SERVICE_UID}"]
+    done = run_migrate(original, "--data", str(data), *more, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert owners(data) == {(SERVICE_UID, SERVICE_UID)}, done.stdout
+    assert owners(clinic) == {(SERVICE_UID, SERVICE_UID)}
+    assert (clinic / "NHID1234" / "arm.jpg").read_bytes() == photo
+    assert f"owned by {SERVICE_UID}" in done.stdout
+
+    server = spawn(["setpriv", f"--reuid={SERVICE_UID}", f"--regid={SERVICE_UID}", "--clear-groups",
+                    str(COMMAND), "serve", "--data", str(data), "--port", "0", "--no-lan"], str(shared_folder),
+                   env=env)
+    try:
+        await server.wait_for(rb"Start-up check done")
+        assert (data / "twistd.pid").exists()
+    finally:
+        if not server.ended.called:
+            server.transport.signalProcess(signal.SIGTERM)
+    assert await server.ended_within(60) == -signal.SIGTERM, server.output
+
+
+@needs_command
+@pytest.mark.parametrize("option", ["--data", "--config"])
+def test_the_originals_folder_cannot_be_this_servers_too(tmp_path, option):
+    # Issue 20, item 4: the README's step 4 renames the original's
+    # config.json; were it this server's too, the PC would be unpaired.
+    original = original_install(tmp_path / "MedImage")
+    put(original, "P1/arm.jpg", jpeg_bytes(5_000))
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    where = str(original) if option == "--data" else str(original / "config.json")
+    done = run_migrate(original, option, where, "--data" if option == "--config" else "--replace",
+                       *([str(tmp_path / "ours")] if option == "--config" else []))
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.count("\n") == 1 and "a folder of its own" in done.stderr, done.stderr
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "ours").exists()

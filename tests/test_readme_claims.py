@@ -373,7 +373,7 @@ def test_migrate_replace_keeps_our_config_and_addons_and_leaves_the_originals_fi
     # files as they were".
     readme_says("with `--replace` it keeps that one as `config.json.before-migration` (and a different "
                 "`addons` folder as `addons.before-migration`)")
-    readme_says("(or `python -m medimage_tx migrate ...`)")
+    readme_says("`python -m medimage_tx migrate ...`")
     original, ours = tmp_path / "MedImage-original", tmp_path / "ours"
     (original / "addons" / "medtech32").mkdir(parents=True)
     (original / "addons" / "medtech32" / "run.sh").write_text("echo original\n")
@@ -436,3 +436,63 @@ async def test_after_migrate_phones_paired_with_the_original_send_through_the_sa
         if server is not None:
             assert await stop(server) == -signal.SIGTERM
         assert await stop(relay) == -signal.SIGTERM
+
+
+def on_this_disk(windows_path: str, root: Path) -> Path:
+    """
+    A Windows path of the README (C{C:\\MedImage}) as a folder under C{root}.
+    """
+    drive, _, rest = windows_path.partition(":")
+    return root.joinpath(drive, *[part for part in rest.replace("\\", "/").split("/") if part])
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_windows_steps_then_the_migration_steps_keep_the_pc_paired_and_its_folder(tmp_path):
+    # Issue 20, item 4: on Windows the README put this server's data in
+    # C:\MedImage, the original's own folder; its migration section then
+    # renames the original's config.json there (step 4), and the next
+    # start wrote a fresh one: unpaired, no folder.  The README's own
+    # paths and commands, with C:\ made a folder of this test.
+    windows = README[README.index("## Install on Windows"):README.index("## First start")]
+    moving = README[README.index("## Moving from the original MedImage server"):README.index("## Add-ons")]
+    first_start_data = re.search(r"medimage-tx serve --data (\S+)", windows).group(1)
+    service_args = shlex.split(re.search(r"nssm install MedImageTx \S+ (serve .*)", windows).group(1)
+                               .replace("\\", "/"))
+    migrate_line = re.search(r"medimage-tx migrate --from (\S+)(?: --data ([A-Z]:\\\S+))?", moving)
+    original = on_this_disk(migrate_line.group(1), tmp_path)
+    # Step 2 with the service's folder when the README gives none ("with the same --data").
+    migrate_data = migrate_line.group(2) or service_args[service_args.index("--data") + 1]
+    readme_says("Rename the original's `config.json` to `config-old.json`")
+
+    paired_id, practice = "bS6FpXvwagUbeMIXnM", tmp_path / "Practice" / "Photos"
+    practice.mkdir(parents=True)
+    original.mkdir(parents=True)
+    (original / "config.json").write_text(json.dumps({
+        "backupTo": [practice.as_posix()], "readProxy": f"https://relay.example/read/{paired_id}",
+        "globalId": paired_id, "listenPort": 5566, "allowPhotosLeaving": False, "keepMaster": False,
+        "lanMode": False}, indent=6))
+    (original / "photos").mkdir()
+
+    # Install on Windows, step 3: the first start, then Ctrl-C.
+    first = spawn([str(COMMAND), "serve", "--data", str(on_this_disk(first_start_data, tmp_path)), "--port", "0",
+                   "--no-lan"], str(tmp_path))
+    try:
+        await first.wait_for(rb"Start-up check done")
+    finally:
+        assert await stop(first) == -signal.SIGTERM
+    # Moving, step 2, then step 4 (the original's config.json renamed).
+    migrated = subprocess.run([str(COMMAND), "migrate", "--from", str(original), "--data",
+                               str(on_this_disk(migrate_data, tmp_path))],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    (original / "config.json").rename(original / "config-old.json")
+    # Step 3 / the NSSM service: this server, as the service starts it.
+    data = on_this_disk(service_args[service_args.index("--data") + 1].replace("/", "\\"), tmp_path)
+    server = spawn([str(COMMAND), "serve", "--data", str(data), "--port", "0", "--no-lan"], str(tmp_path))
+    try:
+        line = await server.wait_for(rb"photos arrive in (.*)\n")
+        assert line.group(1).decode().endswith(f"and are copied to {practice}"), line.group(0)
+        used = json.loads((data / "config.json").read_text())
+        assert used["globalId"] == paired_id and used["backupTo"] == [practice.as_posix()]
+    finally:
+        assert await stop(server) == -signal.SIGTERM

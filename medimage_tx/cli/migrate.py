@@ -19,17 +19,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="this server's config.json [default: DATA/config.json]")
     parser.add_argument("--replace", action="store_true",
                         help="replace a different config.json here (kept as config.json.before-migration)")
+    parser.add_argument("--user", help="run as root: the user the server runs as, who gets the files written "
+                                       "[default: the data folder's owner, else the user who ran sudo]")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..pc import service_user
     from ..pc.migration import MigrationError, migrate
     from ..tap import default_data_dir
 
     data_dir = Path(args.data) if args.data else default_data_dir()
     config_path = Path(args.config) if args.config else data_dir / "config.json"
+    if args.user and not service_user.running_as_root():
+        print("medimage: --user needs root (sudo): files go to another user only when root writes them",
+              file=sys.stderr)
+        return 1
     try:
-        report = migrate(Path(args.original), config_path, data_dir, replace=args.replace)
-    except MigrationError as e:
+        owner = service_user.choose(data_dir.expanduser().absolute(), args.user, os.environ)
+        report = migrate(Path(args.original), config_path, data_dir, replace=args.replace, owner=owner)
+    except (MigrationError, service_user.NoSuchUser) as e:
         print(f"medimage: {e}", file=sys.stderr)
         return 1
     for line in report.lines():

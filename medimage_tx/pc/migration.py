@@ -9,11 +9,14 @@ is staged for them, and the server runs its add-ons and copies when it
 starts, as after a restart.
 
 Plain blocking Python, run with no server running; the caller prints the
-report.
+report.  It follows no links in the original's folder (run as root, a link
+would file whatever it points at), takes no folder that is this server's
+own, and, run as root, writes as the service user (pc/service_user.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
+from ..config import DEFAULTS, Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
 from ..errors import Rejected, TryLater
 from ..photos.paths import inside
 from ..photos.store import PhotoStore
@@ -29,11 +32,22 @@ from ..addons import registry_path
 from ..addons.node_modules import bring_addon_needs
 from ..addons.pipeline import event_for
 from ..addons.python_api import discover
-from ..addons.registry import Registry
+from ..addons.registry import DEFAULT_REGISTRY, Registry
 from .filing import photo_store
+from .service_user import ServiceUser, as_root, give_tree, make_folder_for, writing_as
 
 #: What a replaced config.json of ours is renamed to (never deleted).
 BEFORE_MIGRATION = ".before-migration"
+
+#: What migrate reads in the original's folder: none of it may be a link.
+READ = ("config.json", "photos", "addons")
+
+#: Read too (the add-ons' modules and pages): these folders may not be
+#: links; links inside them are copied as links or left out, never read.
+READ_TOP_ONLY = ("node_modules", "public")
+
+#: The note the original ships in its photos folder: no photo a phone sent.
+ORIGINALS_NOTE = "README.md"
 
 
 class MigrationError(Exception):
@@ -53,7 +67,7 @@ class MigrationReport:
     filed: list[str] = field(default_factory=list)  # new in this server's store
     already_there: list[str] = field(default_factory=list)  # same bytes already stored
     not_filed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
-    ignored: list[str] = field(default_factory=list)  # hidden files (.DS_Store, temp files)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why): hidden files, the original's note
     copies_waiting: list[tuple[str, str]] = field(default_factory=list)  # (target, why)
     addons: list[str] = field(default_factory=list)  # add-on folders found in the original
     addons_to: Optional[Path] = None  # where they were copied; None: not taken over
@@ -61,6 +75,8 @@ class MigrationReport:
     filed_into: list[str] = field(default_factory=list)  # the store's target folders, in order
     staged_for_addons: list[str] = field(default_factory=list)  # the server runs add-ons, then copies
     addon_needs: Any = None  # addons.node_modules.AddonNeeds: their Node.js modules and pages
+    owner: Optional[ServiceUser] = None  # who the written files belong to; None: who ran it
+    written: list[Path] = field(default_factory=list)  # this server's folders, for the chown hint
 
     def lines(self) -> list[str]:
         """
@@ -86,8 +102,8 @@ class MigrationReport:
                        f"copies, when it starts")
         for relative, why in self.not_filed:
             out.append(f"  not taken over: {relative}: {why}")
-        for relative in self.ignored:
-            out.append(f"  ignored (hidden file): {relative}")
+        for relative, why in self.ignored:
+            out.append(f"  ignored ({why}): {relative}")
         for target, why in self.copies_waiting:
             out.append(f"  copy to {target} not made yet ({why}): the server retries it when it runs")
         if self.addons_to is not None:
@@ -101,58 +117,148 @@ class MigrationReport:
             out += self.addon_needs.lines(self.addons_to.parent)
         if self.addons_kept_as is not None:
             out.append(f"The addons folder that was there is kept as {self.addons_kept_as}.")
+        if self.owner is not None:
+            out.append(f"Everything written here is owned by {self.owner.describe()}, the user the "
+                       f"server runs as.")
+        elif _is_root():
+            folders = " ".join(str(p) for p in self.written)
+            out.append(f"Everything written here is owned by root: if the server runs as another user, "
+                       f"give it the files (e.g. chown -R medimage: {folders}) or run again with --user.")
         out.append(f"The original's files are left as they were: stop the original server for good "
                    f"(rename its config.json) before starting this one.")
         return out
 
 
-def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = False) -> MigrationReport:
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = False,
+            owner: Optional[ServiceUser] = None) -> MigrationReport:
     """
     Copy the original's config.json to C{config_path} and file the photos
     waiting in C{original/photos} into C{data_dir} as the server would.
 
     @param replace: when C{config_path} holds another config, keep it as
         C{config.json.before-migration} and go on; otherwise refuse.
+    @param owner: run as root, the user whose files this server's are
+        (written as that user); None: whoever runs it.
     @raise MigrationError: the migration cannot start (nothing was
         changed), or this server's data folder cannot be used.
     """
     original = original.expanduser().absolute()
     source = original / "config.json"
+    _refuse_links(original)
     if not source.is_file():
         raise MigrationError(f"{original}: no config.json here; give the folder of the original "
                              f"MedImage server (the one holding config.json, photos and addons)")
     config_path = config_path.expanduser().absolute()
+    data_dir = data_dir.expanduser().absolute()
+    _refuse_own_folder(original, config_path, data_dir)
     try:
+        source_bytes = _read_no_link(source)
         # Usable at its new place (relative paths there), before anything is touched.
         parse_config(load_config(source).raw, config_path)
-        source_bytes = source.read_bytes()
     except ConfigError as e:
         raise MigrationError(f"the original's config cannot be used: {e}") from None
     except OSError as e:
         raise MigrationError(f"{source}: cannot read: {e.strerror}") from None
-    report = MigrationReport(original=original, config_from=source, config_to=config_path)
-    _copy_config(source_bytes, config_path, replace, report)
-    config = load_config(config_path)
-    report.role = config.role
-    addons = original / "addons"
-    if addons.is_dir():
-        _copy_addons(addons, config_path.parent / "addons", replace, report)
-        if report.addons_to is not None:
-            # Their Node.js modules and pages, or they are made inactive.
-            report.addon_needs = bring_addon_needs(original, config_path.parent)
-    photos = original / "photos"
-    if photos.is_dir():
-        wants_addons = _addons_wanted(config) if config.role == "pc" else (lambda name: False)
-        _take_over_photos(photos, _store_for(config, data_dir.expanduser().absolute()),
-                          wants_addons, report)
+    report = MigrationReport(original=original, config_from=source, config_to=config_path, owner=owner)
+    report.written = sorted({data_dir, config_path.parent})
+    make_folder_for(owner, config_path.parent)
+    make_folder_for(owner, data_dir)
+    with writing_as(owner):
+        try:
+            _copy_config(source_bytes, config_path, replace, report)
+        except OSError as e:
+            who = f" as {owner.describe()}" if owner is not None else ""
+            raise MigrationError(f"{config_path}: cannot write it{who}: {e.strerror}") from None
+        config = load_config(config_path)
+        report.role = config.role
+        addons = original / "addons"
+        if addons.is_dir():
+            _copy_addons(addons, config_path.parent / "addons", replace, report)
+            if report.addons_to is not None:
+                # Their Node.js modules and pages, or they are made inactive.
+                report.addon_needs = _bring_addon_needs(original, config_path.parent, owner)
+        photos = original / "photos"
+        if photos.is_dir():
+            wants_addons = _addons_wanted(config) if config.role == "pc" else (lambda name: False)
+            _take_over_photos(photos, _store_for(config, data_dir), wants_addons, report)
     return report
+
+
+def _refuse_links(original: Path) -> None:
+    """
+    Stop, changing nothing, at the first link among what migrate reads
+    (config.json, photos/, addons/ and all below): run as root, following
+    one would take in whatever it points at (a root-only folder's files
+    filed as photos any user can read).
+    """
+    found = [path for name in READ for path in _tree(original / name) if _is_link(path)]
+    found += [original / name for name in READ_TOP_ONLY if _is_link(original / name)]
+    if found:
+        raise MigrationError(f"{found[0]}: a link; migrate follows no links (it would take in whatever "
+                             f"the link points at): put the real file or folder there, or remove "
+                             f"the link, and run again. Nothing was changed.")
+
+
+def _tree(top: Path):
+    yield top
+    if top.is_dir() and not _is_link(top):
+        for folder, dirs, files in os.walk(top):  # never into linked folders
+            for name in dirs + files:
+                yield Path(folder, name)
+
+
+def _is_link(path: Path) -> bool:
+    return path.is_symlink() or bool(getattr(path, "is_junction", lambda: False)())
+
+
+def _bring_addon_needs(original: Path, parent_dir: Path, owner: Optional[ServiceUser]):
+    """
+    L{bring_addon_needs}, reading the original as root; what it writes in
+    this server's own folder (the service user's) is then that user's.
+    """
+    with as_root():
+        needs = bring_addon_needs(original, parent_dir)
+        ours = owner is not None and parent_dir.stat().st_uid == owner.uid
+        for folder in ("node_modules", "public"):
+            if ours and (parent_dir / folder).is_dir():
+                give_tree(owner, parent_dir / folder)
+    return needs
+
+
+def _refuse_own_folder(original: Path, config_path: Path, data_dir: Path) -> None:
+    """
+    The original's folder cannot be this server's too: renaming the
+    original's config.json afterwards (the README's step 4, so the old
+    server cannot start again) would leave this server unpaired, with no
+    folder to copy to.
+    """
+    for what, ours in (("--data", data_dir), ("--config", config_path.parent)):
+        try:
+            same = ours.exists() and os.path.samefile(original, ours)
+        except OSError:
+            same = False
+        if same:
+            raise MigrationError(f"{original} is the original's folder and also this server's ({what}): give "
+                                 f"this server a folder of its own (e.g. --data {original}Tx) and run again, "
+                                 f"so that renaming the original's config.json cannot unpair it. Nothing was "
+                                 f"changed.")
+
+
+def _read_no_link(path: Path) -> bytes:
+    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
+        return f.read()
 
 
 def _copy_config(source_bytes: bytes, config_path: Path, replace: bool, report: MigrationReport) -> None:
     if config_path.exists():
-        if config_path.read_bytes() == source_bytes:
+        ours = config_path.read_bytes()
+        if ours == source_bytes:
             return
-        if not replace:
+        if not replace and not _untouched_defaults(ours):
             raise MigrationError(f"{config_path} already exists with other settings; run again with "
                                  f"--replace to keep it as {config_path.name}{BEFORE_MIGRATION} and "
                                  f"use the original's")
@@ -164,12 +270,38 @@ def _copy_config(source_bytes: bytes, config_path: Path, replace: bool, report: 
     report.config_copied = True
 
 
+def _untouched_defaults(config_bytes: bytes) -> bool:
+    """
+    Whether a config.json is what a first start wrote, never changed (no
+    pairing, no folder): the README's install steps come before its
+    migration steps, so that one is taken over without --replace.
+    """
+    try:
+        return json.loads(config_bytes) == json.loads(json.dumps(DEFAULTS))
+    except ValueError:
+        return False
+
+
+def _no_addons_yet(folder: Path) -> bool:
+    """
+    An addons folder as a first start leaves it: only an empty registry.
+    """
+    entries = list(folder.iterdir())
+    if [p.name for p in entries] != ["config.json"]:
+        return False
+    try:
+        return json.loads(entries[0].read_bytes()) == DEFAULT_REGISTRY
+    except (OSError, ValueError):
+        return False
+
+
 def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationReport) -> None:
     """
     The original's add-ons (their folders and C{addons/config.json}) beside
     this server's config.json, where the add-on service reads them.
     """
-    report.addons = sorted(p.name for p in source.iterdir() if p.is_dir())
+    with as_root():
+        report.addons = sorted(p.name for p in source.iterdir() if p.is_dir())
     if source.resolve() == dest.resolve():
         report.addons_to = dest
         return
@@ -177,17 +309,22 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
         if _same_tree(source, dest):
             report.addons_to = dest
             return
-        if not replace and any(dest.iterdir()):
+        fresh = _no_addons_yet(dest)
+        if not replace and not fresh and any(dest.iterdir()):
             return  # ours stay; the report says so
         kept = dest.with_name(dest.name + BEFORE_MIGRATION)
-        if any(dest.iterdir()):
+        if fresh:
+            shutil.rmtree(dest)
+        elif any(dest.iterdir()):
             os.replace(dest, kept)
             report.addons_kept_as = kept
         else:
             dest.rmdir()
     temp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".addons-", suffix=".tmp"))
     try:
-        shutil.copytree(source, temp, dirs_exist_ok=True, symlinks=True)
+        with as_root():  # the original's files may be root's alone
+            shutil.copytree(source, temp, dirs_exist_ok=True, symlinks=True)
+            give_tree(report.owner, temp)
         os.replace(temp, dest)  # all of them or none
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -229,8 +366,10 @@ def _take_over_photos(photos: Path, store: PhotoStore, wants_addons: Callable[[s
     if photos.resolve() == store.photos.resolve():
         return  # the original's folder is this server's own: nothing to move
     report.filed_into = [str(t) for t in store.backup_to] or [str(store.photos)]
-    for path in sorted(photos.rglob("*")):
-        if path.is_symlink():
+    with as_root():
+        found = sorted(photos.rglob("*"))
+    for path in found:
+        if _is_link(path):
             # Not a photo the original received: following it would file
             # whatever it points at (any file this user can read).
             report.not_filed.append((path.relative_to(photos).as_posix(), "a link: not followed"))
@@ -240,7 +379,10 @@ def _take_over_photos(photos: Path, store: PhotoStore, wants_addons: Callable[[s
         relative = path.relative_to(photos).as_posix()
         parts = tuple(relative.split("/"))
         if any(part.startswith(".") for part in parts):
-            report.ignored.append(relative)
+            report.ignored.append((relative, "hidden file"))
+            continue
+        if relative == ORIGINALS_NOTE:
+            report.ignored.append((relative, "the original's note about this folder, no photo"))
             continue
         try:
             inside(store.photos, relative)
@@ -265,9 +407,16 @@ def _staged_copy(path: Path, temp_dir: Path) -> Path:
     A flushed copy of C{path} in the store's temporary folder, as an upload
     would be: the store links it into place and removes it.
     """
+    with as_root():  # the original's photos may be root's alone; the copy is the owner's
+        source_fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with open(source_fd, "rb") as source:
+        return _copy_to_temp(source, temp_dir)
+
+
+def _copy_to_temp(source, temp_dir: Path) -> Path:
     fd, name = tempfile.mkstemp(dir=temp_dir, prefix="migrate-", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as source:
+        with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(source, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())

@@ -135,10 +135,11 @@ async def test_migrate_from_a_hostile_folder_follows_no_link(tmp_path):
     """
     C{medimage-tx migrate --from} a folder whose C{photos} holds a link
     named like a photo to a file the migrating user can read (here a
-    secret outside the folder).  Before the fix the link was followed and
-    the secret filed into the clinic's photo folder as C{leak.jpg}; now
-    the link is reported as not taken over and only the real photo is
-    filed.
+    secret outside the folder).  Before the first fix the link was
+    followed and the secret filed into the clinic's photo folder as
+    C{leak.jpg}; then the link was skipped and the rest filed; now
+    (issue 19: a link at the top, C{photos} itself, was still followed)
+    any link stops the migration with one line, nothing changed.
     """
     secret = tmp_path / "elsewhere" / "secret.txt"
     secret.parent.mkdir()
@@ -151,14 +152,10 @@ async def test_migrate_from_a_hostile_folder_follows_no_link(tmp_path):
     ours = tmp_path / "ours"
     process = spawn([str(COMMAND), "migrate", "--from", str(original), "--data", str(ours)], str(tmp_path))
     try:
-        assert await process.exited(timeout=60) == 1  # something was not taken over
-        out = process.output.decode()
-        assert "1 filed, 0 staged for add-ons, 0 already here, 1 not taken over" in out, out
-        assert "P1/leak.jpg" in out and "a link: not followed" in out
-        stored = sorted(p.relative_to(ours / "photos").as_posix()
-                        for p in (ours / "photos").rglob("*") if p.is_file())
-        assert stored == ["P1/ok.jpg"]
-        assert not any(b"secret" in p.read_bytes() for p in ours.rglob("*") if p.is_file())
+        assert await process.exited(timeout=60) == 1
+        assert process.errors.decode().count("\n") == 1, process.output
+        assert "P1/leak.jpg: a link" in process.errors.decode()
+        assert not ours.exists()
     finally:
         if not process.ended.called:
             process.transport.signalProcess(signal.SIGKILL)
