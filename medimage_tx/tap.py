@@ -98,6 +98,15 @@ class Options(usage.Options):
             return
         if runner.get("pidfile") == "twistd.pid":
             runner["pidfile"] = str(self.data_dir() / "twistd.pid")
+        if runner.get("pidfile"):
+            # Before twistd's own check, which says it in six lines about twistd.
+            other = running_server(Path(runner["pidfile"]))
+            if other is not None:
+                where = (f"the data folder {self.data_dir()}"
+                         if Path(runner["pidfile"]) == self.data_dir() / "twistd.pid"
+                         else f"the pid file {runner['pidfile']}")
+                raise StartupFailed(f"medimage: another server (pid {other}) is running with {where}: stop it "
+                                    f"first, or give this one its own --data")
         daemon = "nodaemon" in runner and not runner["nodaemon"]
         if daemon and runner.get("logfile") is None and not runner.get("syslog"):
             runner["logfile"] = str(self.data_dir() / "medimage.log")
@@ -107,6 +116,27 @@ class Options(usage.Options):
             # twistd's --logger takes a name to import; the settings go beside it.
             logs.for_twistd.update(log_path=runner.get("logfile"), verbose=bool(self["verbose"]))
             runner["logger"] = "medimage_tx.logs.twistd_observer"
+
+
+def running_server(pidfile: Path) -> Optional[int]:
+    """
+    The pid in C{pidfile} if that process is alive, else None (no file, or
+    a stale one: twistd removes it).  Unix only: on Windows C{os.kill}
+    would end the process, and twistd keeps no pid file there.
+    """
+    if os.name != "posix":
+        return None
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, another user's
+    return pid
 
 
 def _port_option(option: str, value: str) -> int:

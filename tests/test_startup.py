@@ -149,3 +149,76 @@ def test_a_port_taken_after_the_check_still_fails_as_twistd_reports_daemon_error
     assert isinstance(failed.value, Exception)
     assert str(failed.value).startswith(
         f"medimage: cannot listen on port {busy_port} (127.0.0.1): Address already in use")
+
+
+COMMAND = Path(sys.executable).parent / "medimage-tx"
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["foreground", "daemon"])
+@pytest_twisted.ensureDeferred
+async def test_a_second_server_on_the_same_data_folder_says_one_line_and_the_first_keeps_running(
+        tmp_path, http_client, daemon):
+    # Issue 20, item 6: twistd's own six lines ("Another twistd server is
+    # running ... use the --pidfile and --logfile parameters") instead of
+    # one that says what to do.
+    from test_readme_claims import readme_says
+
+    readme_says("another server already running with the same data folder (its pid; that one keeps running)")
+    data = tmp_path / "data"
+    first = spawn([str(COMMAND), "serve", "--data", str(data), "--port", "0", "--no-lan"], str(tmp_path))
+    try:
+        port = await first.port()
+        await first.wait_for(rb"Start-up check done")
+        second = spawn([str(COMMAND), "serve", *(["--daemon"] if daemon else []), "--data", str(data),
+                        "--port", "0", "--no-lan"], str(tmp_path))
+        assert await second.ended_within(START_LIMIT) == 1, second.output
+        lines = second.errors.decode().strip().splitlines()
+        assert len(lines) == 1, second.errors
+        assert lines[0] == (f"medimage: another server (pid {first.transport.pid}) is running with the data folder "
+                            f"{data}: stop it first, or give this one its own --data")
+        assert not first.ended.called
+        assert (data / "twistd.pid").read_text() == str(first.transport.pid)
+        response = await http_client.get(f"http://127.0.0.1:{port}/")
+        assert response.code == 200
+    finally:
+        if not first.ended.called:
+            first.transport.signalProcess(signal.SIGTERM)
+    assert await first.ended_within(60) == -signal.SIGTERM
+
+
+def test_version_prints_ours():
+    import subprocess
+
+    from test_readme_claims import readme_says
+
+    readme_says("`medimage-tx --version` says which version this is.")
+
+    from medimage_tx import __version__
+
+    done = subprocess.run([str(COMMAND), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, f"medimage-tx {__version__}\n"), done.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_says_its_pid_its_log_file_and_how_to_stop_it(tmp_path, http_client):
+    from test_readme_claims import readme_says
+
+    readme_says("with `--daemon`, `DATA/medimage.log` (it says its pid, its log file and how to stop it as it goes)")
+    data = tmp_path / "data"
+    pidfile = data / "twistd.pid"
+    process = spawn([str(COMMAND), "serve", "--daemon", "--data", str(data), "--port", str(_free_port()),
+                     "--no-lan", "--interface", "127.0.0.1"], str(tmp_path))
+    try:
+        assert await process.ended_within(START_LIMIT) == 0, process.output
+        pid = int(pidfile.read_text())
+        said = process.output.decode()
+        assert f"pid {pid}" in said and f"{data / 'medimage.log'}" in said, said
+        assert f"kill {pid}" in said or f"kill $(cat {pidfile})" in said, said
+        os.kill(pid, signal.SIGTERM)  # as it says
+        for _ in range(300):  # the daemon is not our child: watch its pid file go, bounded
+            if not pidfile.exists():
+                break
+            await _pause(0.1)
+        assert not pidfile.exists()
+    finally:
+        _kill_daemon_left(pidfile)

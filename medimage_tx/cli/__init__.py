@@ -21,6 +21,8 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
+
 PROG = "medimage-tx"
 
 COMMANDS: dict[str, str] = {
@@ -37,6 +39,7 @@ COMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="MedImage server for clinics: photos from phones into the clinic's folders.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

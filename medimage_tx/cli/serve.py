@@ -24,7 +24,8 @@ Usage: medimage-tx serve [--daemon] [--pidfile PATH] [--logfile PATH] [server op
 Runs the MedImage server in the foreground, logging to the console, until
 stopped (Ctrl-C or the service manager).
       --daemon          run in the background (Unix only); logs go to
-                        DATA/medimage.log unless --logfile is given
+                        DATA/medimage.log unless --logfile is given; it
+                        says its pid, log file and how to stop it
       --pidfile PATH    process id file [default: DATA/twistd.pid]; --pidfile=
                         for none
       --logfile PATH    log to this file, rotated at 10 MB, 5 old files kept
@@ -90,5 +91,40 @@ def run(args: argparse.Namespace) -> int:
     except usage.UsageError as e:
         print(f"medimage-tx serve: {e}", file=sys.stderr)
         return 2
-    runApp(config)
-    return 0
+    if config["nodaemon"]:
+        runApp(config)
+        return 0
+    return _run_daemon(argv, config)
+
+
+def _run_daemon(argv: list[str], config) -> int:
+    """
+    twistd's daemon start, run as a child: it ends once the daemon has
+    started (0) or failed to (1, its line on stderr); then this process
+    says where the server went: its pid, its log, how to stop it.  (A
+    child, because twistd's own launching process ends inside twistd.)
+    """
+    import subprocess
+
+    started = subprocess.run([sys.executable, "-c", _TWISTD, *argv])
+    if started.returncode == 0:
+        print(started_line(config["pidfile"] or "", config["logfile"] or ""))
+    return started.returncode
+
+
+# twistd's public entry point; it reads its options from sys.argv[1:].
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def started_line(pidfile: str, logfile: str) -> str:
+    from pathlib import Path
+
+    try:
+        pid = Path(pidfile).read_text().strip() if pidfile else ""
+    except OSError:
+        pid = ""
+    log = f"log in {logfile}" if logfile and logfile != "-" else "log to syslog"
+    if not pid:
+        return f"medimage: started in the background ({log}, no pid file)"
+    return (f"medimage: started in the background, pid {pid} (in {pidfile}), {log}. "
+            f"Stop it with: kill {pid}")
