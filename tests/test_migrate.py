@@ -496,3 +496,22 @@ def test_the_originals_folder_cannot_be_this_servers_too(tmp_path, option):
     assert done.stderr.count("\n") == 1 and "a folder of its own" in done.stderr, done.stderr
     assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "ours").exists()
+
+
+@needs_command
+def test_migrate_as_root_with_no_service_user_says_exactly_what_to_run(tmp_path):
+    # Issue 19, item 2, the other way: nobody to hand the files to (root,
+    # no sudo, a new data folder): it says the command that would.
+    import os
+
+    from conftest import skip_here_fail_in_ci
+
+    if os.geteuid() != 0:
+        skip_here_fail_in_ci("needs root")
+    original = original_install(tmp_path / "old")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SUDO_UID", "SUDO_GID")}
+    ours, config = tmp_path / "new", tmp_path / "etc" / "medimage.json"
+    done = run_migrate(original, "--data", str(ours), "--config", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    assert (f"owned by root: if the server runs as another user, give it the files (e.g. chown -R medimage: "
+            f"{ours} {config} {config.parent / 'addons'}) or run again with --user") in done.stdout

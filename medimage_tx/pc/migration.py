@@ -76,7 +76,7 @@ class MigrationReport:
     staged_for_addons: list[str] = field(default_factory=list)  # the server runs add-ons, then copies
     addon_needs: Any = None  # addons.node_modules.AddonNeeds: their Node.js modules and pages
     owner: Optional[ServiceUser] = None  # who the written files belong to; None: who ran it
-    written: list[Path] = field(default_factory=list)  # this server's folders, for the chown hint
+    written: list[Path] = field(default_factory=list)  # what the chown hint names: this server's own
 
     def lines(self) -> list[str]:
         """
@@ -164,7 +164,10 @@ def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = F
     except OSError as e:
         raise MigrationError(f"{source}: cannot read: {e.strerror}") from None
     report = MigrationReport(original=original, config_from=source, config_to=config_path, owner=owner)
-    report.written = sorted({data_dir, config_path.parent})
+    # The config's folder may be a shared one (/etc): the hint names only
+    # what belongs to this server.
+    report.written = [data_dir] if config_path.parent == data_dir else [data_dir, config_path,
+                                                                         config_path.parent / "addons"]
     make_folder_for(owner, config_path.parent)
     make_folder_for(owner, data_dir)
     with writing_as(owner):
