@@ -515,3 +515,32 @@ def test_migrate_as_root_with_no_service_user_says_exactly_what_to_run(tmp_path)
     assert done.returncode == 0, done.stderr
     assert (f"owned by root: if the server runs as another user, give it the files (e.g. chown -R medimage: "
             f"{ours} {config} {config.parent / 'addons'}) or run again with --user") in done.stdout
+
+
+@needs_command
+@pytest_twisted.ensureDeferred
+async def test_migrate_into_the_folder_of_a_running_server_is_refused(tmp_path):
+    # The README's Linux order installs the service (it starts at once)
+    # before a clinic might migrate into its folder.
+    import signal
+
+    from test_readme_claims import readme_says
+
+    readme_says("migrate refuses a data folder a running server uses")
+
+    ours = tmp_path / "var-lib-medimage"
+    server = spawn([str(COMMAND), "serve", "--data", str(ours), "--port", "0", "--no-lan"], str(tmp_path))
+    try:
+        await server.wait_for(rb"Start-up check done")
+        original = original_install(tmp_path / "old")
+        put(original, "P1/arm.jpg", jpeg_bytes(5_000))
+        config_before = (ours / "config.json").read_bytes()
+        done = run_migrate(original, "--data", str(ours))
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.count("\n") == 1 and f"a server (pid {server.transport.pid}) is running" in done.stderr
+        assert (ours / "config.json").read_bytes() == config_before
+        assert not (ours / "photos" / "P1").exists()
+    finally:
+        if not server.ended.called:
+            server.transport.signalProcess(signal.SIGTERM)
+    assert await server.ended_within(60) == -signal.SIGTERM

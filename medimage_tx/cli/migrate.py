@@ -28,10 +28,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pc import service_user
     from ..pc.migration import MigrationError, migrate
-    from ..tap import default_data_dir
+    from ..tap import default_data_dir, running_server
 
     data_dir = Path(args.data) if args.data else default_data_dir()
     config_path = Path(args.config) if args.config else data_dir / "config.json"
+    server = running_server(data_dir.expanduser().absolute() / "twistd.pid")
+    if server is not None:
+        # It would file photos beside it and reload the config mid-way.
+        print(f"medimage: a server (pid {server}) is running with the data folder {data_dir}: stop it first "
+              f"(the service: sudo systemctl stop medimage-tx; in a terminal: Ctrl-C), migrate, then start it "
+              f"again. Nothing was changed.", file=sys.stderr)
+        return 1
     if args.user and not service_user.running_as_root():
         print("medimage: --user needs root (sudo): files go to another user only when root writes them",
               file=sys.stderr)
