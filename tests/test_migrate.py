@@ -544,3 +544,40 @@ async def test_migrate_into_the_folder_of_a_running_server_is_refused(tmp_path):
         if not server.ended.called:
             server.transport.signalProcess(signal.SIGTERM)
     assert await server.ended_within(60) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("where", ["photos", "photos/P1", "photos/P1/x.jpg"])
+def test_a_link_made_after_the_check_is_not_followed_either(tmp_path, where):
+    # The second layer, given directly what the check before it would
+    # have stopped (a link swapped in between the check and the copy).
+    from conftest import write_config
+
+    from medimage_tx.config import load_config
+    from medimage_tx.pc.filing import photo_store
+    from medimage_tx.pc.migration import MigrationReport, _take_over_photos
+
+    secret = tmp_path / "root-only"
+    (secret / "P1").mkdir(parents=True)
+    (secret / "P1" / "x.jpg").write_bytes(jpeg_bytes(3_000, seed=9))
+    original = tmp_path / "old"
+    put(original, "P1/real.jpg", jpeg_bytes(3_000))
+    link = original / where
+    if where == "photos":
+        import shutil
+
+        shutil.rmtree(link)
+        link.symlink_to(secret)
+    elif where == "photos/P1":
+        link.rename(original / "photos" / "P2")
+        link.symlink_to(secret / "P1")
+    else:
+        link.symlink_to(secret / "P1" / "x.jpg")
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    config = load_config(write_config(tmp_path / "new" / "config.json", backupTo=[clinic.as_posix()]))
+    report = MigrationReport(original=original, config_from=original / "config.json",
+                             config_to=config.path)
+    _take_over_photos(original / "photos", photo_store(config, tmp_path / "new"), lambda name: False, report)
+    everywhere = [p.read_bytes() for p in [*(tmp_path / "new").rglob("*"), *clinic.rglob("*")] if p.is_file()]
+    assert jpeg_bytes(3_000, seed=9) not in everywhere
+    assert len(report.not_filed) == 1 and "not followed" in report.not_filed[0][1], report.not_filed

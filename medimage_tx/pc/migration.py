@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 from ..config import DEFAULTS, Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
 from ..errors import Rejected, TryLater
@@ -369,51 +370,107 @@ def _take_over_photos(photos: Path, store: PhotoStore, wants_addons: Callable[[s
     if photos.resolve() == store.photos.resolve():
         return  # the original's folder is this server's own: nothing to move
     report.filed_into = [str(t) for t in store.backup_to] or [str(store.photos)]
-    with as_root():
-        found = sorted(photos.rglob("*"))
-    for path in found:
-        if _is_link(path):
+    try:
+        with as_root():
+            top = _open_folder(photos)
+    except OSError as e:  # a link since the check (ELOOP), or gone
+        report.not_filed.append((".", f"the photos folder itself: {e.strerror}: not followed"))
+        return
+    entries = _files_below(photos, top)
+    while True:
+        with as_root():  # the original's folders and files may be root's alone
+            entry = next(entries, None)
+        if entry is None:
+            return
+        relative, source = entry
+        if source is None:
             # Not a photo the original received: following it would file
             # whatever it points at (any file this user can read).
-            report.not_filed.append((path.relative_to(photos).as_posix(), "a link: not followed"))
+            report.not_filed.append((relative, "a link: not followed"))
             continue
-        if not path.is_file():
-            continue
-        relative = path.relative_to(photos).as_posix()
-        parts = tuple(relative.split("/"))
-        if any(part.startswith(".") for part in parts):
-            report.ignored.append((relative, "hidden file"))
-            continue
-        if relative == ORIGINALS_NOTE:
-            report.ignored.append((relative, "the original's note about this folder, no photo"))
-            continue
-        try:
-            inside(store.photos, relative)
-            if wants_addons(parts[-1]):
-                # Durable and marked as waiting for its add-ons: the server
-                # runs them, then the copies, when it starts (its recovery).
-                stored = store.stage(_staged_copy(path, store.temp), None, parts)
-                if not stored.duplicate:
-                    report.staged_for_addons.append(stored.relative)
+        with source:
+            _take_over(relative, source, store, wants_addons, report)
+
+
+def _take_over(relative: str, source: BinaryIO, store: PhotoStore, wants_addons: Callable[[str], bool],
+               report: MigrationReport) -> None:
+    parts = tuple(relative.split("/"))
+    if any(part.startswith(".") for part in parts):
+        report.ignored.append((relative, "hidden file"))
+        return
+    if relative == ORIGINALS_NOTE:
+        report.ignored.append((relative, "the original's note about this folder, no photo"))
+        return
+    try:
+        inside(store.photos, relative)
+        if wants_addons(parts[-1]):
+            # Durable and marked as waiting for its add-ons: the server
+            # runs them, then the copies, when it starts (its recovery).
+            stored = store.stage(_copy_to_temp(source, store.temp), None, parts)
+            if not stored.duplicate:
+                report.staged_for_addons.append(stored.relative)
+                return
+        else:
+            stored = store.store(_copy_to_temp(source, store.temp), None, parts)
+    except (Rejected, TryLater, OSError) as e:
+        report.not_filed.append((relative, str(e)))
+        return
+    (report.already_there if stored.duplicate else report.filed).append(stored.relative)
+    report.copies_waiting.extend(stored.backup_failures)
+
+
+def _open_folder(folder: Path) -> Optional[int]:
+    """
+    The folder open by descriptor, never through a link; None where there
+    is no C{os.fwalk} (Windows).
+    """
+    if not hasattr(os, "fwalk"):
+        return None
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+
+def _files_below(photos: Path, top: Optional[int]) -> Iterator[tuple[str, Optional[BinaryIO]]]:
+    """
+    Every file below C{photos}, in order: its relative path and the file
+    open for reading, or None for a link (never followed).  The second
+    layer behind L{_refuse_links}, for a link made after that check:
+    folders are entered by descriptor (C{os.fwalk}), never by path again,
+    and files opened with C{O_NOFOLLOW}.
+    """
+    if top is None:  # Windows: by path (the check before is what holds there)
+        for path in sorted(photos.rglob("*")):
+            relative = path.relative_to(photos).as_posix()
+            if _is_link(path):
+                yield relative, None
+            elif path.is_file():
+                yield relative, open(path, "rb")
+        return
+    try:
+        for folder, dirs, files, folder_fd in os.fwalk(dir_fd=top, follow_symlinks=False):
+            dirs.sort()
+            prefix = "" if folder == "." else os.path.relpath(folder, ".").replace(os.sep, "/") + "/"
+            for name in sorted(files + [d for d in dirs if _is_link_at(d, folder_fd)]):
+                if _is_link_at(name, folder_fd):
+                    yield prefix + name, None
                     continue
-            else:
-                stored = store.store(_staged_copy(path, store.temp), None, parts)
-        except (Rejected, TryLater, OSError) as e:
-            report.not_filed.append((relative, str(e)))
-            continue
-        (report.already_there if stored.duplicate else report.filed).append(stored.relative)
-        report.copies_waiting.extend(stored.backup_failures)
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
+                except OSError:
+                    yield prefix + name, None  # turned into a link meanwhile (ELOOP)
+                    continue
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)  # a device or pipe: no photo
+                    continue
+                yield prefix + name, open(fd, "rb")
+    finally:
+        os.close(top)
 
 
-def _staged_copy(path: Path, temp_dir: Path) -> Path:
-    """
-    A flushed copy of C{path} in the store's temporary folder, as an upload
-    would be: the store links it into place and removes it.
-    """
-    with as_root():  # the original's photos may be root's alone; the copy is the owner's
-        source_fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with open(source_fd, "rb") as source:
-        return _copy_to_temp(source, temp_dir)
+def _is_link_at(name: str, folder_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _copy_to_temp(source, temp_dir: Path) -> Path:
