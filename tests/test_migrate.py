@@ -7,6 +7,7 @@ config.json copied unchanged, its waiting photos filed as if just received
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -581,3 +582,40 @@ def test_a_link_made_after_the_check_is_not_followed_either(tmp_path, where):
     everywhere = [p.read_bytes() for p in [*(tmp_path / "new").rglob("*"), *clinic.rglob("*")] if p.is_file()]
     assert jpeg_bytes(3_000, seed=9) not in everywhere
     assert len(report.not_filed) == 1 and "not followed" in report.not_filed[0][1], report.not_filed
+
+
+@pytest.mark.parametrize("where", ["addons", "addons/medtech32", "addons/medtech32/run.sh"])
+def test_an_add_on_link_made_after_the_check_is_not_followed_either(tmp_path, where):
+    # As for the photos: the add-ons copy given directly what the check
+    # before it would have stopped.
+    from medimage_tx.pc.migration import MigrationReport, _copy_addons
+
+    secret = tmp_path / "root-only"
+    (secret / "medtech32").mkdir(parents=True)
+    (secret / "medtech32" / "run.sh").write_text("echo secret\n")
+    (secret / "run.sh").write_text("echo secret\n")
+    original = original_install(tmp_path / "old")
+    script = original / "addons" / "medtech32" / "run.sh"
+    script.write_text("echo original\n")
+    script.chmod(0o755)
+    link = original / where
+    if where == "addons":
+        import shutil
+
+        shutil.rmtree(link)
+        link.symlink_to(secret)
+    elif where == "addons/medtech32":
+        link.rename(original / "addons" / "other")
+        link.symlink_to(secret / "medtech32")
+    else:
+        link.unlink()
+        link.symlink_to(secret / "run.sh")
+    (tmp_path / "new").mkdir()
+    report = MigrationReport(original=original, config_from=original / "config.json",
+                             config_to=tmp_path / "new" / "config.json")
+    _copy_addons(original / "addons", tmp_path / "new" / "addons", False, report)
+    copied = [p for p in (tmp_path / "new").rglob("*")]
+    assert not any(p.is_symlink() or (p.is_file() and b"secret" in p.read_bytes()) for p in copied), copied
+    assert len(report.not_filed) == 1 and "not followed" in report.not_filed[0][1], report.not_filed
+    if where == "addons/medtech32":
+        assert os.access(tmp_path / "new" / "addons" / "other" / "run.sh", os.X_OK)  # modes kept

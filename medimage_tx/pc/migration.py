@@ -305,7 +305,7 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
     this server's config.json, where the add-on service reads them.
     """
     with as_root():
-        report.addons = sorted(p.name for p in source.iterdir() if p.is_dir())
+        report.addons = sorted(p.name for p in source.iterdir() if p.is_dir() and not _is_link(p))
     if source.resolve() == dest.resolve():
         report.addons_to = dest
         return
@@ -324,10 +324,17 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
             report.addons_kept_as = kept
         else:
             dest.rmdir()
+    try:
+        with as_root():
+            top = _open_folder(source)
+    except OSError as e:  # a link since the check (ELOOP), or gone
+        report.not_filed.append(("addons", f"the addons folder itself: {e.strerror}: not followed"))
+        return
     temp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".addons-", suffix=".tmp"))
     try:
         with as_root():  # the original's files may be root's alone
-            shutil.copytree(source, temp, dirs_exist_ok=True, symlinks=True)
+            for link in _copy_folder(source, top, temp):
+                report.not_filed.append((f"addons/{link}", "a link: not followed"))
             give_tree(report.owner, temp)
         os.replace(temp, dest)  # all of them or none
     except BaseException:
@@ -335,6 +342,40 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
         raise
     fsync_folder(dest.parent)
     report.addons_to = dest
+
+
+def _copy_folder(source: Path, top: Optional[int], dest: Path) -> list[str]:
+    """
+    C{source} (open as C{top}) copied into C{dest}, modes kept, following no
+    link: the second layer behind L{_refuse_links}, as for the photos.
+    Returns the links left out.
+    """
+    if top is None:  # Windows: by path (the check before is what holds there)
+        shutil.copytree(source, dest, dirs_exist_ok=True, symlinks=True)
+        return []
+    links = []
+    try:
+        for folder, dirs, files, folder_fd in os.fwalk(dir_fd=top, follow_symlinks=False):
+            relative = os.path.relpath(folder, ".")
+            here = dest / relative
+            here.mkdir(exist_ok=True)
+            prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+            links += [prefix + d for d in dirs if _is_link_at(d, folder_fd)]
+            for name in files:
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
+                except OSError:
+                    links.append(prefix + name)
+                    continue
+                with open(fd, "rb") as f:
+                    mode = os.fstat(fd).st_mode
+                    if stat.S_ISREG(mode):
+                        with open(here / name, "wb") as out:
+                            shutil.copyfileobj(f, out)
+                        os.chmod(here / name, stat.S_IMODE(mode))  # scripts stay runnable
+    finally:
+        os.close(top)
+    return sorted(links)
 
 
 def _same_tree(a: Path, b: Path) -> bool:
