@@ -183,7 +183,7 @@ def _plan(name: str, user: str, data: Path, carry: Optional[Path], unit: Path) -
                   f"owned by {user}")
     else:
         config = f"- no config.json to carry: the service's first start writes the defaults in {data}"
-    return [f"medimage-tx service install would:", first, f"- make {data}, owned by {user}", config,
+    return ["medimage-tx service install would:", first, f"- make {data}, owned by {user}", config,
             f"- write {unit} (below), then: systemctl daemon-reload; systemctl enable --now {name}.service",
             f"The user {user} needs write access to the practice folder (backupTo) and any network share "
             f"(README, Start at boot).", ""]

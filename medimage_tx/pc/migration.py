@@ -19,11 +19,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 from ..config import DEFAULTS, Config, ConfigError, fsync_folder, load_config, parse_config, write_bytes_atomically
 from ..errors import Rejected, TryLater
@@ -35,6 +34,7 @@ from ..addons.pipeline import event_for
 from ..addons.python_api import discover
 from ..addons.registry import DEFAULT_REGISTRY, Registry
 from .filing import photo_store
+from .original_folder import copy_folder, files_below, is_link, links_below, open_folder, read_no_link
 from .service_user import ServiceUser, as_root, give_tree, make_folder_for, writing_as
 
 #: What a replaced config.json of ours is renamed to (never deleted).
@@ -125,8 +125,8 @@ class MigrationReport:
             folders = " ".join(str(p) for p in self.written)
             out.append(f"Everything written here is owned by root: if the server runs as another user, "
                        f"give it the files (e.g. chown -R medimage: {folders}) or run again with --user.")
-        out.append(f"The original's files are left as they were: stop the original server for good "
-                   f"(rename its config.json) before starting this one.")
+        out.append("The original's files are left as they were: stop the original server for good "
+                   "(rename its config.json) before starting this one.")
         return out
 
 
@@ -157,7 +157,7 @@ def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = F
     data_dir = data_dir.expanduser().absolute()
     _refuse_own_folder(original, config_path, data_dir)
     try:
-        source_bytes = _read_no_link(source)
+        source_bytes = read_no_link(source)
         # Usable at its new place (relative paths there), before anything is touched.
         parse_config(load_config(source).raw, config_path)
     except ConfigError as e:
@@ -199,24 +199,12 @@ def _refuse_links(original: Path) -> None:
     one would take in whatever it points at (a root-only folder's files
     filed as photos any user can read).
     """
-    found = [path for name in READ for path in _tree(original / name) if _is_link(path)]
-    found += [original / name for name in READ_TOP_ONLY if _is_link(original / name)]
+    found = [path for name in READ for path in links_below(original / name)]
+    found += [original / name for name in READ_TOP_ONLY if is_link(original / name)]
     if found:
         raise MigrationError(f"{found[0]}: a link; migrate follows no links (it would take in whatever "
                              f"the link points at): put the real file or folder there, or remove "
                              f"the link, and run again. Nothing was changed.")
-
-
-def _tree(top: Path):
-    yield top
-    if top.is_dir() and not _is_link(top):
-        for folder, dirs, files in os.walk(top):  # never into linked folders
-            for name in dirs + files:
-                yield Path(folder, name)
-
-
-def _is_link(path: Path) -> bool:
-    return path.is_symlink() or bool(getattr(path, "is_junction", lambda: False)())
 
 
 def _bring_addon_needs(original: Path, parent_dir: Path, owner: Optional[ServiceUser]):
@@ -250,11 +238,6 @@ def _refuse_own_folder(original: Path, config_path: Path, data_dir: Path) -> Non
                                  f"this server a folder of its own (e.g. --data {original}Tx) and run again, "
                                  f"so that renaming the original's config.json cannot unpair it. Nothing was "
                                  f"changed.")
-
-
-def _read_no_link(path: Path) -> bytes:
-    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
-        return f.read()
 
 
 def _copy_config(source_bytes: bytes, config_path: Path, replace: bool, report: MigrationReport) -> None:
@@ -305,7 +288,7 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
     this server's config.json, where the add-on service reads them.
     """
     with as_root():
-        report.addons = sorted(p.name for p in source.iterdir() if p.is_dir() and not _is_link(p))
+        report.addons = sorted(p.name for p in source.iterdir() if p.is_dir() and not is_link(p))
     if source.resolve() == dest.resolve():
         report.addons_to = dest
         return
@@ -326,14 +309,14 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
             dest.rmdir()
     try:
         with as_root():
-            top = _open_folder(source)
+            top = open_folder(source)
     except OSError as e:  # a link since the check (ELOOP), or gone
         report.not_filed.append(("addons", f"the addons folder itself: {e.strerror}: not followed"))
         return
     temp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".addons-", suffix=".tmp"))
     try:
         with as_root():  # the original's files may be root's alone
-            for link in _copy_folder(source, top, temp):
+            for link in copy_folder(source, top, temp):
                 report.not_filed.append((f"addons/{link}", "a link: not followed"))
             give_tree(report.owner, temp)
         os.replace(temp, dest)  # all of them or none
@@ -342,40 +325,6 @@ def _copy_addons(source: Path, dest: Path, replace: bool, report: MigrationRepor
         raise
     fsync_folder(dest.parent)
     report.addons_to = dest
-
-
-def _copy_folder(source: Path, top: Optional[int], dest: Path) -> list[str]:
-    """
-    C{source} (open as C{top}) copied into C{dest}, modes kept, following no
-    link: the second layer behind L{_refuse_links}, as for the photos.
-    Returns the links left out.
-    """
-    if top is None:  # Windows: by path (the check before is what holds there)
-        shutil.copytree(source, dest, dirs_exist_ok=True, symlinks=True)
-        return []
-    links = []
-    try:
-        for folder, dirs, files, folder_fd in os.fwalk(dir_fd=top, follow_symlinks=False):
-            relative = os.path.relpath(folder, ".")
-            here = dest / relative
-            here.mkdir(exist_ok=True)
-            prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-            links += [prefix + d for d in dirs if _is_link_at(d, folder_fd)]
-            for name in files:
-                try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
-                except OSError:
-                    links.append(prefix + name)
-                    continue
-                with open(fd, "rb") as f:
-                    mode = os.fstat(fd).st_mode
-                    if stat.S_ISREG(mode):
-                        with open(here / name, "wb") as out:
-                            shutil.copyfileobj(f, out)
-                        os.chmod(here / name, stat.S_IMODE(mode))  # scripts stay runnable
-    finally:
-        os.close(top)
-    return sorted(links)
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -413,11 +362,11 @@ def _take_over_photos(photos: Path, store: PhotoStore, wants_addons: Callable[[s
     report.filed_into = [str(t) for t in store.backup_to] or [str(store.photos)]
     try:
         with as_root():
-            top = _open_folder(photos)
+            top = open_folder(photos)
     except OSError as e:  # a link since the check (ELOOP), or gone
         report.not_filed.append((".", f"the photos folder itself: {e.strerror}: not followed"))
         return
-    entries = _files_below(photos, top)
+    entries = files_below(photos, top)
     while True:
         with as_root():  # the original's folders and files may be root's alone
             entry = next(entries, None)
@@ -458,60 +407,6 @@ def _take_over(relative: str, source: BinaryIO, store: PhotoStore, wants_addons:
         return
     (report.already_there if stored.duplicate else report.filed).append(stored.relative)
     report.copies_waiting.extend(stored.backup_failures)
-
-
-def _open_folder(folder: Path) -> Optional[int]:
-    """
-    The folder open by descriptor, never through a link; None where there
-    is no C{os.fwalk} (Windows).
-    """
-    if not hasattr(os, "fwalk"):
-        return None
-    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-
-
-def _files_below(photos: Path, top: Optional[int]) -> Iterator[tuple[str, Optional[BinaryIO]]]:
-    """
-    Every file below C{photos}, in order: its relative path and the file
-    open for reading, or None for a link (never followed).  The second
-    layer behind L{_refuse_links}, for a link made after that check:
-    folders are entered by descriptor (C{os.fwalk}), never by path again,
-    and files opened with C{O_NOFOLLOW}.
-    """
-    if top is None:  # Windows: by path (the check before is what holds there)
-        for path in sorted(photos.rglob("*")):
-            relative = path.relative_to(photos).as_posix()
-            if _is_link(path):
-                yield relative, None
-            elif path.is_file():
-                yield relative, open(path, "rb")
-        return
-    try:
-        for folder, dirs, files, folder_fd in os.fwalk(dir_fd=top, follow_symlinks=False):
-            dirs.sort()
-            prefix = "" if folder == "." else os.path.relpath(folder, ".").replace(os.sep, "/") + "/"
-            for name in sorted(files + [d for d in dirs if _is_link_at(d, folder_fd)]):
-                if _is_link_at(name, folder_fd):
-                    yield prefix + name, None
-                    continue
-                try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
-                except OSError:
-                    yield prefix + name, None  # turned into a link meanwhile (ELOOP)
-                    continue
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.close(fd)  # a device or pipe: no photo
-                    continue
-                yield prefix + name, open(fd, "rb")
-    finally:
-        os.close(top)
-
-
-def _is_link_at(name: str, folder_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
 
 
 def _copy_to_temp(source, temp_dir: Path) -> Path:
