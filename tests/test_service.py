@@ -221,3 +221,28 @@ def test_install_warns_when_the_service_user_cannot_write_the_practice_folder(ma
     (units / "medimage-tx.service").unlink()
     again = service(env, "install", "--user", SERVICE_USER, "--data", str(root / "data"), "--unit-folder", str(units))
     assert again.returncode == 0 and "cannot write" not in again.stderr, again.stderr
+
+
+def test_install_warns_when_the_first_start_still_holds_the_port(machine):
+    # The README's first start (`make run`) keeps no pid file: a port in
+    # use is how install can tell the service would not start.
+    import socket
+
+    from conftest import skip_here_fail_in_ci
+    from test_readme_claims import readme_says
+
+    if os.geteuid() != 0:
+        skip_here_fail_in_ci("service install needs root")
+    readme_says("once the first start has its settings (stop it first, Ctrl-C)")
+    root, units, asked, env = machine
+    with socket.socket() as first_start_still_running:
+        first_start_still_running.bind(("127.0.0.1", 0))  # 0.0.0.0 on the same port is refused too
+        first_start_still_running.listen()
+        port = first_start_still_running.getsockname()[1]
+        home_config = Path(env["HOME"]) / "MedImage" / "config.json"
+        home_config.parent.mkdir(parents=True)
+        home_config.write_text(json.dumps({"listenPort": port}))
+        done = service(env, "install", "--user", SERVICE_USER, "--data", str(root / "data"),
+                       "--unit-folder", str(units))
+    assert done.returncode == 0, done.stderr
+    assert f"warning: port {port}: Address already in use: another server holds it" in done.stderr

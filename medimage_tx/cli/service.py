@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         print(text, end="")
         return 0
-    return _install(args.name, args.user, data, text, unit, carry)
+    return _install(args.name, args.user, data, text, unit, carry, args.server_options)
 
 
 def _config_to_carry(explicit: Optional[str], data: Path) -> Optional[Path]:
@@ -189,7 +189,8 @@ def _plan(name: str, user: str, data: Path, carry: Optional[Path], unit: Path) -
             f"(README, Start at boot).", ""]
 
 
-def _install(name: str, user: str, data: Path, text: str, unit: Path, carry: Optional[Path]) -> int:
+def _install(name: str, user: str, data: Path, text: str, unit: Path, carry: Optional[Path],
+             server_options: list[str]) -> int:
     if os.geteuid() != 0:
         print("medimage-tx service install: needs root (sudo)", file=sys.stderr)
         return 1
@@ -215,6 +216,9 @@ def _install(name: str, user: str, data: Path, text: str, unit: Path, carry: Opt
               "server: install it under /opt (README)", file=sys.stderr)
     for line in _unwritable_targets(data / "config.json", owner):
         print(f"warning: {line}", file=sys.stderr)
+    busy = _port_taken(data / "config.json", server_options)
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
     unit.write_text(text)
     _run(["systemctl", "daemon-reload"])
     _run(["systemctl", "enable", "--now", f"{name}.service"])
@@ -267,6 +271,31 @@ def _unwritable_targets(config_path: Path, owner) -> list[str]:
             if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK, effective_ids=True):
                 out.append(f"the service user cannot write {folder}: give it write access (README, Start at boot)")
     return out
+
+
+def _port_taken(config_path: Path, server_options: list[str]) -> str:
+    """
+    Why the service could not listen on its port now (the README's first
+    start, `make run`, still running in a terminal: it keeps no pid file),
+    or "".
+    """
+    from ..config import ConfigError, load_config
+    from ..tap import listen_problem
+
+    port = None
+    for option, value in zip(server_options, server_options[1:]):
+        if option in ("--port", "-p") and value.isdigit():
+            port = int(value)
+    if port is None:
+        try:
+            port = load_config(config_path).listenPort if config_path.exists() else 5566
+        except (ConfigError, OSError):
+            return ""
+    problem = listen_problem(port, "0.0.0.0")
+    if problem is None:
+        return ""
+    return (f"port {port}: {problem}: another server holds it (the first start still running? stop it, "
+            f"Ctrl-C); the service starts once it is free")
 
 
 def _status(name: str, unit: Path) -> int:
