@@ -235,7 +235,8 @@ def _refuse_own_folder(original: Path, config_path: Path, data_dir: Path) -> Non
             same = False
         if same:
             raise MigrationError(f"{original} is the original's folder and also this server's ({what}): give "
-                                 f"this server a folder of its own (e.g. --data {original}Tx) and run again, "
+                                 f"this server a folder of its own (the service's: C:\\ProgramData\\medimage-tx on "
+                                 f"Windows, /var/lib/medimage on Linux) and run again, "
                                  f"so that renaming the original's config.json cannot unpair it. Nothing was "
                                  f"changed.")
 
