@@ -353,7 +353,7 @@ needs_command = pytest.mark.skipif(not COMMAND.exists(), reason=f"no medimage-tx
 
 @needs_command
 @pytest.mark.parametrize("where", ["photos", "config.json", "addons", "photos/P1", "photos/P1/x.jpg",
-                                   "addons/medtech32/run.sh"])
+                                   "addons/medtech32/run.sh", "node_modules", "public"])
 def test_a_link_anywhere_it_reads_stops_migrate_with_one_line_and_changes_nothing(tmp_path, where):
     # Issue 19, item 1: root ran migrate on a folder whose `photos` was a
     # link to a root-only folder, and filed what it held as 0644 photos.
@@ -380,7 +380,7 @@ def test_a_link_anywhere_it_reads_stops_migrate_with_one_line_and_changes_nothin
     link.parent.mkdir(parents=True, exist_ok=True)
     pointed = {"photos": secret, "config.json": secret / "config.json", "addons": secret,
                "photos/P1": secret / "P1", "photos/P1/x.jpg": secret / "P1" / "x.jpg",
-               "addons/medtech32/run.sh": secret / "run.sh"}[where]
+               "addons/medtech32/run.sh": secret / "run.sh", "node_modules": secret, "public": secret}[where]
     link.symlink_to(pointed)
     ours, clinic = tmp_path / "new", tmp_path / "clinic"
 
