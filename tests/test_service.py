@@ -107,19 +107,17 @@ def service(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(COMMAND), "service", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
-def first_start(env: dict, cwd: Path) -> Path:
+async def first_start(env: dict, cwd: Path) -> Path:
     """
     The README's first start (`make run`, Ctrl-C): ~/MedImage/config.json.
     """
-    process = subprocess.Popen([str(COMMAND), "serve", "--port", "0", "--no-lan"], cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = spawn([str(COMMAND), "serve", "--port", "0", "--no-lan"], str(cwd), env=env)
     try:
-        for line in process.stdout:  # bounded by pytest-timeout; the server says when it is up
-            if b"Start-up check done" in line:
-                break
+        await process.wait_for(rb"Start-up check done")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        if not process.ended.called:
+            process.transport.signalProcess(signal.SIGINT)  # Ctrl-C
+    assert await process.ended_within(60) in (0, -signal.SIGINT), process.output
     return Path(env["HOME"]) / "MedImage" / "config.json"
 
 
@@ -133,7 +131,7 @@ async def test_install_after_the_first_start_gives_a_service_with_the_clinics_se
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         skip_here_fail_in_ci("service install needs root (and setpriv to run as its user)")
     root, units, asked, env = machine
-    config = first_start(env, root)
+    config = await first_start(env, root)
     practice = root / "practice"
     practice.mkdir()
     shutil.chown(practice, SERVICE_USER, SERVICE_USER)
