@@ -18,6 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from medimage_tx.addons.public import ensure_standard_files
+
 from medimage_tx.addons import installer
 from medimage_tx.addons.installer import InstallError
 from medimage_tx.addons.registry import Registry
@@ -96,7 +98,8 @@ def test_without_node_the_install_says_so_in_one_line_with_a_link(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "Node.js" in lines[0] and "https://nodejs.org" in lines[0]
-    assert sorted(p.name for p in (config.parent / "addons").iterdir()) == ["config.json"]
+    # Nothing of the add-on's; the standard session.js is the server's own.
+    assert sorted(p.name for p in (config.parent / "addons").iterdir()) == ["basic-authentication", "config.json"]
     # An add-on that needs no Node.js installs with that PATH.
     plain = tmp_path / "plain.zip"
     plain.write_bytes(make_zip({"name": "plain", "installCommands": {"all": ["sh install.sh"]}},
@@ -162,8 +165,13 @@ def test_a_failed_install_puts_back_the_pages_it_copied_and_changed(tmp_path):
          "page.html": "wound page"}))
     done = cli("--config", str(config), "install", str(zip_path))
     assert done.returncode == 1 and "exit status 7" in done.stderr
-    assert sorted(p.relative_to(public).as_posix() for p in public.rglob("*")) == [
-        "components", "components/header.html", "pages", "pages/index.html"]
+    # As before the install, plus the standard pages the server writes
+    # where missing (never over the clinic's own header).
+    standard = tmp_path / "standard"
+    ensure_standard_files(standard)
+    expected = {"components", "components/header.html", "pages", "pages/index.html"} | {
+        p.relative_to(standard / "public").as_posix() for p in (standard / "public").rglob("*")}
+    assert sorted(p.relative_to(public).as_posix() for p in public.rglob("*")) == sorted(expected)
     assert (public / "pages" / "index.html").read_text() == "the clinic's page"
     assert (public / "components" / "header.html").read_text() == "<nav>menu</nav>"
-    assert sorted(p.name for p in (config.parent / "addons").iterdir()) == ["config.json"]
+    assert sorted(p.name for p in (config.parent / "addons").iterdir()) == ["basic-authentication", "config.json"]
