@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -90,6 +91,84 @@ def same_content(path: Path, other: Path) -> bool:
         return False
 
 
+#: Different photos under one name: C{name}, C{name-1}, ... up to this.
+MAX_NUMBER = 100000
+#: Names whose photos' digests are kept in memory (least recently used
+#: forgotten first; a forgotten name is read again once when next taken).
+NAMES_REMEMBERED = 1024
+
+
+def file_digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def _digest_or_none(path: Path) -> Optional[bytes]:
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+
+class NameFamily:
+    """
+    The photos stored under one name (C{arm.jpg}, C{arm-1.jpg}, ...): which
+    numbers are taken, and the digest of each photo where known.
+    """
+
+    def __init__(self):
+        self._digests: dict[int, Optional[bytes]] = {}
+        self._numbers: dict[bytes, int] = {}
+
+    def taken(self, number: int, digest: Optional[bytes]) -> None:
+        self.forget(number)
+        self._digests[number] = digest
+        if digest is not None:
+            self._numbers[digest] = number
+
+    def forget(self, number: int) -> None:
+        digest = self._digests.pop(number, None)
+        if digest is not None and self._numbers.get(digest) == number:
+            del self._numbers[digest]
+
+    def unknown(self) -> list[int]:
+        return [number for number, digest in self._digests.items() if digest is None]
+
+    def number_of(self, digest: bytes) -> Optional[int]:
+        return self._numbers.get(digest)
+
+    def free_from(self, number: int) -> int:
+        """
+        The first number from C{number} on not known to be taken.
+        """
+        while number in self._digests:
+            number += 1
+        return number
+
+
+class NameFamilies:
+    """
+    L{NameFamily} by first name (C{folders/arm.jpg}), at most
+    L{NAMES_REMEMBERED} of them.
+    """
+
+    def __init__(self, limit: int = NAMES_REMEMBERED):
+        self.limit = limit
+        self._families: OrderedDict[str, NameFamily] = OrderedDict()
+
+    def get(self, name: str) -> Optional[NameFamily]:
+        family = self._families.get(name)
+        if family is not None:
+            self._families.move_to_end(name)
+        return family
+
+    def add(self, name: str, family: NameFamily) -> NameFamily:
+        self._families[name] = family
+        while len(self._families) > self.limit:
+            self._families.popitem(last=False)
+        return family
+
+
 def link_no_overwrite(source: Path, dest: Path) -> None:
     """
     Put C{source}'s file at C{dest} atomically, failing with
@@ -149,6 +228,9 @@ class PhotoStore:
         #: them (and, with keepMaster off, every unmarked staged file) alone.
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        #: What is known of the photos under names already taken.
+        self._names = NameFamilies()
+        self._names_lock = threading.Lock()
 
     def _make_folders(self, folder: Path) -> None:
         """
@@ -275,50 +357,125 @@ class PhotoStore:
         with self._busy_lock:
             return frozenset(self._busy)
 
-    def _candidates(self, folder: tuple[str, ...], stem: str, extension: str) -> Iterator[str]:
-        for number in range(100000):
-            yield "/".join(folder + (with_suffix_number(stem, number) + extension,))
-        raise TryLater("Too many different photos with this name")
+    def _name(self, folder: tuple[str, ...], stem: str, extension: str, number: int) -> str:
+        return "/".join(folder + (with_suffix_number(stem, number) + extension,))
+
+    def _places(self, relative: str) -> list[Path]:
+        places = [inside(self.photos, relative)]
+        if self.backup_to and not self.keep_master:
+            # The staged copy moves on; the target keeps the name.
+            places.append(inside(self.backup_to[0], relative))
+        return places
 
     def _link_into_photos(self, temp_path: Path, parts: Sequence[str],
                           addons: bool = False) -> tuple[str, bool]:
         stem, extension = _split_name(parts[-1])
-        self._make_folders(self.photos.joinpath(*parts[:-1]))
-        for relative in self._candidates(tuple(parts[:-1]), stem, extension):
-            while True:
-                places = [inside(self.photos, relative)]
-                if self.backup_to and not self.keep_master:
-                    # The staged copy moves on; the target keeps the name.
-                    places.append(inside(self.backup_to[0], relative))
-                existing = [p for p in places if p.exists()]
-                if existing:
-                    if all(same_content(p, temp_path) for p in existing):
-                        return relative, True
-                    break  # a different photo has this name: try the next
-                dest = places[0]
-                # Busy before it appears: a retry must not copy it (or move
-                # it away) before its add-ons have run.
-                held = addons and self.hold(relative)
-                try:
-                    link_no_overwrite(temp_path, dest)
-                except FileExistsError:
-                    if held:
-                        self.release(relative)
-                    continue  # someone got there first: look again
-                except BaseException:
-                    if held:
-                        self.release(relative)
-                    raise
-                if addons:
-                    # The phone's 200 comes before the add-ons and copies:
-                    # the mark must survive a crash.
-                    self.mark_pending(relative, addons=True)
-                    _fsync_quietly(self._marker(relative))
-                else:
-                    self.mark_pending(relative)
-                fsync_folder(dest.parent)
+        folder = tuple(parts[:-1])
+        self._make_folders(self.photos.joinpath(*folder))
+        first = self._name(folder, stem, extension, 0)
+        # The common case: the name is free, and nothing is read or hashed.
+        if not any(p.exists() for p in self._places(first)) and self._link(temp_path, first, addons):
+            with self._names_lock:
+                family = self._names.get(first)
+                if family is not None:
+                    family.taken(0, None)  # its digest is read if the name is taken again
+            return first, False
+        # The name is taken: find these bytes among the photos under it by
+        # their digest (finding 19.1: comparing with each of them made
+        # every upload of a flooded name read them all).
+        digest = file_digest(temp_path)
+        with self._names_lock:
+            family = self._names.get(first)
+            if family is None:
+                family = self._names.add(first, self._scan(folder, stem, extension))
+            return self._place_under_taken_name(temp_path, digest, family, folder, stem,
+                                                extension, addons)
+
+    def _digest_at(self, relative: str) -> tuple[bool, Optional[bytes]]:
+        """
+        Whether a photo is under C{relative} (in photos/, or moved on to the
+        first target), and its digest (None if its copies differ or
+        cannot be read).
+        """
+        existing = [p for p in self._places(relative) if p.exists()]
+        digests = {_digest_or_none(p) for p in existing}
+        return bool(existing), (digests.pop() if len(digests) == 1 else None)
+
+    def _scan(self, folder: tuple[str, ...], stem: str, extension: str) -> "NameFamily":
+        """
+        Read the photos under a name once (the first collision since start):
+        C{name}, C{name-1}, ... up to the first free number.
+        """
+        family = NameFamily()
+        for number in range(MAX_NUMBER):
+            exists, digest = self._digest_at(self._name(folder, stem, extension, number))
+            if not exists:
+                break
+            family.taken(number, digest)
+        return family
+
+    def _place_under_taken_name(self, temp_path: Path, digest: bytes, family: "NameFamily",
+                                folder: tuple[str, ...], stem: str, extension: str,
+                                addons: bool) -> tuple[str, bool]:
+        # Photos linked under the first name while nothing was hashed: read
+        # once each, then known.
+        for number in family.unknown():
+            exists, found = self._digest_at(self._name(folder, stem, extension, number))
+            family.taken(number, found) if exists else family.forget(number)
+        number = family.number_of(digest)
+        if number is not None:
+            relative = self._name(folder, stem, extension, number)
+            existing = [p for p in self._places(relative) if p.exists()]
+            if existing and all(same_content(p, temp_path) for p in existing):
+                return relative, True  # sent again: the photo is already here
+            family.forget(number)  # moved away, or changed by someone else
+        number = 0
+        while True:
+            number = family.free_from(number)
+            if number >= MAX_NUMBER:
+                raise TryLater("Too many different photos with this name")
+            relative = self._name(folder, stem, extension, number)
+            exists, found = self._digest_at(relative)
+            if exists:
+                # A photo the index did not know of (another name's numbered
+                # one, or put there meanwhile): read once, then known.
+                family.taken(number, found)
+                if found == digest:
+                    return relative, True
+                continue
+            if self._link(temp_path, relative, addons):
+                family.taken(number, digest)
                 return relative, False
-        raise AssertionError("unreachable")
+            # Someone got there first: look at the same number again.
+
+    def _link(self, temp_path: Path, relative: str, addons: bool) -> bool:
+        """
+        Link the photo into place under C{relative}; False if the name was
+        taken meanwhile.
+        """
+        dest = inside(self.photos, relative)
+        # Busy before it appears: a retry must not copy it (or move it
+        # away) before its add-ons have run.
+        held = addons and self.hold(relative)
+        try:
+            link_no_overwrite(temp_path, dest)
+        except FileExistsError:
+            if held:
+                self.release(relative)
+            return False
+        except BaseException:
+            if held:
+                self.release(relative)
+            raise
+        if addons:
+            # The phone's 200 comes before the add-ons and copies: the mark
+            # must survive a crash.
+            self.mark_pending(relative, addons=True)
+            _fsync_quietly(self._marker(relative))
+        else:
+            self.mark_pending(relative)
+        fsync_folder(dest.parent)
+        return True
 
     # Backups
 

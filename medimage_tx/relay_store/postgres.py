@@ -58,6 +58,8 @@ from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, quota_exceeded, 
 from twisted.internet.threads import deferToThread
 
 CHANNEL = "medimage_relay"
+#: Different photos under one name: C{name}, C{name-1}, ... up to this.
+MAX_NUMBER = 100000
 #: How often each node looks for leases that ran out (on nodes that died,
 #: too) and wakes the long polls waiting for them.
 SWEEP_SECONDS = 5.0
@@ -213,17 +215,9 @@ class PostgresRelayStore:
         conn.execute("SELECT pg_advisory_xact_lock(1, hashtext(%s))", (paired_id,))
         held = conn.execute("SELECT coalesce(sum(size), 0) FROM relay_photos WHERE paired_id = %s",
                             (paired_id,)).fetchone()[0]
-        stem, extension = split_name(parts[-1])
-        for number in range(100000):
-            relative = "/".join(parts[:-1] + (with_suffix_number(stem, number) + extension,))
-            same = conn.execute("SELECT sha256 = %s FROM relay_photos WHERE relative = %s",
-                                (digest, relative)).fetchone()
-            if same is None:
-                break
-            if same[0]:
-                return relative, True
-        else:
-            raise TryLater("Too many different photos with this name")
+        relative, duplicate, number = self._name_for(conn, parts, digest)
+        if duplicate:
+            return relative, True
         if held + len(body) > quota:
             raise quota_exceeded()
         # In all: uploads to other ids committing at this moment are not
@@ -232,11 +226,41 @@ class PostgresRelayStore:
         if total + len(body) > total_limit:
             raise relay_full()
         conn.execute(
-            "INSERT INTO relay_photos (paired_id, relative, size, sha256, body, queued_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (paired_id, relative, len(body), digest, body, now))
+            "INSERT INTO relay_photos (paired_id, relative, size, sha256, body, queued_at, "
+            "first_name, name_number) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (paired_id, relative, len(body), digest, body, now, "/".join(parts), number))
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, paired_id))
         return relative, False
+
+    @staticmethod
+    def _name_for(conn, parts: tuple[str, ...], digest: bytes) -> tuple[str, bool, int]:
+        """
+        Where a photo sent under C{parts} goes: C{(relative, duplicate,
+        number)}.  The same bytes under that name (or at that very path)
+        are a duplicate; else the name itself if free, or the number after
+        the highest under it: a few indexed look-ups, however many photos
+        the name has.
+        """
+        first = "/".join(parts)
+        row = conn.execute(
+            "SELECT relative FROM relay_photos WHERE (first_name = %s OR relative = %s) "
+            "AND sha256 = %s LIMIT 1", (first, first, digest)).fetchone()
+        if row is not None:
+            return row[0], True, 0
+        stem, extension = split_name(parts[-1])
+        highest = conn.execute(
+            "SELECT max(name_number) FROM relay_photos WHERE first_name = %s", (first,)).fetchone()[0]
+        number = 0
+        while number < MAX_NUMBER:
+            relative = "/".join(parts[:-1] + (with_suffix_number(stem, number) + extension,))
+            taken = conn.execute("SELECT 1 FROM relay_photos WHERE relative = %s",
+                                 (relative,)).fetchone()
+            if taken is None:
+                return relative, False, number
+            # Taken: past the highest of this name (a name like "arm-1.jpg"
+            # sent as such takes arm.jpg's number 1; the next is looked at).
+            number = max(number + 1, (highest or 0) + 1)
+        raise TryLater("Too many different photos with this name")
 
     def peek(self, paired_id: str) -> Deferred:
         """

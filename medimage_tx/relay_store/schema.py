@@ -67,6 +67,18 @@ STEPS: list[tuple[str, ...]] = [
         # For the expiry of photos nobody collected.
         "CREATE INDEX relay_photos_age ON relay_photos (queued_at)",
     ),
+    # Version 3: photos under one name found by digest (finding 19.1: the
+    # duplicate check asked once per photo under the name).  Each row keeps
+    # the name it was sent under (number 0) and its number under it;
+    # earlier rows count as sent under their own name.
+    (
+        "ALTER TABLE relay_photos ADD COLUMN first_name text",
+        "ALTER TABLE relay_photos ADD COLUMN name_number integer NOT NULL DEFAULT 0",
+        "UPDATE relay_photos SET first_name = relative",
+        "ALTER TABLE relay_photos ALTER COLUMN first_name SET NOT NULL",
+        "CREATE INDEX relay_photos_by_digest ON relay_photos (first_name, sha256)",
+        "CREATE INDEX relay_photos_by_number ON relay_photos (first_name, name_number)",
+    ),
 ]
 
 VERSION = len(STEPS)
