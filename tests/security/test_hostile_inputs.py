@@ -325,7 +325,11 @@ async def test_fuzz_uploads_through_the_real_server(start_server):
 
     jpeg = st.builds(lambda b: b"\xff\xd8\xff" + b, st.binary(max_size=3000))
 
-    @settings(max_examples=300, deadline=None, database=None,
+    # Derandomized: how many examples are well-formed JPEG uploads is up to
+    # the generator, not the server (a floor of 75 stored failed 2 runs in 5
+    # at 70 and 72 with nothing wrong on the server); with a fixed seed the
+    # same 300 examples are tried each run (63 well-formed, 76 stored).
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     # Weighted towards well-formed uploads, so that most examples get past
     # the parser and the type check to the name mapping and the store.
@@ -355,6 +359,7 @@ async def test_fuzz_uploads_through_the_real_server(start_server):
             assert server.photos in path.parents and not path.is_symlink()
         well_formed = (field == "file1" and cut == 0 and content.startswith(b"\xff\xd8\xff")
                        and not set(filename) & UNSAFE_IN_A_QUOTED_NAME)
+        outcomes["well-formed"] += well_formed
         if status == 200:
             outcomes["stored"] += 1
             # A new file with exactly these bytes, or (the same name and bytes
@@ -368,4 +373,7 @@ async def test_fuzz_uploads_through_the_real_server(start_server):
 
     await deferToThread(upload)
     print(f"fuzz outcomes: {dict(outcomes)}")
-    assert outcomes["stored"] >= 75, outcomes  # many examples reach storage, not only the parser
+    # Many examples reach storage, not only the parser (each well-formed one
+    # is stored: asserted above, per example).
+    assert outcomes["well-formed"] >= 50, outcomes
+    assert outcomes["stored"] >= outcomes["well-formed"], outcomes
