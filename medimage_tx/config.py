@@ -84,6 +84,14 @@ DEFAULTS: dict[str, Any] = {
     "relayTotalBytes": 20 * 1024 * MIB,
     "relayMinFreeBytes": 1024 * MIB,
     "relayExpiryDays": 7,
+    # A PC keeps this much free on the disk of its data folder: below it,
+    # phones are answered "try later" and the relay is not read (finding
+    # 19.2: a hostile relay filled a PC's disk at 150 MB/s).
+    "minFreeBytes": 1024 * MIB,
+    # The held folder (files from the relay this PC will not file) holds at
+    # most this much; then the relay is not read until the clinic empties it.
+    "heldMaxFiles": 1000,
+    "heldMaxBytes": 1024 * MIB,
     "httpsPort": None,
     "fileMode": None,
     "relayCA": "",
@@ -140,6 +148,9 @@ class Config:
     relayTotalBytes: int
     relayMinFreeBytes: int
     relayExpiryDays: float
+    minFreeBytes: int
+    heldMaxFiles: int
+    heldMaxBytes: int
     httpsPort: Optional[int]
     fileMode: Optional[int]
     relayCA: str
@@ -371,6 +382,9 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "relayTotalBytes": _positive,
     "relayMinFreeBytes": _count,
     "relayExpiryDays": _days,
+    "minFreeBytes": _count,
+    "heldMaxFiles": _positive,
+    "heldMaxBytes": _positive,
     "httpsPort": lambda value: None if value is None else _port(value),
     "fileMode": lambda value: None if value is None else _file_mode(value),
     "relayCA": _string,

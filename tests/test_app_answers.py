@@ -117,7 +117,8 @@ async def test_full_disk_keeps_the_photo_for_every_family(tiny_disk, tmp_path, h
 
     from medimage_tx.tap import build_service
 
-    config = write_config(tmp_path / "config.json", lanMode=False, maxUploadSize=4_000_000)
+    config = write_config(tmp_path / "config.json", lanMode=False, maxUploadSize=4_000_000,
+                          minFreeBytes=0)  # the full disk itself, not the floor below it
     service = build_service(reactor, tiny_disk, config, port=0, interface="127.0.0.1")
     service.startService()
     try:

@@ -8,6 +8,7 @@ detected drives).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
@@ -16,6 +17,7 @@ from twisted.logger import Logger
 from ..config import Config, ConfigError, resolve_path
 from ..photos.store import PhotoStore, Stored
 from .drives import backup_drive_folders
+from .room import check_room_for_upload
 
 if TYPE_CHECKING:
     from ..addons.pipeline import AddonService
@@ -40,12 +42,28 @@ class Filing:
         L{PhotoStore.store}); what the sender's answer may say once this
         returns.  A retry of a photo already filed is not counted again.
         """
+        try:
+            # Below minFreeBytes: try later (finding 19.2), before the photo
+            # takes more of the disk.
+            await self.state.in_thread(check_room_for_upload, self.state.store.data_dir, self.state.config)
+        except BaseException:
+            await self.state.in_thread(_discard, temp_path, fd)
+            raise
         stored = await self.addons.store(temp_path, fd, parts)
         if not stored.duplicate:
             self.state.stats.photos_received += 1
             self.state.stats.bytes_received += size
             self.state.activity.note(stored.relative, source)
         return stored
+
+
+def _discard(temp_path: Path, fd: Optional[int]) -> None:
+    if fd is not None:
+        os.close(fd)
+    try:
+        os.unlink(temp_path)
+    except OSError:
+        pass
 
 
 def photo_store(config: Config, data_dir: Path) -> PhotoStore:

@@ -37,12 +37,13 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from treq.client import HTTPClient
 
 from ..errors import Rejected, disk_trouble
-from ..photos.held import hold
+from ..photos.held import hold, held_usage
 from ..photos.naming import DEFAULT_STEM, check_name_bounds, clean_text, safe_component, strip_extension
 from ..outbound.proxy_tunnel import make_agent
 from ..web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
 from ..outbound.tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
 from ..photos.sniff import HEAD_SIZE, choose_type
+from .room import below_floor, held_full
 
 
 def photo_parts(file_name: str, allowed_chars: str) -> tuple[tuple[str, ...], str]:
@@ -102,7 +103,8 @@ class RelayPuller(Service):
 
     def __init__(self, state, reactor: Any, clock: Any = None, *, legacy_interval: float = 5.0,
                  long_poll: int = 30, backoff_start: float = 1.0, backoff_max: float = 60.0,
-                 answer_timeout: float = 30.0, stall_timeout: float = 60.0):
+                 answer_timeout: float = 30.0, stall_timeout: float = 60.0,
+                 room_interval: float = 30.0):
         self.state = state
         self.reactor = reactor
         self.clock = clock or reactor
@@ -126,6 +128,19 @@ class RelayPuller(Service):
         self._read_url = ""
         self._web_proxy = ""
         self._generation = 0
+        #: Seconds between looks at the disk and the held folder while there
+        #: is no room to fetch.
+        self.room_interval = room_interval
+        self._paused: Optional[str] = None
+        self._held: Optional[tuple[int, int]] = None  # (files, bytes), kept as files are held
+
+    @property
+    def paused(self) -> Optional[str]:
+        """
+        Why photos are not fetched from the relay now (one line: the disk
+        is below C{minFreeBytes}, or the held folder is full), or L{None}.
+        """
+        return self._paused
 
     @property
     def outage(self) -> Optional[str]:
@@ -174,6 +189,9 @@ class RelayPuller(Service):
             if not (config.readProxy and config.allowGettingRemotePhotos) or config.allowPhotosLeaving:
                 await deferLater(self.clock, 1.0)
                 continue
+            if not await self._room_to_fetch(config):
+                await deferLater(self.clock, self.room_interval)
+                continue
             try:
                 got = await self._pull_once(config)
             except GeneratorExit:
@@ -199,6 +217,32 @@ class RelayPuller(Service):
                 # An original relay: nothing sooner than legacy_interval after
                 # a GET (it shreds what it sent for a second or two).
                 await deferLater(self.clock, self.legacy_interval)
+
+    async def _room_to_fetch(self, config) -> bool:
+        """
+        Whether there is room for what the relay may send: the disk above
+        C{minFreeBytes}, the held folder below its caps.  While there is
+        not, the photos wait on the relay (whose quota then tells phones to
+        try later); one warning when it stops, one line when it goes on.
+        """
+        data_dir = self.state.store.data_dir
+        # The held folder is listed (in a thread) at the first look, and
+        # again only while it is full (the clinic may have emptied it).
+        recount = self._held is None or held_full(data_dir, self._held, config) is not None
+        why, held = await self.state.in_thread(_look_at_room, data_dir, config, recount)
+        if held is not None:
+            self._held = held
+        why = why or held_full(data_dir, self._held, config)
+        if why is not None:
+            if self._paused is None:
+                self.log.warn("Not fetching photos from the relay: {reason}. They wait on the relay; "
+                              "looking again every {interval:g} s.", reason=why, interval=self.room_interval)
+            self._paused = why
+            return False
+        if self._paused is not None:
+            self.log.info("Fetching photos from the relay again: there is room")
+            self._paused = None
+        return True
 
     async def _note_outage(self, error: Exception, config) -> None:
         # One warning per outage, in words IT can act on (a refused
@@ -349,9 +393,17 @@ class RelayPuller(Service):
             held = await self.state.in_thread(hold, self.state.store.data_dir, temp, fd, file_name, reason)
         except OSError as e:
             raise disk_trouble(e) from None
+        if self._held is not None:
+            self._held = (self._held[0] + 1, self._held[1] + download.size)
         self.log.warn("Kept a file from the relay in {path}: {reason}. The home page says what to do.",
                       path=held, reason=reason)
         return held
+
+
+def _look_at_room(data_dir: Path, config, recount: bool) -> tuple[Optional[str], Optional[tuple[int, int]]]:
+    # Room above the floor for the largest download, so it is never
+    # received only to be refused.
+    return below_floor(data_dir, config, config.maxUploadSize), held_usage(data_dir) if recount else None
 
 
 class _Discard(Protocol):

@@ -69,7 +69,49 @@ def hold(data_dir: Path, temp_path: Path, fd: Optional[int], sent_as: str, reaso
             pass
 
 
-def held_files(data_dir: Path) -> list[HeldFile]:
+@dataclass(frozen=True)
+class HeldSummary:
+    """
+    The held folder at one moment: how many files and bytes, and the oldest
+    (at most the number asked for, with their notes).
+    """
+
+    count: int
+    bytes: int
+    oldest: tuple[HeldFile, ...]
+
+
+def held_usage(data_dir: Path) -> tuple[int, int]:
+    """
+    How many files the held folder holds, and their bytes.  Lists the
+    folder: in a thread (finding 19.2: 40,000 held files listed on the
+    reactor thread froze the server 4.4 s).
+    """
+    count = size = 0
+    try:
+        with os.scandir(data_dir / HELD) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                    count += 1
+                    try:
+                        size += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return count, size
+
+
+def held_summary(data_dir: Path, shown: int = 100) -> HeldSummary:
+    """
+    L{held_usage} and the C{shown} oldest files with their notes; in a
+    thread.
+    """
+    count, size = held_usage(data_dir)
+    return HeldSummary(count, size, tuple(held_files(data_dir, shown)))
+
+
+def held_files(data_dir: Path, limit: Optional[int] = None) -> list[HeldFile]:
     """
     The files waiting in the held folder, oldest first.
     """
@@ -79,11 +121,14 @@ def held_files(data_dir: Path) -> list[HeldFile]:
         entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError:
         return []
-    for path in entries:
+    for path in entries[:limit]:
         try:
             note = json.loads((folder / f".{path.name}.json").read_text())
         except (OSError, ValueError):
             note = {}
-        found.append(HeldFile(path.name, path.stat().st_size, str(note.get("reason", "")),
-                              str(note.get("sent_as", ""))))
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue  # taken away meanwhile
+        found.append(HeldFile(path.name, size, str(note.get("reason", "")), str(note.get("sent_as", ""))))
     return found

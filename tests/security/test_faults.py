@@ -74,7 +74,8 @@ async def test_disk_full_answers_507_and_recovers(tiny_disk, tmp_path, http_clie
     from medimage_tx.tap import build_service
     from conftest import write_config
 
-    config = write_config(tmp_path / "config.json", lanMode=False, maxUploadSize=4_000_000)
+    config = write_config(tmp_path / "config.json", lanMode=False, maxUploadSize=4_000_000,
+                          minFreeBytes=0)  # the full disk itself, not the floor below it
     service = build_service(reactor, tiny_disk, config, port=0, interface="127.0.0.1")
     service.startService()
     try:
