@@ -27,7 +27,7 @@ class TryLater(Exception):
     """
 
     def __init__(self, reason: str, retry_after: int = 30, status: int = 500,
-                 phrase: str = "The server cannot store the photo now; it stays on the phone"):
+                 phrase: str = "The server cannot store the photo now; the photo stays on the phone"):
         super().__init__(reason)
         self.retry_after = retry_after
         self.status = status
@@ -43,7 +43,20 @@ def disk_trouble(error: OSError) -> TryLater:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return TryLater(reason, status=507,
                         phrase="The clinic computer's disk is full; the photo stays on the phone")
+    # Never 503 (the browser app reads it as "invalid URL"): 500, with a
+    # phrase IT can act on (the browser app shows only the phrase).
+    for numbers, what in DISK_TROUBLE:
+        if error.errno in numbers:
+            return TryLater(reason, phrase=f"{what}; the photo stays on the phone")
     return TryLater(reason)
+
+
+#: Reason phrases for disk trouble other than a full disk (issue 19 item 3).
+DISK_TROUBLE = (
+    ((errno.EACCES, errno.EPERM, errno.EROFS), "The clinic computer may not write to its photo folder"),
+    ((errno.ENOENT, errno.ENOTDIR), "The clinic computer's photo folder is missing"),
+    ((errno.EIO,), "The clinic computer's disk reports an error"),
+)
 
 
 class StartupFailed(SystemExit, Exception):

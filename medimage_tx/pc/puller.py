@@ -22,7 +22,6 @@ import base64
 import hashlib
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,6 +43,7 @@ from ..web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
 from ..outbound.tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
 from ..photos.sniff import HEAD_SIZE, choose_type
 from .room import below_floor, held_full
+from ..photos.multipart import make_temp_file
 
 
 def photo_parts(file_name: str, allowed_chars: str) -> tuple[tuple[str, ...], str]:
@@ -485,7 +485,7 @@ class _Download:
     """
 
     def __init__(self, temp_dir: Path, digest_header: Optional[str]):
-        fd, name = tempfile.mkstemp(dir=temp_dir, prefix="relay-", suffix=".part")
+        fd, name = make_temp_file(temp_dir, "relay-")
         self.fd: Optional[int] = fd
         self.path = Path(name)
         self.size = 0

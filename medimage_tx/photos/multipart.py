@@ -67,6 +67,19 @@ def boundary_of(content_type: bytes) -> Optional[bytes]:
     return boundary
 
 
+def make_temp_file(temp_dir: Path, prefix: str) -> tuple[int, str]:
+    """
+    C{mkstemp} in the server's own C{tmp/}, made again if someone removed
+    it (never its data folder: a missing drive must not become a local
+    folder).
+    """
+    try:
+        return tempfile.mkstemp(dir=temp_dir, prefix=prefix, suffix=".part")
+    except FileNotFoundError:
+        os.mkdir(temp_dir)  # fails, as it should, if the data folder is gone
+        return tempfile.mkstemp(dir=temp_dir, prefix=prefix, suffix=".part")
+
+
 class MultipartReceiver:
     """
     Parse one multipart body chunk by chunk into a L{ReceivedFile}.
@@ -277,7 +290,7 @@ class MultipartReceiver:
     # The file
 
     def _open_temp_file(self) -> None:
-        fd, name = tempfile.mkstemp(dir=self._temp_dir, prefix="upload-", suffix=".part")
+        fd, name = make_temp_file(self._temp_dir, "upload-")
         self._fd, self._temp_path = fd, Path(name)
 
     def _write_file(self, data: bytes, start: int, end: int) -> None:
