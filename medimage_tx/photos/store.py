@@ -19,13 +19,13 @@ import os
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from ..config import fsync_folder
 from ..errors import Rejected, TryLater, disk_trouble
+from .name_index import MAX_NUMBER, NameFamilies, NameFamily, file_digest, digest_or_none
 from .naming import with_suffix_number
 from .paths import inside
 
@@ -89,84 +89,6 @@ def same_content(path: Path, other: Path) -> bool:
         return filecmp.cmp(path, other, shallow=False)
     except OSError:
         return False
-
-
-#: Different photos under one name: C{name}, C{name-1}, ... up to this.
-MAX_NUMBER = 100000
-#: Names whose photos' digests are kept in memory (least recently used
-#: forgotten first; a forgotten name is read again once when next taken).
-NAMES_REMEMBERED = 1024
-
-
-def file_digest(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
-
-
-def _digest_or_none(path: Path) -> Optional[bytes]:
-    try:
-        return file_digest(path)
-    except OSError:
-        return None
-
-
-class NameFamily:
-    """
-    The photos stored under one name (C{arm.jpg}, C{arm-1.jpg}, ...): which
-    numbers are taken, and the digest of each photo where known.
-    """
-
-    def __init__(self):
-        self._digests: dict[int, Optional[bytes]] = {}
-        self._numbers: dict[bytes, int] = {}
-
-    def taken(self, number: int, digest: Optional[bytes]) -> None:
-        self.forget(number)
-        self._digests[number] = digest
-        if digest is not None:
-            self._numbers[digest] = number
-
-    def forget(self, number: int) -> None:
-        digest = self._digests.pop(number, None)
-        if digest is not None and self._numbers.get(digest) == number:
-            del self._numbers[digest]
-
-    def unknown(self) -> list[int]:
-        return [number for number, digest in self._digests.items() if digest is None]
-
-    def number_of(self, digest: bytes) -> Optional[int]:
-        return self._numbers.get(digest)
-
-    def free_from(self, number: int) -> int:
-        """
-        The first number from C{number} on not known to be taken.
-        """
-        while number in self._digests:
-            number += 1
-        return number
-
-
-class NameFamilies:
-    """
-    L{NameFamily} by first name (C{folders/arm.jpg}), at most
-    L{NAMES_REMEMBERED} of them.
-    """
-
-    def __init__(self, limit: int = NAMES_REMEMBERED):
-        self.limit = limit
-        self._families: OrderedDict[str, NameFamily] = OrderedDict()
-
-    def get(self, name: str) -> Optional[NameFamily]:
-        family = self._families.get(name)
-        if family is not None:
-            self._families.move_to_end(name)
-        return family
-
-    def add(self, name: str, family: NameFamily) -> NameFamily:
-        self._families[name] = family
-        while len(self._families) > self.limit:
-            self._families.popitem(last=False)
-        return family
 
 
 def link_no_overwrite(source: Path, dest: Path) -> None:
@@ -398,10 +320,10 @@ class PhotoStore:
         cannot be read).
         """
         existing = [p for p in self._places(relative) if p.exists()]
-        digests = {_digest_or_none(p) for p in existing}
+        digests = {digest_or_none(p) for p in existing}
         return bool(existing), (digests.pop() if len(digests) == 1 else None)
 
-    def _scan(self, folder: tuple[str, ...], stem: str, extension: str) -> "NameFamily":
+    def _scan(self, folder: tuple[str, ...], stem: str, extension: str) -> NameFamily:
         """
         Read the photos under a name once (the first collision since start):
         C{name}, C{name-1}, ... up to the first free number.
@@ -414,7 +336,7 @@ class PhotoStore:
             family.taken(number, digest)
         return family
 
-    def _place_under_taken_name(self, temp_path: Path, digest: bytes, family: "NameFamily",
+    def _place_under_taken_name(self, temp_path: Path, digest: bytes, family: NameFamily,
                                 folder: tuple[str, ...], stem: str, extension: str,
                                 addons: bool) -> tuple[str, bool]:
         # Photos linked under the first name while nothing was hashed: read

@@ -71,8 +71,8 @@ async def test_many_photos_under_one_name_are_not_each_read_again(tmp_path, http
     """
     A real twistd (PC, and relay with its local store) gets 40 different
     photos of one size under one name, then 3 of them again.  Each photo is
-    read back at most a few times in all (before the fix: each upload read
-    every photo already under the name, 40 * 39 / 2 = 780 reads and more);
+    read back at most once in all, on average (before the fix: each upload
+    read every photo already under the name: 842 opens; after: 4);
     the re-sent ones are answered 200 with no new file, and no photo was
     overwritten.
     """
@@ -96,7 +96,8 @@ async def test_many_photos_under_one_name_are_not_each_read_again(tmp_path, http
     assert sorted(p.read_bytes() for p in stored) == sorted(photo(n) for n in range(PHOTOS)), \
         "a photo under a taken name was lost or overwritten"
     reads = opened_photos(trace, folder)
-    assert len(reads) <= 3 * PHOTOS, (
+    print(f"{role}: stored photos opened {len(reads)} times for {PHOTOS + 3} uploads under one name")
+    assert len(reads) <= PHOTOS, (
         f"the duplicate check read stored photos {len(reads)} times for {PHOTOS + 3} uploads "
         f"under one name: it must find a photo by its digest, not compare it with every photo "
         f"under the name")
@@ -116,7 +117,7 @@ async def test_many_photos_under_one_name_cost_few_queries_on_postgresql(tmp_pat
     A real twistd relay on PostgreSQL (its statements logged: the test's
     own database connection settings) gets 40 different photos under one
     name; then a 41st, and two of them again, ask a few statements each
-    (before the fix: one per photo under the name, 40 and more each).
+    (before the fix: one per photo under the name, 101 in all; after: 24).
     """
     url = postgres.new_database() + "?options=-c%20log_statement%3Dall"
     data = tmp_path / "relay"
@@ -135,7 +136,8 @@ async def test_many_photos_under_one_name_cost_few_queries_on_postgresql(tmp_pat
         assert code == 200, body
     statements = logged_statements(log, since)
     assert statements, "the relay's statements were not logged: the test cannot count them"
-    assert len(statements) <= 60, (
+    print(f"statements for 3 uploads under a name with {PHOTOS} photos: {len(statements)}")
+    assert len(statements) <= 45, (
         f"3 uploads under a name with {PHOTOS} photos asked {len(statements)} statements: the "
         f"duplicate check must find a photo by its digest, not look at every photo under the name")
     import psycopg
