@@ -88,16 +88,28 @@ def multipart(
 WAIT = 60.0
 
 
-def within(awaitable: Any, seconds: float = WAIT):
+def within(awaitable: Any, seconds: float = WAIT, rule: Optional[str] = None):
     """
     A Deferred for C{awaitable} (a Deferred or a coroutine) that fails with
     L{defer.TimeoutError} after C{seconds}: a regression that hangs fails
     the test instead of hanging the suite.
+
+    @param rule: where only this bound running out shows a fault (an answer
+        that never comes), the rule it breaks: the failure is then an
+        L{AssertionError} naming it, not a bare timeout.
     """
     from twisted.internet import defer, reactor
 
     d = defer.ensureDeferred(awaitable) if not isinstance(awaitable, defer.Deferred) else awaitable
-    return d.addTimeout(seconds, reactor)
+    if rule is None:
+        return d.addTimeout(seconds, reactor)
+
+    def named(result, timeout):
+        # Whatever the cancelled call failed with (a request: "response
+        # never received"), the time ran out: say which rule that breaks.
+        raise AssertionError(f"no answer within {timeout:.0f} s: {rule}")
+
+    return d.addTimeout(seconds, reactor, onTimeoutCancel=named)
 
 
 async def eventually(check, what: str, seconds: float = WAIT) -> None:

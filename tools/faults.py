@@ -69,7 +69,7 @@ FAULTS = [
           "            if photo is not None:\n                relay.queue.take(paired_id)\n",
           [DEFENCES, "tests/test_relay.py"]),
     Fault(10, "a long poll ignores wait=N and never answers none", "medimage_tx/relay.py",
-          "await relay.wait(paired_id, wait)", "await relay.wait(paired_id, 10 ** 9)",
+          "woken = relay.wait(paired_id, remaining)", "woken = relay.wait(paired_id, 10 ** 9)",
           [DEFENCES, "tests/test_relay.py"]),
     Fault(11, "the access log is switched back on", "medimage_tx/http_resource.py",
           "    def log(self, request):", "    def _no_access_log(self, request):",

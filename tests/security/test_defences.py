@@ -463,7 +463,9 @@ async def test_long_poll_answers_none_after_wait_seconds(start_server, http_clie
     """
     relay = await start_relay(start_server, clock=reactor)
     started = time.monotonic()
-    response = await within(http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=1", headers=ACK))
+    response = await within(http_client.get(f"{relay.url}/read/{PAIRED_ID}?wait=1", headers=ACK),
+                            rule="a long poll with wait=1 and nothing to read is answered 'none' "
+                                 "once its second is over")
     assert (response.code, await text_of(response)) == (200, b"none")
     assert time.monotonic() - started >= 0.9, "answered before its wait was over"
 
