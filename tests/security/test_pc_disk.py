@@ -224,3 +224,32 @@ async def test_the_home_page_lists_the_held_folder_off_the_reactor_thread(tmp_pa
         assert page.count("20261201-") == 100, "the page lists the oldest 100 held files, not all"
     finally:
         await defer.maybeDeferred(listening.stopListening)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetching_goes_on_once_the_clinic_empties_the_held_folder(start_server, tmp_path):
+    """
+    In process, looking for room every 0.1 s: the held folder fills (cap 2),
+    fetching stops; the clinic deletes the held files; fetching goes on by
+    itself (one line), and the next files are held.
+    """
+    relay = FloodingRelay(lambda n: PNG + b"%d" % n, ".png")
+    listening = reactor.listenTCP(0, server.Site(relay), interface="127.0.0.1")
+
+    def tune(service):
+        service.puller.room_interval = 0.1
+
+    try:
+        pc = await start_server(tune=tune, globalId=PAIRED_ID, heldMaxFiles=2,
+                                readProxy=f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
+        puller = pc.service.puller
+        await eventually(lambda: puller.paused is not None, "fetching stops with the held folder full")
+        assert "heldMaxFiles 2" in puller.paused
+        assert relay.confirmed == 2
+        for path in (pc.data / "held").iterdir():
+            path.unlink()
+        await eventually(lambda: relay.confirmed >= 4, "fetching goes on once the held folder is emptied")
+        await eventually(lambda: puller.paused is not None, "and stops again at the cap")
+        assert relay.confirmed == 4
+    finally:
+        await defer.maybeDeferred(listening.stopListening)
