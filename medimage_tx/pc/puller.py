@@ -41,9 +41,9 @@ from ..photos.naming import DEFAULT_STEM, check_name_bounds, clean_text, safe_co
 from ..outbound.proxy_tunnel import make_agent
 from ..web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
 from ..outbound.tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
+from ..photos.multipart import make_temp_file
 from ..photos.sniff import HEAD_SIZE, choose_type
 from .room import below_floor, held_full
-from ..photos.multipart import make_temp_file
 
 
 def photo_parts(file_name: str, allowed_chars: str) -> tuple[tuple[str, ...], str]:
