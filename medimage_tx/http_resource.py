@@ -9,14 +9,15 @@ import os
 import time
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, pages, server
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from .web.app_families import app_family
 from .admin.login import GetSession, LoginPage, LogoutPage
@@ -120,6 +121,10 @@ class MedImageChannel(http.HTTPChannel):
 
     _awaiting_address = False
     budget_key = ""  # the client, as the request budget counts it
+    # Set by the site and the reactor before connectionMade: Twisted's types
+    # leave the site out, and allow no transport and one that cannot abort.
+    site: MedImageSite
+    transport: ITCPTransport
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -204,7 +209,7 @@ class MedImageChannel(http.HTTPChannel):
         if reading is not None:
             reading.resumeProducing()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_header_deadline()
         if self._counted is not None:
             self.site.release(self._counted)
@@ -219,6 +224,9 @@ class MedImageRequest(server.Request):
     that comes in too slowly (slowloris) is cut off.
     """
 
+    channel: MedImageChannel
+    # Twisted's Request says content is None; gotLength makes it a file.
+    content: BytesIO  # type: ignore[assignment]
     receiver: Optional[MultipartReceiver] = None
     body_too_large = False
     _chunked = False
@@ -253,7 +261,8 @@ class MedImageRequest(server.Request):
             return  # a small body at most: kept in memory, the rest dropped
         # Read big bodies in bigger pieces: a quarter of the CPU per photo
         # went to handling 64 KiB reads one by one.
-        self.channel.transport.bufferSize = UPLOAD_READ_SIZE
+        # (bufferSize is tcp.Connection's read size, on no Twisted interface.)
+        self.channel.transport.bufferSize = UPLOAD_READ_SIZE  # type: ignore[attr-defined]
         self.receiver = MultipartReceiver(
             boundary, state.store.temp, state.config.maxUploadSize, length
         )
@@ -265,7 +274,7 @@ class MedImageRequest(server.Request):
         self.body_size += len(data)
         if self.receiver is not None:
             self.receiver.write(data)
-            if self.receiver.refuse_now:
+            if self.receiver.refuse_now and self.receiver.error is not None:  # refuse_now comes with its error
                 self._refuse_now(self.receiver.error)
         elif self.content.tell() + len(data) <= self.channel.site.limits.small_body:
             self.content.write(data)
@@ -327,7 +336,7 @@ class MedImageRequest(server.Request):
             self._budget_ticket = None
         super().connectionLost(reason)
 
-    def _discard_upload(self, result: Any) -> None:
+    def _discard_upload(self, result: object) -> None:
         if self.receiver is not None:
             self.receiver.discard()
 
@@ -494,8 +503,8 @@ class Root(Resource):
     """
 
     def __init__(self, state: ServerState, keeper: FileOnPC | QueueOnRelay, read: Resource,
-                 check: Callable[[bytes], Resource],
-                 other: Callable[[bytes], Resource] = lambda path: pages.notFound()):
+                 check: Callable[[bytes], IResource],
+                 other: Callable[[bytes], IResource] = lambda path: pages.notFound()):
         super().__init__()
         self.state = state
         self.check = check
@@ -559,7 +568,9 @@ def relay_root(state: ServerState, relay: Relay, pairing: PairingDesk) -> Root:
 
 class MedImageSite(server.Site):
     requestFactory = MedImageRequest
-    protocol = MedImageChannel
+    # Twisted types this as its HTTP/2-negotiating wrapper; an HTTPChannel
+    # is what Site.buildProtocol needs.
+    protocol = MedImageChannel  # type: ignore[assignment]
 
     def __init__(self, state: ServerState, root: Root, limits: Limits):
         # timeout: a connection idle this long is closed.
