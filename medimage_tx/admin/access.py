@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.web.resource import Resource
@@ -29,6 +29,10 @@ from twisted.web.resource import Resource
 from ..web.answers import Answer, answer_now, html_page
 from .hosts import OwnNames, _canonical, is_loopback
 from .sessions import SessionStore
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..state import ServerState
 
 SESSION_COOKIE = b"medimage_session"
 CSRF_COOKIE = b"medimage_csrf"
@@ -53,7 +57,7 @@ class Access:
         offer the original's C{/addon/get-session} use this same store.
     """
 
-    def __init__(self, state: Any, listen_address: Optional[str] = None,
+    def __init__(self, state: ServerState, listen_address: Optional[str] = None,
                  now: Callable[[], float] = time.time):
         self.state = state
         self.names = OwnNames(time.monotonic, lambda: state.config.serverName, listen_address)
@@ -223,7 +227,7 @@ def _port(parts) -> int:
     return 443 if parts.scheme.lower() == "https" else 80
 
 
-def _password(config: Any) -> str:
+def _password(config: Config) -> str:
     value = config.raw.get("basicAuthent")
     return value if isinstance(value, str) else ""
 
@@ -259,7 +263,7 @@ class AdminResource(Resource):
     isLeaf = True
     need_admin = True
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
 

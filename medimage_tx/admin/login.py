@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.web.resource import Resource
 
 from ..web.answers import Answer, answer_now, html_page
 from .access import SESSION_COOKIE, AdminResource, form_fields, set_admin_headers
 from .sessions import PasswordNotSet, TooManyAttempts, WrongPassword
+
+if TYPE_CHECKING:
+    from ..state import ServerState
 
 
 def set_session_cookie(request, session_id: str) -> None:
@@ -89,7 +92,7 @@ class GetSession(Resource):
 
     isLeaf = True
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
 
@@ -106,9 +109,11 @@ class GetSession(Resource):
     def _answer(self, request, fields: dict[str, str]) -> bytes:
         set_admin_headers(request)
         access = self.state.access
+        assert access is not None  # tap.py sets it before any page is served
         if not access.host_ok(request) or access.cross_origin(request):
             return _json(request, 403, {"success": False, "error": "Refused: not this server's own page."})
         sessions = access.sessions
+        session_id: str | None
         if fields.get("pass"):
             try:
                 session_id = sessions.login(fields["pass"], peer(request))

@@ -152,7 +152,7 @@ class SessionStore:
         End a session; True if it was live.
         """
         live = self.valid(session_id)
-        if live:
+        if live and session_id is not None:  # (valid() is False for None)
             del self._sessions[session_id]
         return live
 

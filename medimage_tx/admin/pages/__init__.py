@@ -15,7 +15,7 @@ password session, every change a same-origin C{POST} with a CSRF token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.web.resource import Resource
 from .addons import AddonsPage
@@ -24,8 +24,11 @@ from .logs import LogsPage
 from .pairing import PairingPage
 from .settings import SettingsPage
 
+if TYPE_CHECKING:
+    from ...state import ServerState
 
-def add_admin_pages(admin: Resource, state: Any) -> None:
+
+def add_admin_pages(admin: Resource, state: ServerState) -> None:
     """
     Put the web admin's pages under C{/admin/}.
     """

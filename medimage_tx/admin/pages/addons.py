@@ -8,7 +8,7 @@ original does.
 
 from __future__ import annotations
 
-from twisted.web.template import Tag, tags
+from twisted.web.template import Flattenable, Tag, tags
 
 from ...addons.installer import list_addons
 from ...web.answers import render_async
@@ -38,7 +38,7 @@ class AddonsPage(AdminPage):
         for index, addon in enumerate(listed):
             events = ", ".join(sorted({e["event"] for e in addon.get("events", [])}))
             if locked:
-                action: object = ""
+                action: Flattenable = ""
             elif addon.get("kind") == "python":
                 action = "installed as a Python package"
             else:

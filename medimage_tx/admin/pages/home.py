@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from twisted.web.template import Tag, tags
+from twisted.web.template import Flattenable, Tag, tags
 
 from ... import __version__
 from ..sessions import MIN_PASSWORD_LENGTH, SHIPPED_PASSWORD, usable_password
@@ -19,6 +19,10 @@ from ...pc.room import below_floor
 from ...photos.held import HELD, WHAT_TO_DO, held_summary
 from ...pc.pairing import relay_of
 from .layout import notice, page
+
+if TYPE_CHECKING:
+    from ...config import Config
+    from ...state import ServerState
 
 
 
@@ -49,7 +53,7 @@ def folder_problem(folder: Path) -> str:
     return ""
 
 
-def home_page(request, state: Any) -> Tag:
+def home_page(request, state: ServerState) -> Tag:
     config = state.config
     content: list = []
     password = config.raw.get("basicAuthent", SHIPPED_PASSWORD)
@@ -68,7 +72,7 @@ def home_page(request, state: Any) -> Tag:
     return page(request, state, "MedImage server", "/", *content)
 
 
-def pc_cards(state: Any) -> list:
+def pc_cards(state: ServerState) -> list:
     config, store = state.config, state.store
     now = time.time()
     targets = list(store.backup_to)
@@ -132,7 +136,7 @@ def pc_cards(state: Any) -> list:
 HELD_SHOWN = 100
 
 
-def held_card(state: Any):
+def held_card(state: ServerState):
     """
     Files from the relay this PC will not file (medimage_tx.photos.held),
     what to do, and the room on the disk.  The folders are looked at in a
@@ -148,7 +152,7 @@ def held_card(state: Any):
     return state.in_thread(look).addCallback(lambda found: _held_card(data_dir, config, *found))
 
 
-def _held_card(data_dir: Path, config: Any, held, low_disk) -> Tag:
+def _held_card(data_dir: Path, config: Config, held, low_disk) -> Tag:
     folder = data_dir / HELD
     body: list = []
     if low_disk:
@@ -175,8 +179,9 @@ def _held_card(data_dir: Path, config: Any, held, low_disk) -> Tag:
     return tags.div(tags.h2("Held files"), *body, id="held", class_="card")
 
 
-def lan_card(state: Any) -> Tag:
+def lan_card(state: ServerState) -> Tag:
     status, config = state.discovery, state.config
+    text: list[Flattenable]
     if status is None:
         if not config.lanMode:
             text = ["Off (lanMode is off): phones on the WiFi cannot find this PC; they send "
@@ -195,7 +200,7 @@ def lan_card(state: Any) -> Tag:
                     tags.p(tags.a("Why can't my phone find the PC?", href="/discovery")), class_="card")
 
 
-def relay_card(state: Any, relay: str, outage, paused=None) -> Tag:
+def relay_card(state: ServerState, relay: str, outage, paused=None) -> Tag:
     config, activity = state.config, state.activity
     if not relay:
         rows = [("Paired", "no: pair to receive photos away from the clinic's WiFi")]
@@ -211,7 +216,7 @@ def relay_card(state: Any, relay: str, outage, paused=None) -> Tag:
                     tags.p(tags.a("Pair phones", href="/admin/pair")), class_="card")
 
 
-def relay_cards(state: Any) -> list:
+def relay_cards(state: ServerState) -> list:
     stats = state.stats
     rows = [("Role", "Relay: queues photos for clinic PCs"),
             ("Photos received since start", str(stats.photos_received)),

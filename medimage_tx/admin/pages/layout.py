@@ -7,10 +7,10 @@ JavaScript (clinics are often offline: nothing comes from elsewhere).
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 from twisted.web.resource import Resource
-from twisted.web.template import Tag, renderElement, tags
+from twisted.web.template import Flattenable, Tag, renderElement, tags
 
 from ... import __version__
 from ...addons.public import menu_entries
@@ -18,10 +18,13 @@ from .. import AdminResource, form_fields, set_admin_headers
 from ..access import CSRF_FIELD
 from ...web.answers import answer_now
 
+if TYPE_CHECKING:
+    from ...state import ServerState
+
 DOCTYPE = b"<!DOCTYPE html>"
 
 
-def nav_items(state: Any) -> list[tuple[str, str]]:
+def nav_items(state: ServerState) -> list[tuple[str, str]]:
     """
     The pages in the header: lockDown hides settings and logs (as the
     original does); a relay has no photo folders, pairing page or add-ons.
@@ -43,7 +46,7 @@ def nav_items(state: Any) -> list[tuple[str, str]]:
 SETTINGS_PAGE = "/pages/addon-settings.html"
 
 
-def addon_menu(state: Any, taken: set[str]) -> list[tuple[str, str]]:
+def addon_menu(state: ServerState, taken: set[str]) -> list[tuple[str, str]]:
     """
     The menu entries add-ons added to the standard header's side menu (as
     the original's install scripts do: e.g. "EHR Log"), links to this
@@ -65,13 +68,16 @@ def addon_menu(state: Any, taken: set[str]) -> list[tuple[str, str]]:
     return entries
 
 
-def csrf_input(request, state: Any) -> Tag:
+def csrf_input(request, state: ServerState) -> Tag:
+    assert state.access is not None  # tap.py sets it before any page is served
     return tags.input(type="hidden", name=CSRF_FIELD, value=state.access.csrf_token(request))
 
 
-def page(request, state: Any, title: str, current: str, *content: Any) -> Tag:
+def page(request, state: ServerState, title: str, current: str, *content: Flattenable) -> Tag:
     links = [tags.li(tags.a(label, href=href, **({"aria-current": "page"} if href == current else {})))
              for href, label in nav_items(state)]
+    assert state.access is not None  # tap.py sets it before any page is served
+    sign_out: Tag | str
     if state.access.signed_in(request):
         sign_out = tags.form(csrf_input(request, state),
                              tags.button("Sign out", type="submit", class_="secondary"),
@@ -98,7 +104,7 @@ def page(request, state: Any, title: str, current: str, *content: Any) -> Tag:
     )
 
 
-def config_name(state: Any) -> str:
+def config_name(state: ServerState) -> str:
     return state.config.serverName
 
 
@@ -109,10 +115,11 @@ def send(request, document: Tag, code: int = 200):
     """
     set_admin_headers(request)
     request.setResponseCode(code)
-    return renderElement(request, document, doctype=DOCTYPE)
+    # Twisted types the element as IRenderable; it flattens a Tag as well.
+    return renderElement(request, document, doctype=DOCTYPE)  # type: ignore[arg-type]
 
 
-def notice(text: Any, kind: str = "notice") -> Tag:
+def notice(text: Flattenable, kind: str = "notice") -> Tag:
     return tags.div(text, class_=kind, role="status" if kind == "notice" else "alert")
 
 
@@ -122,7 +129,7 @@ def field(label: str, control: Tag, hint: str = "", hint_id: Optional[str] = Non
     """
     parts: list = [tags.label(label, for_=control.attributes["id"]), control]
     if hint:
-        hint_id = hint_id or control.attributes["id"] + "-hint"
+        hint_id = hint_id or cast(str, control.attributes["id"]) + "-hint"  # the controls here have str ids
         control.attributes["aria-describedby"] = hint_id
         parts.append(tags.p(hint, class_="hint", id=hint_id))
     return parts

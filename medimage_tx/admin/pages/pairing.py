@@ -10,7 +10,7 @@ after the admin confirms, and the code is shown exactly as issued.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.web.template import Tag, tags
@@ -29,13 +29,16 @@ from ...web.answers import render_async
 from .countries import COUNTRIES, DEFAULT_COUNTRY
 from .layout import AdminPage, csrf_input, field, notice, page, send
 
+if TYPE_CHECKING:
+    from ...config import Config
+
 log = Logger()
 
 #: The AtomJump relay offered when config.json has no C{proxy} yet.
 ATOMJUMP_RELAY = "https://medimage-nz1.atomjump.com"
 
 
-def _text(config: Any, key: str) -> str:
+def _text(config: Config, key: str) -> str:
     value = config.raw.get(key)
     return value.strip() if isinstance(value, str) else ""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.web.template import Tag, tags
@@ -19,6 +19,9 @@ from twisted.web.template import Tag, tags
 from ...config import ORIGINAL_DEFAULT_TYPES, resolve_path
 from ...web.answers import render_async
 from .layout import AdminPage, csrf_input, field, notice, page, send
+
+if TYPE_CHECKING:
+    from ...config import Config
 
 log = Logger()
 
@@ -42,7 +45,7 @@ def writable_problem(folder: Path) -> str:
     return ""
 
 
-def type_choices(config: Any) -> list[dict]:
+def type_choices(config: Config) -> list[dict]:
     """
     The original's types, then any others config.json has, as raw entries.
     """
