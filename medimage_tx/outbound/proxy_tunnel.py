@@ -17,8 +17,9 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ProxyAgent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
@@ -38,6 +39,8 @@ class _Tunnel(Protocol):
     Speaks CONNECT to the proxy; once it says 200, hands the connection to
     the protocol the caller wanted and relays to it from then on.
     """
+
+    transport: ITCPTransport  # the connection to the proxy, once made
 
     def __init__(self, target: bytes, auth: Optional[bytes], factory, done: Deferred):
         self.target = target
@@ -78,7 +81,7 @@ class _Tunnel(Protocol):
             self.done.errback(TunnelRefused(reason))
         self.transport.loseConnection()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.inner is not None:
             self.inner.connectionLost(reason)
         elif not self.done.called:
@@ -111,8 +114,12 @@ class TunnelEndpoint:
             return tunnels[-1]
 
         done: Deferred = Deferred(cancel)
+        def failed(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
         connecting = self.proxy.connect(Factory.forProtocol(tunnel))
-        connecting.addErrback(lambda failure: done.called or done.errback(failure))
+        connecting.addErrback(failed)
         return done
 
 
@@ -169,6 +176,8 @@ class WebProxyAgent:
     def __init__(self, reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None):
         proxy = urlsplit(web_proxy)
         host, port = proxy.hostname, proxy.port or 80
+        if host is None:  # config.py lets "http://:80" through
+            raise ValueError("webProxy names no host")
         self.auth = proxy_authorization(web_proxy)
         self.plain = ProxyAgent(HeadLimitedEndpoint(HostnameEndpoint(reactor, host, port)), reactor, pool=pool)
         self.tunnelled = Agent.usingEndpointFactory(

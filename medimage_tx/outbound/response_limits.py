@@ -238,7 +238,8 @@ class CappedBody(Protocol):
     def _stop(self, error: Exception) -> None:
         self._finish(Failure(error))
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody connects us to the response's producer, not a transport.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def _finish(self, result) -> None:
         if self._timer.active():

@@ -59,6 +59,7 @@ class PlatformAndClinicCA(OpenSSLDefaultPaths):
         # The trust-root interface's one method (IOpenSSLTrustRoot).
         super()._addCACertsToContext(context)
         store = context.get_cert_store()
+        assert store is not None  # an SSL_CTX always has one; pyOpenSSL types it Optional
         for certificate in self.certificates:
             store.add_cert(crypto.X509.from_cryptography(certificate))
 
