@@ -141,7 +141,7 @@ class TunnellingEndpointFactory:
         return HeadLimitedEndpoint(wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), tunnel))
 
 
-def make_agent(reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None):
+def make_agent(reactor: Any, pool: Optional[HTTPConnectionPool], web_proxy: str, tls=None):
     """
     An agent that goes direct, or through the clinic's HTTP proxy.
 
@@ -173,7 +173,7 @@ class WebProxyAgent:
     (credentials to the proxy only, never inside the tunnel to the relay).
     """
 
-    def __init__(self, reactor: Any, pool: HTTPConnectionPool, web_proxy: str, tls=None):
+    def __init__(self, reactor: Any, pool: Optional[HTTPConnectionPool], web_proxy: str, tls=None):
         proxy = urlsplit(web_proxy)
         host, port = proxy.hostname, proxy.port or 80
         if host is None:  # config.py lets "http://:80" through

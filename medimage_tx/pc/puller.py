@@ -27,11 +27,13 @@ from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from treq.client import HTTPClient
 
@@ -286,7 +288,7 @@ class RelayPuller(Service):
             until = self.clock.seconds() + self.long_poll + small
             response = await client.get(
                 f"{url}{separator}wait={self.long_poll}",
-                headers={ACK_HEADER: [b"1"]}, timeout=self.long_poll + small, unbuffered=True,
+                headers=Headers({ACK_HEADER: [b"1"]}), timeout=self.long_poll + small, unbuffered=True,
             )
         else:
             until = self.clock.seconds() + small
@@ -464,9 +466,10 @@ class _BodyToFile(Protocol):
     def _stop(self, error: Exception) -> None:
         if not self.done.called:
             self.done.errback(error)
-        self.transport.stopProducing()
+        # deliverBody connects us to the response's producer, not a transport.
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         for timer in (self._timer, self._deadline):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -500,6 +503,7 @@ class _Download:
         self.has_nul = self.has_nul or b"\x00" in data
         self.size += len(data)
         self._hash.update(data)
+        assert self.fd is not None  # written to only before hand_over
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view):]
@@ -513,6 +517,7 @@ class _Download:
             raise RelayUnavailable("the photo arrived damaged (digest mismatch); it will be sent again")
 
     def hand_over(self) -> tuple[int, Path]:
+        assert self.fd is not None  # handed over once
         fd, self.fd = self.fd, None
         return fd, self.path
 
