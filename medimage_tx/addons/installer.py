@@ -420,9 +420,9 @@ def _install(zip_path: Path, parent_dir: Path, registry: Registry, clock) -> Ins
         raise InstallError(f"The installation was not complete: {e}") from None
     finally:
         if not installed:
-            if created:
+            if created and dest is not None:  # (dest is set before anything is created)
                 shutil.rmtree(dest, ignore_errors=True)
-            if replaced is not None and replaced.exists():
+            if replaced is not None and dest is not None and replaced.exists():
                 replaced.rename(dest)
             registry.restore(saved_registry)
             if pages is not None:

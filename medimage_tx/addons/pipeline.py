@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, TimeoutError
@@ -76,14 +76,17 @@ def in_daemon_thread(reactor: Any, f, *args) -> Deferred:
     """
     d: Deferred = Deferred()
 
+    def fire(settle: Callable[[Any], None], outcome: object) -> None:
+        if not d.called:
+            settle(outcome)
+
     def work() -> None:
         try:
             result = f(*args)
         except BaseException:
-            failure = Failure()
-            reactor.callFromThread(lambda: d.called or d.errback(failure))
+            reactor.callFromThread(fire, d.errback, Failure())
         else:
-            reactor.callFromThread(lambda: d.called or d.callback(result))
+            reactor.callFromThread(fire, d.callback, result)
 
     threading.Thread(target=work, name="medimage-python-addon", daemon=True).start()
     return d

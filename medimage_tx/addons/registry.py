@@ -24,7 +24,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -33,7 +33,7 @@ from ..config import config_stamp, write_json_atomically
 log = Logger()
 
 EVENTS = ("photoWritten", "fileWritten", "urlRequest")
-DEFAULT_REGISTRY = {"events": {event: [] for event in EVENTS}}
+DEFAULT_REGISTRY: dict[str, dict[str, list]] = {"events": {event: [] for event in EVENTS}}
 
 #: Seconds an add-on may run before it is stopped (per entry: "timeoutSeconds").
 DEFAULT_TIMEOUT = 60.0
@@ -117,8 +117,8 @@ class Registry:
 
     def __init__(self, path: Path):
         self.path = path
-        self._stamp = None
-        self._bad_stamp = None
+        self._stamp: Optional[tuple[int, int]] = None
+        self._bad_stamp: Optional[tuple[int, int]] = None
         self._entries: dict[str, tuple[Entry, ...]] = {event: () for event in EVENTS}
         self._lock = threading.Lock()
 
@@ -164,7 +164,7 @@ class Registry:
 
     # Changes (the installer)
 
-    def add(self, events: dict[str, Iterable[dict]]) -> None:
+    def add(self, events: Mapping[str, Iterable[dict]]) -> None:
         """
         Append entries (skipping any that are already there, as the
         original's add-on installers do).

@@ -129,6 +129,7 @@ def run_process(reactor: Any, command: Command, cwd: str, env: Mapping[str, str]
     clock = clock or reactor
     done: Deferred = Deferred()
     collector = _Collector(done, time.monotonic())
+    path: Optional[str]  # None: the shell below changes folder
     argv, path = list(command.argv), cwd
     if os.name == "posix" and os.path.abspath(cwd) != os.path.abspath("."):
         # Twisted forks the whole server to start a process in another
@@ -145,7 +146,12 @@ def run_process(reactor: Any, command: Command, cwd: str, env: Mapping[str, str]
         lower_priority(pid)
     if running is not None and pid:
         running.add(pid)
-        done.addBoth(lambda result: (running.discard(pid), result)[1])
+
+        def gone(result: object) -> object:
+            running.discard(pid)
+            return result
+
+        done.addBoth(gone)
 
     def too_long() -> None:
         if done.called:

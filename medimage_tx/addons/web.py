@@ -339,6 +339,7 @@ class InstallAddon(Resource):
 
     async def answer(self, request) -> Answer:
         uploaded = None
+        form: Optional[dict[str, str]]
         if request.receiver is not None:
             try:
                 received = request.receiver.finish()
@@ -353,6 +354,7 @@ class InstallAddon(Resource):
             refused = refusal(self.state, request, form)
             if refused is not None:
                 return refused
+            assert form is not None  # refusal() refuses a POST without its form (no CSRF token)
             addons = self.state.addons
             if addons is None:
                 return _json(404, {"finished": False, "message": "This server has no add-ons (a relay)"})

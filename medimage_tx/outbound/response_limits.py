@@ -212,7 +212,7 @@ class CappedBody(Protocol):
     C{too_large} / C{too_slow} as their messages) or the sink's error.
     """
 
-    def __init__(self, sink: Callable[[bytes], None], limit: int, deadline: float, clock: Any,
+    def __init__(self, sink: Callable[[bytes], object], limit: int, deadline: float, clock: Any,
                  too_large: str = "the answer is too large", too_slow: str = "the answer is too slow"):
         self.sink, self.limit, self.clock = sink, limit, clock
         self.too_large, self.too_slow = too_large, too_slow
