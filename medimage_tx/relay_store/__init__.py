@@ -32,7 +32,7 @@ log = Logger()
 
 
 def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor: Any, clock: Any,
-                     lease_seconds: float) -> tuple[Any, Any]:
+                     lease_seconds: float) -> tuple[RelayStore, PairingDesk]:
     """
     The relay's store and pairing desk: on this disk when C{url} is empty,
     else in the PostgreSQL database it names (checked, and its schema
@@ -59,8 +59,8 @@ def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor:
     before, after = check_database(url)
     log.info("Relay store: PostgreSQL at {url}, schema version {after}{upgraded}", url=redacted(url),
              after=after, upgraded=f" (upgraded from {before})" if before != after else "")
-    store = PostgresRelayStore(url, reactor, clock, lease_seconds)
-    return store, PostgresPairingDesk(store)
+    shared = PostgresRelayStore(url, reactor, clock, lease_seconds)
+    return shared, PostgresPairingDesk(shared)
 
 
 class RelayStoreService(Service):

@@ -67,7 +67,10 @@ class Delivery:
     opener: Optional[Callable[[], BinaryIO]] = None
 
     def open(self) -> BinaryIO:
-        return io.BytesIO(self.body) if self.body is not None else self.opener()
+        if self.body is not None:
+            return io.BytesIO(self.body)
+        assert self.opener is not None  # a delivery has its body or a way to open it
+        return self.opener()
 
     @property
     def digest_headers(self) -> tuple[bytes, bytes]:

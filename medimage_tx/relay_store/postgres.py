@@ -157,8 +157,12 @@ class PostgresRelayStore:
             if pool is not None:
                 pool.close(timeout=5)
 
+        def stop_threads(result: object) -> object:
+            self._threads.stop()
+            return result
+
         d = deferToThread(close)
-        d.addBoth(lambda result: (self._threads.stop(), result)[1])
+        d.addBoth(stop_threads)
         return d
 
     def _notified(self, paired_id: Optional[str]) -> None:

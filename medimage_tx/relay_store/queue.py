@@ -205,10 +205,12 @@ class RelayQueue:
         self._make_waiting(photo)
         self.on_available(photo.paired_id)
 
-    def unlease(self, paired_id: str, receipt: str) -> None:
+    def unlease(self, paired_id: str, receipt: Optional[str]) -> None:
         """
         A leased photo whose sending failed: readable again at once.
         """
+        if receipt is None:
+            return  # never leased
         photo = self._receipts.get(receipt)
         if (photo is None or photo.paired_id != paired_id or photo.leased_until is None
                 or self._photos.get(photo.relative) is not photo):
