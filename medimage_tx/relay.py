@@ -109,7 +109,7 @@ class RelayExpiry(Service):
     """
 
     log = Logger()
-    name = "relay-expiry"
+    name = "relay-expiry"  # type: ignore[assignment]  # Twisted's Service has name = None, unannotated
     interval = 3600.0
 
     def __init__(self, state: ServerState, relay: Relay, clock: Any):

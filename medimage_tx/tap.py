@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from . import __version__
 from .addons import make_addon_service
@@ -209,7 +210,7 @@ class HTTPListener(Service):
             self._listen()
 
     def _listen(self) -> None:
-        failed = []
+        failed: list[Failure] = []
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listened, failed.append)
         if failed:
@@ -324,7 +325,7 @@ def build_service(
                         lambda p: _announce(config, store, p, "https" if https_only else "http"),
                         address=(listen_port, interface or ""))
     service = MedImageService(state, http)
-    if tls is not None and not https_only:
+    if tls is not None and config.httpsPort is not None:  # (not https_only)
         service.https = HTTPListener(_endpoint(reactor, config.httpsPort, interface, tls), site,
                                      lambda p: _announce(config, store, p, "https"),
                                      address=(config.httpsPort, interface or ""))

@@ -54,9 +54,10 @@ def twistd_arguments(rest: list[str]) -> list[str]:
             daemon = daemon or _FLAGS[token] == "daemon"
         elif name in _PARAMETERS:
             if not has_value:
-                value = next(tokens, None)
-                if value is None:
+                following = next(tokens, None)
+                if following is None:
                     raise ValueError(f"{name} needs a value")
+                value = following
             runner.append(f"{name}={value}")
         else:
             server.append(token)

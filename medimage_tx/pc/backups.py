@@ -6,7 +6,7 @@ or recovers (not one per photo or per try).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -33,7 +33,7 @@ class BackupService(Service):
         #: Called with the staged photos whose add-ons had not finished
         #: before a restart (the add-on service runs them again); without
         #: it they are just copied.
-        self.on_unfinished_addons = None
+        self.on_unfinished_addons: Optional[Callable[[Sequence[str]], None]] = None
         self._loop = LoopingCall(self._retry)
         self._loop.clock = reactor
 
