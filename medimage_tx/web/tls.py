@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL, crypto
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
@@ -82,4 +83,9 @@ def _private_key(key_path: Path, key_pem: bytes) -> crypto.PKey:
                              "a passphrase, e.g. openssl pkey -in KEY -out PLAIN") from None
     except (ValueError, UnsupportedAlgorithm):
         raise TLSConfigError(f"{key_path} is not a PEM private key") from None
+    # The kinds that sign (pyOpenSSL takes no other): an X25519 or DH key
+    # made pyOpenSSL raise TypeError.
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+                            ed448.Ed448PrivateKey, dsa.DSAPrivateKey)):
+        raise TLSConfigError(f"{key_path} holds a key that cannot be used for TLS: give an RSA or EC key")
     return crypto.PKey.from_cryptography_key(key)

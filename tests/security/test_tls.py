@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate
@@ -78,7 +78,7 @@ async def test_https_upload_with_trusted_certificate(start_server, tmp_path):
         await deferToThread(handshake, ssl.TLSVersion.TLSv1_1)
 
 
-@pytest.mark.parametrize("problem", ["mismatch", "not pem", "only key"])
+@pytest.mark.parametrize("problem", ["mismatch", "not pem", "only key", "key-exchange key"])
 def test_bad_key_or_certificate_refuses_to_start(tmp_path, problem):
     from medimage_tx.tap import build_service
 
@@ -89,6 +89,13 @@ def test_bad_key_or_certificate_refuses_to_start(tmp_path, problem):
         other.mkdir()
         settings["httpsKey"] = str(make_certificate(other)[0])
         expected = "does not belong to the certificate"
+    elif problem == "key-exchange key":
+        # A valid PEM private key, of a kind that cannot sign (X25519): it
+        # crashed the start with a TypeError from pyOpenSSL.
+        key = x25519.X25519PrivateKey.generate()
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        expected = "cannot be used for TLS"
     elif problem == "not pem":
         cert_path.write_text("hello")
         expected = "holds no PEM certificate"
