@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Optional
+from typing import Callable, Optional, TextIO
 
 from twisted.logger import (
     FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, PredicateResult, formatEvent,
@@ -85,15 +85,19 @@ def make_observer(log_path: Optional[str], verbose: bool = False, stream=None) -
 
     @raise LogFileTrouble: C{log_path} cannot be written.
     """
+    out: LogFile | TextIO
     if log_path and log_path != "-":
         out = open_log_file(log_path)
     else:
         out = stream if stream is not None else sys.stdout
     level = LogLevel.debug if verbose else LogLevel.info
-    predicates = [LogLevelFilterPredicate(defaultLogLevel=level)]
+    predicates: list[Callable[[dict], PredicateResult]] = [LogLevelFilterPredicate(defaultLogLevel=level)]
     if not verbose:
         predicates.append(_drop_chatter)
-    return FilteringLogObserver(textFileLogObserver(out), predicates)
+    # Twisted's types want an IO (a LogFile writes and flushes: twistd gives
+    # it one too) and predicates that declare their interface (any callable does).
+    observer = textFileLogObserver(out)  # type: ignore[arg-type]
+    return FilteringLogObserver(observer, predicates)  # type: ignore[arg-type]
 
 
 #: Set by L{tap.Options} for L{twistd_observer} (twistd calls it with no arguments).

@@ -13,13 +13,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from ..errors import Rejected, disk_trouble
 from .sniff import HEAD_SIZE
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined there for type checkers only
 
 FILE_FIELD = "file1"
 
@@ -128,7 +131,7 @@ class MultipartReceiver:
                 f"Upload too large: {declared_length} bytes declared, "
                 f"the limit is {max_file_size} bytes"
             ))
-        callbacks = {
+        callbacks: MultipartCallbacks = {
             "on_part_begin": self._on_part_begin,
             "on_header_field": self._on_header_field,
             "on_header_value": self._on_header_value,
