@@ -14,10 +14,11 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -35,6 +36,10 @@ from .lan.rules import (
     parse_probe,
     reply_for,
 )
+
+if TYPE_CHECKING:
+    # zeroconf itself is imported where mDNS starts (_register).
+    from zeroconf import ServiceInfo, Zeroconf
 
 CHECK_INTERVAL = 5.0
 SHUTDOWN_LIMIT = 1.8
@@ -58,6 +63,7 @@ class DiscoveryStatus:
 
 class ScanResponder(DatagramProtocol):
     log = Logger()
+    transport: IUDPTransport  # the UDP port, set before any datagram arrives
 
     def __init__(self, discovery: "DiscoveryService"):
         self.discovery = discovery
@@ -69,7 +75,7 @@ class ScanResponder(DatagramProtocol):
         sender = address[0]
         local = local_address_for(sender, status.interfaces) if nonce is not None else None
         port = discovery.http_port()
-        if local is None or port is None:
+        if nonce is None or local is None or port is None:
             status.probes_ignored += 1  # not a probe, not from our LAN, or not serving yet
             return
         config = discovery.state.config
@@ -113,8 +119,8 @@ class DiscoveryService(Service):
         self.status = DiscoveryStatus()
         self.limiter = ReplyLimiter(time.monotonic)
         self._udp = None
-        self._zeroconf = None
-        self._info = None
+        self._zeroconf: Optional[Zeroconf] = None
+        self._info: Optional[ServiceInfo] = None
         self._advertised: Optional[tuple] = None
         self._busy: Optional[Deferred] = None
         self._loop = LoopingCall(self.check)

@@ -66,8 +66,9 @@ class ServerState:
     activity: Activity = field(default_factory=Activity)
     #: The latest log lines, for the logs page.
     log_ring: LogRing = field(default_factory=LogRing)
-    #: Who may see and change the PC's own pages.
-    access: Optional[Access] = None
+    #: Who may see and change the PC's own pages (both roles): tap.py sets
+    #: it (it needs this state) before anything serves a request.
+    access: Access = field(init=False, repr=False, compare=False)
     # A clinic PC's parts.
     filing: Optional[Filing] = None
     addons: Optional[AddonService] = None

@@ -109,7 +109,6 @@ class GetSession(Resource):
     def _answer(self, request, fields: dict[str, str]) -> bytes:
         set_admin_headers(request)
         access = self.state.access
-        assert access is not None  # tap.py sets it before any page is served
         if not access.host_ok(request) or access.cross_origin(request):
             return _json(request, 403, {"success": False, "error": "Refused: not this server's own page."})
         sessions = access.sessions

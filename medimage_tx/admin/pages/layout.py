@@ -69,14 +69,12 @@ def addon_menu(state: ServerState, taken: set[str]) -> list[tuple[str, str]]:
 
 
 def csrf_input(request, state: ServerState) -> Tag:
-    assert state.access is not None  # tap.py sets it before any page is served
     return tags.input(type="hidden", name=CSRF_FIELD, value=state.access.csrf_token(request))
 
 
 def page(request, state: ServerState, title: str, current: str, *content: Flattenable) -> Tag:
     links = [tags.li(tags.a(label, href=href, **({"aria-current": "page"} if href == current else {})))
              for href, label in nav_items(state)]
-    assert state.access is not None  # tap.py sets it before any page is served
     sign_out: Tag | str
     if state.access.signed_in(request):
         sign_out = tags.form(csrf_input(request, state),
