@@ -9,9 +9,9 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 
-from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -116,15 +116,15 @@ def answer_for_failure(failure: Failure, family: AppFamily = AppFamily.STANDARD)
     return standard
 
 
-def render_async(request: server.Request, handler: Callable[..., Awaitable[Answer]], *args: Any,
-                 family: AppFamily = AppFamily.STANDARD):
+def render_async(request: server.Request, handler: Callable[..., Coroutine[Any, Any, Optional[Answer]]],
+                 *args: Any, family: AppFamily = AppFamily.STANDARD):
     """
     Run an async handler the klein way: cancel it when the client goes
     away, never write after a disconnect, answer every error (in the form
     the app C{family} understands).
     """
-    d = ensureDeferred(handler(request, *args))
-    gone = []
+    d: Deferred[Optional[Answer]] = ensureDeferred(handler(request, *args))
+    gone: list[bool] = []
 
     def client_gone(reason: Failure) -> None:
         gone.append(True)

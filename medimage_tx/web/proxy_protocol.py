@@ -17,9 +17,11 @@ import time
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet import interfaces
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.protocols.haproxy import proxyEndpoint
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import Network
@@ -59,7 +61,7 @@ class BalancerOnly(policies.ProtocolWrapper):
         if not self._dropped:
             super().dataReceived(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._dropped:
             super().connectionLost(reason)
 
