@@ -19,7 +19,7 @@ through the C{medimage_tx.addons} entry point group.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -28,6 +28,9 @@ from .public import ensure_standard_files
 from .registry import Registry
 from .python_api import discover
 
+if TYPE_CHECKING:
+    from ..state import ServerState
+
 log = Logger()
 
 
@@ -35,7 +38,7 @@ def registry_path(config_path: Path) -> Path:
     return config_path.parent / "addons" / "config.json"
 
 
-def make_addon_service(state: Any, reactor: Any, clock: Any = None) -> AddonService:
+def make_addon_service(state: ServerState, reactor: Any, clock: Any = None) -> AddonService:
     """
     The add-on service of a clinic PC server.
     """

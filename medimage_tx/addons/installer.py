@@ -36,10 +36,13 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .public import ensure_standard_files
 from .registry import EVENTS, Registry, RegistryError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 DESCRIPTOR = "medimage-installer.json"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -98,7 +101,7 @@ def platform_name(system: Optional[str] = None, machine: Optional[str] = None) -
     return "mac" if system == "Darwin" else "unix"
 
 
-def check_lockdown(config: Any) -> None:
+def check_lockdown(config: Config) -> None:
     if config.lockDown:
         raise LockedDown()
 
@@ -369,7 +372,7 @@ def _environment(parent_dir: Path) -> dict[str, str]:
 _changing = threading.Lock()
 
 
-def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Any,
+def install(zip_path: Path, parent_dir: Path, registry: Registry, config: Config,
             clock=time.monotonic) -> InstallReport:
     """
     Install the add-on in C{zip_path} into C{parent_dir/addons}.
@@ -506,7 +509,7 @@ def _folder_named(addons: Path, name: str) -> Optional[Path]:
     return None
 
 
-def uninstall(name: str, parent_dir: Path, registry: Registry, config: Any) -> InstallReport:
+def uninstall(name: str, parent_dir: Path, registry: Registry, config: Config) -> InstallReport:
     """
     Remove the add-on C{name} (as C{addon list} shows it, in any case):
     its uninstall commands, its registry entries (those its descriptor

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, TimeoutError
@@ -35,6 +35,9 @@ from .log_viewer import HOME_FOLDER, LINES as LOG_VIEWER_LINES, is_log_viewer, w
 from .python_api import PythonAddon, Result, StoredFile
 from .registry import DEFAULT_TIMEOUT, Entry, Registry
 from .runner import RunResult, kill_tree, run_process
+
+if TYPE_CHECKING:
+    from ..state import ServerState
 
 log = Logger()
 
@@ -105,7 +108,7 @@ class AddonService(Service):
         original's C{parentdir}).
     """
 
-    def __init__(self, state: Any, reactor: Any, registry: Registry,
+    def __init__(self, state: ServerState, reactor: Any, registry: Registry,
                  python_addons: Sequence[PythonAddon] = (), clock: Any = None,
                  concurrency: int = CONCURRENT_PHOTOS):
         self.state = state

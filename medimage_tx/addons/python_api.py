@@ -18,9 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 GROUP = "medimage_tx.addons"
 
@@ -45,7 +48,7 @@ class StoredFile:
     photos: Path
     targets: tuple[Path, ...]
     parent_dir: Path
-    config: Any
+    config: Config
 
 
 @dataclass
@@ -76,7 +79,7 @@ class UrlRequest:
     parent_dir: Path
     photos: Path
     pages: Path
-    config: Any
+    config: Config
 
 
 @dataclass

@@ -34,7 +34,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred
@@ -59,6 +59,9 @@ from ..outbound.proxy_tunnel import make_agent
 from ..outbound.tls import one_line
 from ..outbound.response_limits import CappedBody, ResponseTooLarge, ResponseTooSlow, discard, timed_out
 from .output import parse_query
+
+if TYPE_CHECKING:
+    from ..state import ServerState
 
 log = Logger()
 
@@ -102,7 +105,7 @@ class AddonResource(Resource):
     C{installed}), then the registry's urlRequest names.
     """
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
         self.putChild(INSTALL, InstallAddon(state))
@@ -114,7 +117,7 @@ class AddonResource(Resource):
         return UrlRequestPage(self.state, path.decode("utf-8", "replace"))
 
 
-def refusal(state: Any, request, form: Optional[dict] = None, csrf: bool = True) -> Optional[Answer]:
+def refusal(state: ServerState, request, form: Optional[dict] = None, csrf: bool = True) -> Optional[Answer]:
     """
     The access layer's decision, plus: a foreign C{Referer} is another
     site's page even where the browser sends no C{Origin} or
@@ -151,7 +154,7 @@ def _asked_by_own_page(access: Any, request) -> bool:
 class UrlRequestPage(Resource):
     isLeaf = True
 
-    def __init__(self, state: Any, name: str):
+    def __init__(self, state: ServerState, name: str):
         super().__init__()
         self.state = state
         self.name = name
@@ -174,6 +177,7 @@ class UrlRequestPage(Resource):
             return Answer(403, b"Refused: open add-on pages from this server's own pages "
                                b"(a link, or the address typed in). Nothing was run.")
         addons = self.state.addons
+        assert addons is not None  # AddonResource serves add-ons on a PC only
         rest = request.uri.decode("utf-8", "replace").split("/addon/", 1)[-1]
         if request.method == b"POST" and form is not None:
             request.content.seek(0)
@@ -215,6 +219,7 @@ class UrlRequestPage(Resource):
 
     async def _python(self, addon, request, rest: str) -> Answer:
         addons = self.state.addons
+        assert addons is not None  # AddonResource serves add-ons on a PC only
         name, _, query = rest.partition("?")
         call = UrlRequest(name=self.name, query=parse_query(query), raw_query=query,
                           method=request.method.decode(), parent_dir=addons.parent_dir,
@@ -246,6 +251,7 @@ class UrlRequestPage(Resource):
             self.state.backups.note(failures, succeeded=store.backup_to)
 
     def _pages_path(self, page: str) -> Optional[Path]:
+        assert self.state.addons is not None  # AddonResource serves add-ons on a PC only
         pages_folder = self.state.addons.pages
         relative = page.split("?", 1)[0].replace("\\", "/").lstrip("/")
         path = Path(os.path.normpath(pages_folder / relative))
@@ -268,6 +274,7 @@ class UrlRequestPage(Resource):
             return Answer(404, b"The add-on's page is missing", headers=dict(NO_CACHE))
         kind = content_type(path)
         if params is not None and kind == HTML:
+            assert self.state.addons is not None  # AddonResource serves add-ons on a PC only
             values = dict(params)
             values["STANDARDHEADER"] = await self.state.in_thread(read_header, self.state.addons.parent_dir)
             body = fill_page(body.decode("utf-8", "replace"), values).encode("utf-8")
@@ -284,7 +291,7 @@ class InstallAddon(Resource):
 
     isLeaf = True
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
 
@@ -398,7 +405,7 @@ class InstalledAddons(Resource):
 
     isLeaf = True
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
 
@@ -461,7 +468,7 @@ class PublicFiles(Resource):
 
     isLeaf = True
 
-    def __init__(self, state: Any, first: bytes):
+    def __init__(self, state: ServerState, first: bytes):
         super().__init__()
         self.state = state
         self.first = first
@@ -475,6 +482,7 @@ class PublicFiles(Resource):
         return render_async(request, self.answer)
 
     async def answer(self, request) -> Answer:
+        assert self.state.addons is not None  # public files are a PC's (http_resource.pc_root)
         parent_dir = self.state.addons.parent_dir
         segments = [self.first, *request.postpath]
         path = await self.state.in_thread(public_file, parent_dir / "public", segments)

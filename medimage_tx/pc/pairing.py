@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlencode, urlsplit
 
 from treq.client import HTTPClient
@@ -41,6 +41,9 @@ from ..outbound.response_limits import (
     ResponseTooSlow,
     timed_out,
 )
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 #: AtomJump's central pairing service: every MedImage app version redeems
 #: codes there (PROTOCOL.md A5), so it is the default.
@@ -161,7 +164,7 @@ class PairingPlan:
         return fields
 
 
-def saved_service(config: Any) -> str:
+def saved_service(config: Config) -> str:
     """
     The pairing service this PC paired through (config.json C{customPairing},
     else AtomJump's).
@@ -170,7 +173,7 @@ def saved_service(config: Any) -> str:
     return value.strip() if isinstance(value, str) and value.strip() else CENTRAL_PAIRING_URL
 
 
-def plan(config: Any, request: PairRequest) -> PairingPlan:
+def plan(config: Config, request: PairRequest) -> PairingPlan:
     """
     Decide whether the PC's id may go with this request.
     """
@@ -197,7 +200,7 @@ def check_answer(issued: IssuedCode, pairing: PairingPlan) -> None:
                            "answer was not used (phones paired now stay paired).")
 
 
-def paired_changes(config: Any, issued: IssuedCode, wanted: PairRequest) -> dict[str, str]:
+def paired_changes(config: Config, issued: IssuedCode, wanted: PairRequest) -> dict[str, str]:
     """
     What pairing changes in config.json: the id and relay as answered, the
     country (as the original does), and the pairing service when it is not
@@ -220,7 +223,7 @@ def one_off_client(reactor: Any, web_proxy: str, tls=None) -> HTTPClient:
     return HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy, tls))
 
 
-async def request_code_as_configured(reactor: Any, config: Any, pairing: PairingPlan) -> IssuedCode:
+async def request_code_as_configured(reactor: Any, config: Config, pairing: PairingPlan) -> IssuedCode:
     """
     L{request_code} the way config.json says: through its C{webProxy},
     trusting what its C{relayCA} adds to the OS's trust.

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -29,6 +29,9 @@ from ..photos.paths import inside
 from .queue import QuotaFull, RelayQueue, Reservation
 from ..photos.store import PhotoStore
 from .base import Delivery, QueuedPhoto, quota_exceeded, relay_full
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = Logger()
 
@@ -127,7 +130,7 @@ class LocalRelayStore:
     # The queue
 
     async def put(self, paired_id: str, parts: Sequence[str], temp_path: Path, fd: Optional[int],
-                  size: int, config: Any) -> tuple[str, bool]:
+                  size: int, config: Config) -> tuple[str, bool]:
         """
         Store a received photo and queue it; C{(relative, duplicate)}.
 
@@ -150,7 +153,7 @@ class LocalRelayStore:
         self.queue.put(paired_id, stored.relative, size, reservation)
         return stored.relative, stored.duplicate
 
-    def reserve(self, paired_id: str, size: int, config: Any) -> Reservation:
+    def reserve(self, paired_id: str, size: int, config: Config) -> Reservation:
         try:
             reservation = self.queue.reserve(paired_id, size, config.relayQuotaBytes,
                                              config.relayTotalBytes)

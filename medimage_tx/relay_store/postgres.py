@@ -23,7 +23,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -56,6 +56,9 @@ from .pairing_codes import (
 from . import schema
 from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, quota_exceeded, relay_full, split_name
 from twisted.internet.threads import deferToThread
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 CHANNEL = "medimage_relay"
 #: Different photos under one name: C{name}, C{name-1}, ... up to this.
@@ -196,7 +199,7 @@ class PostgresRelayStore:
     # The queue
 
     def put(self, paired_id: str, parts: Sequence[str], temp_path: Path, fd: Optional[int],
-            size: int, config: Any) -> Deferred:
+            size: int, config: Config) -> Deferred:
         """
         Store a received photo (the temporary file is removed) and queue it;
         fires with C{(relative, duplicate)} once committed.

@@ -9,7 +9,7 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Optional
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -19,6 +19,9 @@ from twisted.web.resource import Resource
 
 from .app_families import AppFamily
 from ..errors import Rejected, TryLater
+
+if TYPE_CHECKING:
+    from ..state import ServerState
 
 log = Logger()
 
@@ -161,7 +164,7 @@ class StateResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
 
