@@ -23,6 +23,9 @@ from .errors import Rejected, TryLater
 from .identity import PAIRED_ID, fingerprint
 from .web.answers import NOT_READABLE, Answer, answer_now, render_async
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from .relay_store import RelayStore
     from .state import ServerState
 from .web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES, RELAY_FEATURES_VALUE
 
@@ -50,7 +53,7 @@ class Relay:
 
     log = Logger()
 
-    def __init__(self, store: Any, clock: Any):
+    def __init__(self, store: RelayStore, clock: IReactorTime):
         self.store = store
         self.clock = clock
         self._waiters: dict[str, list[Deferred]] = {}
@@ -65,7 +68,13 @@ class Relay:
         d: Deferred = Deferred(lambda d: self._forget(paired_id, d))
         self._waiters.setdefault(paired_id, []).append(d)
         call = self.clock.callLater(timeout, self._time_out, paired_id, d)
-        d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
+
+        def stop_timer(result: object) -> object:
+            if call.active():
+                call.cancel()
+            return result
+
+        d.addBoth(stop_timer)
         return d
 
     def waiting(self, paired_id: str) -> int:
@@ -112,7 +121,7 @@ class RelayExpiry(Service):
     name = "relay-expiry"  # type: ignore[assignment]  # Twisted's Service has name = None, unannotated
     interval = 3600.0
 
-    def __init__(self, state: ServerState, relay: Relay, clock: Any):
+    def __init__(self, state: ServerState, relay: Relay, clock: IReactorTime):
         self.state = state
         self.relay = relay
         self.clock = clock

@@ -61,6 +61,7 @@ from ..outbound.response_limits import CappedBody, ResponseTooLarge, ResponseToo
 from .output import parse_query
 
 if TYPE_CHECKING:
+    from ..admin.access import Access
     from ..state import ServerState
 
 log = Logger()
@@ -131,7 +132,7 @@ def refusal(state: ServerState, request, form: Optional[dict] = None, csrf: bool
     return access.refusal(request, form, csrf=csrf)
 
 
-def _asked_by_own_page(access: Any, request) -> bool:
+def _asked_by_own_page(access: Access, request) -> bool:
     """
     A C{GET} runs an add-on, so it needs a sign that this server's own
     page (or the address bar) asked: another site's C{<img>} sends no

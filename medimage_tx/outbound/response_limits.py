@@ -18,18 +18,18 @@ reads one: C{\\n\\n} or C{\\n\\r\\n}); Twisted parses everything.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 #: The most a server may send from our request to the end of its answer's
@@ -155,12 +155,13 @@ class HeadLimitedEndpoint:
     C{limit} bytes.
     """
 
-    def __init__(self, endpoint: Any, limit: int = MAX_RESPONSE_HEAD):
+    def __init__(self, endpoint: IStreamClientEndpoint, limit: int = MAX_RESPONSE_HEAD):
         self.endpoint, self.limit = endpoint, limit
 
     def connect(self, factory) -> Deferred:
         connecting = self.endpoint.connect(_HeadLimitedFactory(factory, self.limit))
-        return connecting.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+        # It fires with what the factory built: a wrapper around the caller's protocol.
+        return connecting.addCallback(lambda wrapper: cast(ProtocolWrapper, wrapper).wrappedProtocol)
 
 
 @implementer(IAgentEndpointFactory)
@@ -170,7 +171,7 @@ class HeadLimitedEndpoints:
     (a host name endpoint, TLS for https), head-limited.
     """
 
-    def __init__(self, reactor: Any, tls: Any):
+    def __init__(self, reactor: Any, tls: IPolicyForHTTPS):
         self.reactor, self.tls = reactor, tls
 
     def endpointForURI(self, uri):
@@ -212,7 +213,7 @@ class CappedBody(Protocol):
     C{too_large} / C{too_slow} as their messages) or the sink's error.
     """
 
-    def __init__(self, sink: Callable[[bytes], object], limit: int, deadline: float, clock: Any,
+    def __init__(self, sink: Callable[[bytes], object], limit: int, deadline: float, clock: IReactorTime,
                  too_large: str = "the answer is too large", too_slow: str = "the answer is too slow"):
         self.sink, self.limit, self.clock = sink, limit, clock
         self.too_large, self.too_slow = too_large, too_slow

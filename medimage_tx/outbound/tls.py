@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -159,7 +159,7 @@ async def explain(error: BaseException, url: str, ca_file: Optional[Path], direc
         return one_line(error)
     address = urlsplit(url)
     host, port = address.hostname or "", address.port or 443
-    problem: Any = None
+    problem: Optional[tuple[int, str]] = None
     if direct:
         problem = await deferToThread(verify_problem, host, port, ca_file)
     return explain_certificate(host, problem)

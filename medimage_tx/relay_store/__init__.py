@@ -69,7 +69,7 @@ class RelayStoreService(Service):
     them when it stops.
     """
 
-    def __init__(self, store: Any):
+    def __init__(self, store: RelayStore):
         self.store = store
 
     def startService(self) -> None:

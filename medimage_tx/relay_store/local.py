@@ -31,6 +31,8 @@ from ..photos.store import PhotoStore
 from .base import Delivery, QueuedPhoto, quota_exceeded, relay_full
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
     from ..config import Config
 
 log = Logger()
@@ -84,14 +86,14 @@ class LocalRelayStore:
 
     name = "local"
 
-    def __init__(self, photo_store: PhotoStore, reactor: Any, clock: Any, lease_seconds: float):
+    def __init__(self, photo_store: PhotoStore, reactor: Any, clock: IReactorTime, lease_seconds: float):
         self.photo_store = photo_store
         self.reactor = reactor
         self.clock = clock
         self.on_available: Callable[[Optional[str]], None] = lambda paired_id: None
         self.queue = RelayQueue(now=clock.seconds, lease_seconds=lease_seconds,
                                 on_available=lambda paired_id: self.on_available(paired_id))
-        self._expiry_call = None
+        self._expiry_call: Optional[IDelayedCall] = None
         self._full = False
 
     @property

@@ -58,6 +58,8 @@ from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, quota_exceeded, 
 from twisted.internet.threads import deferToThread
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
     from ..config import Config
 
 CHANNEL = "medimage_relay"
@@ -120,7 +122,7 @@ class PostgresRelayStore:
 
     name = "postgresql"
 
-    def __init__(self, url: str, reactor: Any, clock: Any, lease_seconds: float,
+    def __init__(self, url: str, reactor: Any, clock: IReactorTime, lease_seconds: float,
                  threads: int = 8, sweep_seconds: float = SWEEP_SECONDS):
         self.url = url
         self.reactor = reactor
@@ -131,7 +133,7 @@ class PostgresRelayStore:
         self._threads = ThreadPool(minthreads=0, maxthreads=threads, name="relay-store")
         self._pool: Optional[psycopg_pool.ConnectionPool] = None
         self._listener: Optional[_Listener] = None
-        self._sweep_call = None
+        self._sweep_call: Optional[IDelayedCall] = None
         self._unavailable = False
 
     # Life cycle

@@ -14,7 +14,7 @@ exactly as the service gave it.
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
@@ -36,6 +36,9 @@ from ..pc.pairing import (
 )
 from .answers import Answer, answer_now, html_page, render_async
 
+if TYPE_CHECKING:
+    from ..relay_store import PairingDesk
+
 log = Logger()
 
 MAX_FORM = 4096
@@ -51,7 +54,7 @@ class PairingService(Resource):
 
     isLeaf = True
 
-    def __init__(self, desk: Any):
+    def __init__(self, desk: PairingDesk):
         super().__init__()
         self.desk = desk
 

@@ -16,7 +16,10 @@ import heapq
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 #: One address: 20 requests a second sustained, 100 at once.  The busiest
 #: clinic behind one NAT address (30 phones and its PC) sends about 7 a
@@ -104,7 +107,7 @@ class RequestBudget:
     requests over budget.
     """
 
-    def __init__(self, clock: Any, rate: float = PER_ADDRESS_RATE, burst: float = PER_ADDRESS_BURST,
+    def __init__(self, clock: IReactorTime, rate: float = PER_ADDRESS_RATE, burst: float = PER_ADDRESS_BURST,
                  total_rate: float = RELAY_TOTAL_RATE, total_burst: float = RELAY_TOTAL_BURST):
         self.clock = clock
         self.rate, self.burst = rate, burst
@@ -113,7 +116,7 @@ class RequestBudget:
         self._waiting: dict[str, deque[Ticket]] = {}  # per address, in arrival order
         self._ready: deque[str] = deque()  # addresses with a token, waiting for the total's
         self._later: list[tuple[float, str]] = []  # (when it has a token, address)
-        self._timer = None
+        self._timer: Optional[IDelayedCall] = None
         self._swept_at = clock.seconds()
         #: How many requests had to wait, and how many of those had their
         #: turn (figures for logs and tests).

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
-from twisted.web.template import Tag, tags
+from twisted.web.template import Flattenable, Tag, tags
 
 from ...config import ORIGINAL_DEFAULT_TYPES, resolve_path
 from ...web.answers import render_async
@@ -77,7 +77,7 @@ class SettingsPage(AdminPage):
     def render_POST(self, request, form: dict[str, str]):
         return render_async(request, self._save, form)
 
-    def _form(self, request, message: Any = "", error: str = "", values: dict | None = None) -> Tag:
+    def _form(self, request, message: Flattenable = "", error: str = "", values: dict | None = None) -> Tag:
         config = self.state.config
         folders = list(config.backupTo)
         values = values or {"output": folders[0] if folders else "", "copies": "\n".join(folders[1:])}
