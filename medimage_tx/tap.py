@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -38,6 +38,9 @@ from .relay_store import RelayStoreService, RelayStoreUnavailable, open_relay_st
 from .relay_store.queue import DEFAULT_LEASE_SECONDS
 from .photos.store import PhotoStore, process_umask
 from .web.tls import TLSConfigError, server_tls_options
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 log = Logger()
 
@@ -264,7 +267,7 @@ def build_service(
     config_path: Optional[Path] = None,
     port: Optional[int] = None,
     interface: Optional[str] = None,
-    clock: Any = None,
+    clock: Optional[IReactorTime] = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     no_lan: bool = False,
     discovery_port: Optional[int] = None,

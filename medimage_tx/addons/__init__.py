@@ -19,7 +19,7 @@ through the C{medimage_tx.addons} entry point group.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.logger import Logger
 
@@ -29,6 +29,8 @@ from .registry import Registry
 from .python_api import discover
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from ..state import ServerState
 
 log = Logger()
@@ -38,7 +40,7 @@ def registry_path(config_path: Path) -> Path:
     return config_path.parent / "addons" / "config.json"
 
 
-def make_addon_service(state: ServerState, reactor: Any, clock: Any = None) -> AddonService:
+def make_addon_service(state: ServerState, reactor: Any, clock: Optional[IReactorTime] = None) -> AddonService:
     """
     The add-on service of a clinic PC server.
     """

@@ -37,6 +37,8 @@ from .registry import DEFAULT_TIMEOUT, Entry, Registry
 from .runner import RunResult, kill_tree, run_process
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from ..state import ServerState
 
 log = Logger()
@@ -109,7 +111,7 @@ class AddonService(Service):
     """
 
     def __init__(self, state: ServerState, reactor: Any, registry: Registry,
-                 python_addons: Sequence[PythonAddon] = (), clock: Any = None,
+                 python_addons: Sequence[PythonAddon] = (), clock: Optional[IReactorTime] = None,
                  concurrency: int = CONCURRENT_PHOTOS):
         self.state = state
         self.reactor = reactor

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import psutil
 from twisted.internet import error, protocol
@@ -18,6 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .command import Command
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 log = Logger()
 
@@ -118,7 +121,7 @@ def lower_priority(pid: int) -> None:
 
 
 def run_process(reactor: Any, command: Command, cwd: str, env: Mapping[str, str],
-                timeout: float, clock: Any = None, running: Optional[set] = None) -> Deferred:
+                timeout: float, clock: Optional[IReactorTime] = None, running: Optional[set] = None) -> Deferred:
     """
     Start C{command} and fire with a L{RunResult} when it ends, or at
     C{timeout} seconds (then the process tree is killed and whatever it

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 from urllib.parse import urlencode, urlsplit
 
 from treq.client import HTTPClient
@@ -43,6 +43,8 @@ from ..outbound.response_limits import (
 )
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from ..config import Config
 
 #: AtomJump's central pairing service: every MedImage app version redeems
@@ -234,7 +236,7 @@ async def request_code_as_configured(reactor: Any, config: Config, pairing: Pair
 
 
 async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Optional[Path] = None,
-                       via_proxy: bool = False, clock: Any = None) -> IssuedCode:
+                       via_proxy: bool = False, clock: Optional[IReactorTime] = None) -> IssuedCode:
     """
     Register with the pairing service and return its checked answer.  The
     whole answer, headers and body, must come within L{TIMEOUT_SECONDS}
@@ -249,7 +251,9 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
     @raise PairingError: in our words; the service's body is never repeated.
     """
     if clock is None:
-        from twisted.internet import reactor as clock
+        from twisted.internet import reactor
+
+        clock = cast("IReactorTime", reactor)  # the installed reactor: Twisted types it as a module
     url = pairing.request.pairing_url()
     deadline = clock.seconds() + TIMEOUT_SECONDS
     try:

@@ -23,7 +23,7 @@ import hashlib
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -46,6 +46,11 @@ from ..outbound.tls import RelayTLSPolicy, explain, one_line, policy_for, relay_
 from ..photos.multipart import make_temp_file
 from ..photos.sniff import HEAD_SIZE, choose_type
 from .room import below_floor, held_full
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from ..state import ServerState
 
 
 def photo_parts(file_name: str, allowed_chars: str) -> tuple[tuple[str, ...], str]:
@@ -103,7 +108,8 @@ class RelayPuller(Service):
 
     log = Logger()
 
-    def __init__(self, state, reactor: Any, clock: Any = None, *, legacy_interval: float = 5.0,
+    def __init__(self, state: ServerState, reactor: Any, clock: Optional[IReactorTime] = None, *,
+                 legacy_interval: float = 5.0,
                  long_poll: int = 30, backoff_start: float = 1.0, backoff_max: float = 60.0,
                  answer_timeout: float = 30.0, stall_timeout: float = 60.0,
                  room_interval: float = 30.0):
@@ -382,6 +388,7 @@ class RelayPuller(Service):
         stem = safe_component(strip_extension(name, extensions)) or DEFAULT_STEM
         parts = folders + (stem + allowed.extension,)
         fd, temp = download.hand_over()
+        assert self.state.filing is not None  # a PC's, made before its puller (tap.py)
         stored = await self.state.filing.file(temp, fd, parts, download.size, "relay")
         return stored, None
 
@@ -422,7 +429,7 @@ class _BodyToFile(Protocol):
     is complete.
     """
 
-    def __init__(self, download: Optional["_Download"], limit: int, clock: Any, stall_timeout: float,
+    def __init__(self, download: Optional["_Download"], limit: int, clock: IReactorTime, stall_timeout: float,
                  total_timeout: float):
         self.download, self.limit, self.clock = download, limit, clock
         self.stall_timeout, self.total_timeout = stall_timeout, total_timeout

@@ -21,6 +21,8 @@ from .base import RelayStoreUnavailable
 from .local import LocalPairingDesk, LocalRelayStore
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     # Imported when configured only: its driver is an optional dependency.
     from .postgres import PostgresPairingDesk, PostgresRelayStore
 
@@ -31,7 +33,7 @@ PairingDesk = Union[LocalPairingDesk, "PostgresPairingDesk"]
 log = Logger()
 
 
-def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor: Any, clock: Any,
+def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor: Any, clock: IReactorTime,
                      lease_seconds: float) -> tuple[RelayStore, PairingDesk]:
     """
     The relay's store and pairing desk: on this disk when C{url} is empty,
