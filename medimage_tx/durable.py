@@ -63,7 +63,7 @@ class BackgroundJSONWriter:
         self.writes += 1
         written = self.in_thread(write_json_atomically, self.path, data)
 
-        def done(result: Any) -> None:
+        def done(result: object) -> None:
             self._writing = False
             for waiter in waiters:
                 if waiter.called:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from twisted.logger import Logger
 
@@ -92,7 +92,7 @@ class Page:
 @dataclass(frozen=True)
 class PythonAddon:
     name: str
-    target: Any
+    target: object  # the add-on's module or object: its handlers are looked up by name
 
     def handler(self, event: str):
         method = {"photoWritten": "photo_written", "fileWritten": "file_written",

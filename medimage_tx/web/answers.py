@@ -135,7 +135,7 @@ def render_async(request: server.Request, handler: Callable[..., Coroutine[Any, 
 
     request.notifyFinish().addErrback(client_gone)
 
-    def answer(result: Any) -> None:
+    def answer(result: Answer | Failure | None) -> None:
         if gone or result is None:
             return  # the client left, or the handler answered itself
         if isinstance(result, Failure):

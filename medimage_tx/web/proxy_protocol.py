@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from twisted.internet import interfaces
 from twisted.internet.protocol import connectionDone
@@ -69,7 +69,7 @@ class BalancerOnly(policies.ProtocolWrapper):
 class BalancerOnlyFactory(policies.WrappingFactory):
     protocol = BalancerOnly
 
-    def __init__(self, wrapped: Any, sources: Callable[[], tuple[Network, ...]]):
+    def __init__(self, wrapped: interfaces.IProtocolFactory, sources: Callable[[], tuple[Network, ...]]):
         super().__init__(wrapped)
         self.sources = sources
         self._logged_at: Optional[float] = None
@@ -89,7 +89,7 @@ class BalancerOnlyEndpoint:
     C{wrapped}, accepting connections from the balancers C{sources()} names only.
     """
 
-    def __init__(self, wrapped: Any, sources: Callable[[], tuple[Network, ...]]):
+    def __init__(self, wrapped: interfaces.IStreamServerEndpoint, sources: Callable[[], tuple[Network, ...]]):
         self.wrapped = wrapped
         self.sources = sources
 
@@ -97,7 +97,7 @@ class BalancerOnlyEndpoint:
         return self.wrapped.listen(BalancerOnlyFactory(factory, self.sources))
 
 
-def trusted_proxy_endpoint(wrapped: Any, sources: Callable[[], tuple[Network, ...]]):
+def trusted_proxy_endpoint(wrapped: interfaces.IStreamServerEndpoint, sources: Callable[[], tuple[Network, ...]]):
     """
     A PROXY-protocol listener on C{wrapped} that reads the header only from
     the balancers C{sources()} names (read at each connection: a config
