@@ -240,6 +240,7 @@ class RelayPuller(Service):
         why, held = await self.state.in_thread(_look_at_room, data_dir, config, recount)
         if held is not None:
             self._held = held
+        assert self._held is not None  # counted at the first look (recount)
         why = why or held_full(data_dir, self._held, config)
         if why is not None:
             if self._paused is None:

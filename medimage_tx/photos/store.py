@@ -341,9 +341,9 @@ class PhotoStore:
                                 addons: bool) -> tuple[str, bool]:
         # Photos linked under the first name while nothing was hashed: read
         # once each, then known.
-        for number in family.unknown():
-            exists, found = self._digest_at(self._name(folder, stem, extension, number))
-            family.taken(number, found) if exists else family.forget(number)
+        for unknown in family.unknown():
+            exists, found = self._digest_at(self._name(folder, stem, extension, unknown))
+            family.taken(unknown, found) if exists else family.forget(unknown)
         number = family.number_of(digest)
         if number is not None:
             relative = self._name(folder, stem, extension, number)
