@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import TryLater
 from ..photos.held import HELD
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def free_bytes(folder: Path) -> Optional[int]:
@@ -29,7 +32,7 @@ def free_bytes(folder: Path) -> Optional[int]:
         return None
 
 
-def below_floor(data_dir: Path, config: Any, room_for: int = 0) -> Optional[str]:
+def below_floor(data_dir: Path, config: Config, room_for: int = 0) -> Optional[str]:
     """
     Why the disk has too little room now (one line), or None.
 
@@ -44,7 +47,7 @@ def below_floor(data_dir: Path, config: Any, room_for: int = 0) -> Optional[str]
     return None
 
 
-def held_full(data_dir: Path, held: tuple[int, int], config: Any) -> Optional[str]:
+def held_full(data_dir: Path, held: tuple[int, int], config: Config) -> Optional[str]:
     """
     Why the held folder may take no more (one line), or None.
     """
@@ -56,7 +59,7 @@ def held_full(data_dir: Path, held: tuple[int, int], config: Any) -> Optional[st
     return None
 
 
-def check_room_for_upload(data_dir: Path, config: Any) -> None:
+def check_room_for_upload(data_dir: Path, config: Config) -> None:
     """
     @raise TryLater: C{507}, the disk is below C{minFreeBytes}.
     """
