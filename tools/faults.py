@@ -75,7 +75,7 @@ FAULTS = [
           "    def log(self, request):", "    def _no_access_log(self, request):",
           [DEFENCES + "::test_relay_log_never_holds_ids_folders_or_names", "tests/test_relay.py"], installed=True),
     Fault(12, "the relay's per-address connection cap is removed", "medimage_tx/http_resource.py",
-          "(RELAY_CONNECTIONS_PER_ADDRESS if relay", "(10 ** 9 if relay",
+          "connections_per_address=RELAY_CONNECTIONS_PER_ADDRESS,", "connections_per_address=10 ** 9,",
           [DEFENCES + "::test_relay_caps_connections_per_address_at_the_documented_number"]),
     Fault(13, "500 UDP replies per sender per second instead of 5", "medimage_tx/lan/rules.py",
           "per_sender: int = 5,", "per_sender: int = 500,",
@@ -89,7 +89,7 @@ FAULTS = [
           [DEFENCES, "tests/test_relay.py", "tests/test_documented.py"]),
     # Issue 19: defences no test pinned, and the round's fixes.
     Fault(16, "the CSRF check is skipped for a POST body that is not a form", "medimage_tx/admin/access.py",
-          "if form is None or not self.csrf_ok(", "if form is not None and not self.csrf_ok(",
+          "if csrf and (form is None or not self.csrf_ok(", "if csrf and (form is not None and not self.csrf_ok(",
           [ROUND3 + "::test_a_post_that_is_not_a_urlencoded_form_still_needs_the_token"], installed=True),
     Fault(17, "Origin/Referer are compared without the port", "medimage_tx/admin/access.py",
           "                    and _port(theirs) == _port(ours))", "                    )",
