@@ -3,6 +3,9 @@ Small state files written durably without blocking the reactor: the write
 (temp file, fsync, rename) runs in a thread, and saves asked for while one
 is under way share the next write, so a flood of changes costs at most one
 write at a time and never delays other requests.
+
+Also the one way blocking calls leave the reactor thread (L{reactor_threads}):
+the server's parts are given it, so tests can give them another runner.
 """
 
 from __future__ import annotations
@@ -12,9 +15,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from .config import write_json_atomically
+
+#: Runs C{f(*args)} off the reactor thread: a Deferred of its result.
+InThread = Callable[..., Deferred]
+
+
+def reactor_threads(reactor: Any) -> InThread:
+    """
+    Blocking calls in C{reactor}'s thread pool: the production runner.
+    Tests with a fake reactor give the server a runner of their own.
+    """
+    return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
 
 def read_json(path: Path) -> Any:

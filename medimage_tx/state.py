@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .admin.activity import Activity
 from .admin.log_ring import LogRing
 from .config import Config, config_stamp, save_config
+from .durable import InThread, reactor_threads
 from .pc.backups import BackupService
 from .photos.store import PhotoStore
 
@@ -77,10 +77,14 @@ class ServerState:
     # A relay's parts.
     relay: Optional[Relay] = None
     pairing: Optional[PairingDesk] = None
+    #: Runs blocking calls (file work, config writes) off the reactor
+    #: thread: by default the reactor's thread pool.
+    in_thread: InThread = None  # type: ignore[assignment]
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
 
-    def in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+    def __post_init__(self) -> None:
+        if self.in_thread is None:
+            self.in_thread = reactor_threads(self.reactor)
 
     async def save_config(self, **changes: Any) -> Config:
         """

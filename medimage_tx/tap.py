@@ -24,6 +24,7 @@ from .config_watch import ConfigWatcher
 from .web.connection_limits import raise_open_file_limit
 from .config import ConfigError, Config, check_relay_store, config_stamp, load_or_create_config, resolve_path
 from .discovery import DiscoveryService
+from .durable import InThread, reactor_threads
 from .errors import StartupFailed
 from .pc.filing import Filing, photo_store
 from .http_resource import make_site, pc_root, relay_root
@@ -272,14 +273,18 @@ def build_service(
     no_lan: bool = False,
     discovery_port: Optional[int] = None,
     relay_store: Optional[str] = None,
+    in_thread: Optional[InThread] = None,
 ) -> MedImageService:
     """
     Read config and wire the services.  Raises L{ConfigError}.
 
     @param clock: for leases and waits (tests pass a L{task.Clock});
         default the reactor.
+    @param in_thread: runs blocking calls off the reactor thread; default
+        the reactor's thread pool (tests on a fake reactor give their own).
     """
     clock = clock or reactor
+    in_thread = in_thread or reactor_threads(reactor)
     data_dir = data_dir.expanduser().absolute()
     config_path = (config_path or data_dir / "config.json").expanduser().absolute()
     try:
@@ -291,14 +296,15 @@ def build_service(
         log.info("No config found: wrote the defaults to {path}", path=config_path)
     store = photo_store(config, data_dir)
     # As loaded: an edit made before the watcher starts is still an edit.
-    state = ServerState(config=config, store=store, reactor=reactor, backups=BackupService(store, reactor),
-                        config_stamp=config_stamp(config.path))
+    state = ServerState(config=config, store=store, reactor=reactor,
+                        backups=BackupService(store, reactor, in_thread=in_thread),
+                        config_stamp=config_stamp(config.path), in_thread=in_thread)
     relay = None
     if config.allowPhotosLeaving:
         url = config.relayStore if relay_store is None else relay_store
         try:
             check_relay_store(url)
-            shared, pairing = open_relay_store(url, store, data_dir, reactor, clock, lease_seconds)
+            shared, pairing = open_relay_store(url, store, data_dir, reactor, clock, lease_seconds, in_thread)
         except ValueError as e:
             raise ConfigError(f"--relay-store: {e}") from None
         except RelayStoreUnavailable as e:

@@ -10,9 +10,9 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from ..durable import InThread, reactor_threads
 from ..photos.store import PhotoStore, RecoveryReport
 
 RETRY_INTERVAL = 30.0
@@ -25,9 +25,11 @@ class BackupService(Service):
 
     log = Logger()
 
-    def __init__(self, store: PhotoStore, reactor, interval: float = RETRY_INTERVAL):
+    def __init__(self, store: PhotoStore, reactor, interval: float = RETRY_INTERVAL,
+                 in_thread: Optional[InThread] = None):
         self.store = store
         self.reactor = reactor
+        self.in_thread = in_thread or reactor_threads(reactor)
         self.interval = interval
         self.failing: dict[str, str] = {}
         #: Called with the staged photos whose add-ons had not finished
@@ -36,9 +38,6 @@ class BackupService(Service):
         self.on_unfinished_addons: Optional[Callable[[Sequence[str]], None]] = None
         self._loop = LoopingCall(self._retry)
         self._loop.clock = reactor
-
-    def in_thread(self, f, *args):
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
     def startService(self) -> None:
         super().startService()

@@ -8,13 +8,12 @@ PostgreSQL database between several relay nodes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from twisted.application.service import Service
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from ..durable import BackgroundJSONWriter, read_json
+from ..durable import BackgroundJSONWriter, InThread, read_json, reactor_threads
 from .pairing_codes import PairingBook
 from ..photos.store import PhotoStore
 from .base import RelayStoreUnavailable
@@ -34,7 +33,7 @@ log = Logger()
 
 
 def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor: Any, clock: IReactorTime,
-                     lease_seconds: float) -> tuple[RelayStore, PairingDesk]:
+                     lease_seconds: float, in_thread: Optional[InThread] = None) -> tuple[RelayStore, PairingDesk]:
     """
     The relay's store and pairing desk: on this disk when C{url} is empty,
     else in the PostgreSQL database it names (checked, and its schema
@@ -43,14 +42,14 @@ def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor:
     @raise RelayStoreUnavailable: one line saying why the store cannot be used.
     """
     if not url:
-        store = LocalRelayStore(photo_store, reactor, clock, lease_seconds)
+        in_thread = in_thread or reactor_threads(reactor)
+        store = LocalRelayStore(photo_store, reactor, clock, lease_seconds, in_thread)
         queued = store.load_existing()
         if queued:
             log.info("Relay: {count} photo(s) still queued from before", count=queued)
         book = PairingBook(clock.seconds)
         # Codes and guess counts survive restarts (and crashes).
         book.restore(read_json(data_dir / "pairing.json"))
-        in_thread = lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
         save = BackgroundJSONWriter(data_dir / "pairing.json", book.snapshot, in_thread).save
         return store, LocalPairingDesk(book, save)
     try:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from ..durable import InThread, reactor_threads
 from ..errors import TryLater
 from ..identity import PAIRED_ID
 from .pairing_codes import Pairing, PairingBook
@@ -86,9 +86,11 @@ class LocalRelayStore:
 
     name = "local"
 
-    def __init__(self, photo_store: PhotoStore, reactor: Any, clock: IReactorTime, lease_seconds: float):
+    def __init__(self, photo_store: PhotoStore, reactor: Any, clock: IReactorTime, lease_seconds: float,
+                 in_thread: Optional[InThread] = None):
         self.photo_store = photo_store
         self.reactor = reactor
+        self._in_thread = in_thread or reactor_threads(reactor)
         self.clock = clock
         self.on_available: Callable[[Optional[str]], None] = lambda paired_id: None
         self.queue = RelayQueue(now=clock.seconds, lease_seconds=lease_seconds,
@@ -99,9 +101,6 @@ class LocalRelayStore:
     @property
     def photos(self) -> Path:
         return self.photo_store.photos
-
-    def _in_thread(self, f: Callable, *args: Any) -> Deferred:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
     def start(self) -> None:
         pass
