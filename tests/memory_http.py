@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.task import Clock, Cooperator
+from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -33,21 +33,45 @@ from conftest import multipart, write_config
 
 SERVER_PORT = 8080
 
-#: Where the steps of pull producers (a relay sending a photo from its
-#: file) are scheduled, instead of the global reactor's cooperator:
-#: L{MemoryServer.flush} runs them (see L{pull_producers_in_memory}).
-PULLS = Clock()
+class Steps:
+    """
+    Where the steps of pull producers (a relay sending a photo from its
+    file) wait, instead of the global reactor's cooperator: L{run_one}
+    runs the first, L{MemoryServer.flush} all (see
+    L{pull_producers_in_memory}).
+    """
+
+    def __init__(self):
+        self.waiting: list[Callable[[], None]] = []
+
+    def schedule(self, step: Callable[[], None]):
+        self.waiting.append(step)
+        steps = self
+
+        class Scheduled:
+            def cancel(self):
+                if step in steps.waiting:
+                    steps.waiting.remove(step)
+
+        return Scheduled()
+
+    def run_one(self) -> None:
+        self.waiting.pop(0)()
+
+
+PULLS = Steps()
 
 
 def pull_producers_in_memory(monkeypatch) -> None:
     """
     Twisted's HTTP channel turns a pull producer into a push producer with
     the global cooperator (the real reactor); in memory, its steps run
-    when the test carries the connection's bytes.
+    when the test carries the connection's bytes, one piece at a time.
     """
     from twisted.internet import _producer_helpers
 
-    cooperator = Cooperator(scheduler=lambda step: PULLS.callLater(0, step))
+    PULLS.waiting.clear()
+    cooperator = Cooperator(scheduler=PULLS.schedule, terminationPredicateFactory=lambda: lambda: True)
     monkeypatch.setattr(_producer_helpers, "cooperate", cooperator.cooperate)
 
 
@@ -142,6 +166,10 @@ class MemoryServer:
         """
         from twisted.internet.error import ConnectionDone
 
+        # As a real transport does: its producer (the channel, and through
+        # it a response being sent) is stopped, then the protocol told.
+        if transport.producer is not None:
+            transport.producer.stopProducing()
         channel.connectionLost(Failure(ConnectionDone()))
 
     # -- HTTP clients ----------------------------------------------------
@@ -180,17 +208,33 @@ class MemoryServer:
         moved = True
         while moved:
             moved = False
+            # The server's producers first: a response is all written
+            # (and finished) before the client reads it and hangs up.
+            while PULLS.waiting:
+                PULLS.run_one()
+                moved = True
             for pump in list(self.pumps):
                 moved = pump.flush() or moved
                 if pump.clientIO.disconnected and pump.serverIO.disconnected:
                     self.pumps.remove(pump)
-            if PULLS.getDelayedCalls():
-                PULLS.advance(0)
-                moved = True
 
     def advance(self, seconds: float) -> None:
+        """
+        Time passes, after what was sent so far has arrived.
+        """
+        self.flush()
         self.reactor.advance(seconds)
         self.flush()
+
+    def ready(self, d: Deferred) -> bool:
+        """
+        Whether C{d} has its result once everything written so far has
+        been carried.
+        """
+        self.flush()
+        results: list = []
+        d.addBoth(lambda result: results.append(result) or result)
+        return bool(results)
 
     def done(self, d: Deferred) -> Any:
         """
