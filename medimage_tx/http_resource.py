@@ -340,6 +340,25 @@ class MedImageRequest(server.Request):
         if self.receiver is not None:
             self.receiver.discard()
 
+    def render(self, resrc) -> None:
+        if self.method == b"HEAD" and hasattr(resrc, "render_POST") and not hasattr(resrc, "render_GET"):
+            # Twisted answers HEAD with render_GET; a POST-only route (an
+            # upload, signing out) failed with a 500 and a traceback.
+            resrc = NoHead()
+        super().render(resrc)
+
+
+class NoHead(Resource):
+    """
+    C{HEAD} of a route that has no C{GET}.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setHeader(b"allow", b"POST, OPTIONS")
+        return answer_now(request, Answer(405, b"Use POST"))
+
 
 class PhotoUpload(StateResource):
     """
