@@ -379,7 +379,8 @@ def test_no_get_changes_anything(tmp_path):
 
     before = snapshot()
     fields = ("?serverName=Evil&backupTo=/tmp&readProxy=http://evil.example/read/x&globalId=x&code=abcd"
-              "&pass=x&uninstall=all&install=http://evil.example/a.zip&country=FR&unpair=1&confirm=1")
+              "&pass=x&uninstall=all&install=http://evil.example/a.zip&country=FR&unpair=1&confirm=1"
+              "&output=&copies=&lanMode=on&type:.jpg=on&type:.pdf=on")  # the settings page's own fields
     paths = ["/", "/pair", "/discovery", "/admin/settings", "/admin/pair", "/admin/logs",
              "/admin/addons", "/admin/login", "/admin/logout", "/addon/get-session", "/med-genid.php",
              "/api/photo", "/read/" + PAIRED_ID, "/check=x.jpg"]
