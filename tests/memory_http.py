@@ -301,4 +301,6 @@ def memory_server(folder: Path, role: str = "pc", hold_threads: bool = False, **
     threads = Threads(hold_threads)
     service = build_service(reactor, data, config, port=SERVER_PORT, interface="127.0.0.1", clock=reactor,
                             in_thread=threads)
+    # As a listening port would (the access log, were it on, opens here).
+    service.http.factory.doStart()
     return MemoryServer(service, data, reactor, threads)
