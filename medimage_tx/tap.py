@@ -323,7 +323,8 @@ def build_service(
         log.info("LAN mode is off: no mDNS adverts or UDP scan replies, and HTTP only on "
                  "{interface}, so phones on the WiFi cannot find this PC; they send through the relay",
                  interface=interface)
-    state.access = Access(state, listen_address=interface)
+    # Sessions on the reactor's clock (the wall clock; a fake one in tests).
+    state.access = Access(state, listen_address=interface, now=reactor.seconds)
     site = make_site(state, root, relay=relay is not None)
     listen_port = config.listenPort if port is None else port
     tls = _tls_options(config)

@@ -364,6 +364,26 @@ def test_a_rebound_dns_name_gets_no_admin_page(tmp_path):
     assert response.code == 403 and b"Advertised" not in body
 
 
+def test_an_admin_session_ends_at_twelve_hours(tmp_path):
+    """
+    A browser on another computer, signed in with the password and using
+    the logs page every 30 minutes, is sent to sign in again at 12 hours.
+    Real counterpart: security/test_round3.py::test_the_admin_pages_end_a_session_at_twelve_hours.
+    """
+    pc = memory_server(tmp_path, basicAuthent="correct horse battery")
+    browser = "192.0.2.5"
+    assert pc.get("/admin/logs", peer=browser)[0].code == 403  # not the PC itself
+    _, body = pc.get("/addon/get-session?pass=correct%20horse%20battery", peer=browser)
+    cookie = b"medimage_session=" + json.loads(body)["sessionId"].encode()
+    started = pc.reactor.seconds()
+    while pc.reactor.seconds() - started + 1800 < documented.SESSION_MAX_AGE_SECONDS:
+        pc.advance(1800)
+        assert pc.get("/admin/logs", peer=browser, Cookie=cookie)[0].code == 200
+    pc.advance(documented.SESSION_MAX_AGE_SECONDS - (pc.reactor.seconds() - started))
+    response, body = pc.get("/admin/logs", peer=browser, Cookie=cookie)
+    assert response.code == 403 and b"Sign in first" in body
+
+
 def test_no_get_changes_anything(tmp_path):
     """
     GETs (and HEADs) of every page, with the fields a form would post, as
