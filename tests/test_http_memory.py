@@ -512,18 +512,27 @@ def test_the_relay_never_logs_ids_folders_or_names(tmp_path):
     assert [line for line in lines if any(secret in line for secret in secrets)] == []
 
 
+def issue_code(relay) -> tuple[str, str]:
+    url = relay.url("")
+    code, answer, _ = relay.answer(relay.post(f"proxyServer={url}".encode(),
+                                              b"application/x-www-form-urlencoded", path="/med-genid.php"))
+    words = answer.decode().split()
+    assert code == 200 and len(words) >= 2, answer
+    return words[0], words[1]
+
+
+def wrong_code(right: str) -> str:
+    return "ZZZZ" if right != "ZZZZ" else "YYYY"
+
+
 def test_pairing_guesses_are_limited_per_address(tmp_path):
     """
     Real counterpart: security/test_defences.py::test_guess_limit_per_address_is_the_documented_ten.
     """
     relay = memory_server(tmp_path, "relay")
     url = relay.url("")
-    code, answer, _ = relay.answer(relay.post(f"proxyServer={url}".encode(),
-                                              b"application/x-www-form-urlencoded", path="/med-genid.php"))
-    words = answer.decode().split()
-    assert code == 200 and len(words) >= 2, answer
-    right, paired_id = words[0], words[1]
-    wrong = "ZZZZ" if right != "ZZZZ" else "YYYY"
+    right, paired_id = issue_code(relay)
+    wrong = wrong_code(right)
 
     def compare(guess: str, peer: str = "127.0.0.7") -> str:
         return relay.get(f"/med-genid.php?compare={guess}", peer=peer)[1].decode()
@@ -534,3 +543,48 @@ def test_pairing_guesses_are_limited_per_address(tmp_path):
     assert compare(wrong) == "nomatch"
     assert compare(right) == "nomatch"  # ten failures: locked out
     assert compare(right, "127.0.0.8") == f"{url}/write/{paired_id}"
+
+
+def test_pairing_guesses_in_total_are_limited_per_hour(tmp_path):
+    """
+    Real counterpart: security/test_defences.py::test_guess_limit_in_total_is_the_documented_hundred_per_hour.
+    """
+    relay = memory_server(tmp_path, "relay")
+    url = relay.url("")
+    right, paired_id = issue_code(relay)
+
+    def compare(guess: str, peer: str) -> str:
+        return relay.get(f"/med-genid.php?compare={guess}", peer=peer)[1].decode()
+
+    per_address = documented.GUESSES_PER_ADDRESS
+    attackers = documented.GUESSES_IN_TOTAL // per_address
+    for n in range(attackers):
+        for _ in range(per_address - (1 if n == attackers - 1 else 0)):
+            assert compare(wrong_code(right), f"10.0.1.{n + 1}") == "nomatch"
+    # 99 failures in all: a new address still pairs; the 100th locks everyone out.
+    assert compare(right, "10.0.2.1") == f"{url}/write/{paired_id}"
+    assert compare(wrong_code(right), f"10.0.1.{attackers}") == "nomatch"
+    assert compare(right, "10.0.2.1") == "nomatch"
+    # The hour has passed (failures count in one-minute buckets): room again.
+    relay.advance(documented.GUESS_WINDOW_SECONDS + 61)
+    right, paired_id = issue_code(relay)
+    assert compare(right, "10.0.2.1") == f"{url}/write/{paired_id}"
+
+
+def test_names_are_stored_flat_and_device_names_defused(tmp_path):
+    """
+    Whatever allowedChars lets through, '/ \\ : NUL' never make folders or
+    cut a name, and Windows device names are defused.  Real counterparts:
+    security/test_defences.py::test_permissive_allowed_chars_still_store_flat_names,
+    ::test_device_names_are_stored_defused_on_the_pc.
+    """
+    pc = memory_server(tmp_path, allowedChars="\\s\\S")
+    for index, never in enumerate(("/", "\\", ":", "\x00")):
+        photo = jpeg_bytes(2_000, seed=index + 1)
+        code, body, _ = pc.answer(pc.upload(f"#a{never}b-x{index}{never}y.jpg", photo))
+        assert code == 200, (never, body)
+        assert (pc.photos / "ab" / f"x{index}y.jpg").read_bytes() == photo
+    for index, device in enumerate(("COM1", "lpt9", "Com5")):
+        assert pc.answer(pc.upload(f"#{device}-{device}.jpg", jpeg_bytes(seed=index + 10)))[0] == 200
+    assert sorted(p.relative_to(pc.photos).as_posix() for p in all_files(pc.photos)) == [
+        "_COM1/_COM1.jpg", "_Com5/_Com5.jpg", "_lpt9/_lpt9.jpg"] + [f"ab/x{i}y.jpg" for i in range(4)]
