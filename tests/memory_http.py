@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -32,6 +33,7 @@ from zope.interface import implementer
 from conftest import multipart, write_config
 
 SERVER_PORT = 8080
+
 
 class Steps:
     """
@@ -164,8 +166,6 @@ class MemoryServer:
         """
         The transport closes (the server aborted, or the client left).
         """
-        from twisted.internet.error import ConnectionDone
-
         # As a real transport does: its producer (the channel, and through
         # it a response being sent) is stopped, then the protocol told.
         if transport.producer is not None:
