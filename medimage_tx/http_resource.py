@@ -592,8 +592,9 @@ class MedImageSite(server.Site):
     protocol = MedImageChannel  # type: ignore[assignment]
 
     def __init__(self, state: ServerState, root: Root, limits: Limits):
-        # timeout: a connection idle this long is closed.
-        super().__init__(root, parsePOSTFormSubmission=False, timeout=75)
+        # timeout: a connection idle this long is closed, on the state's
+        # reactor's clock (as the deadlines are), not the global reactor's.
+        super().__init__(root, parsePOSTFormSubmission=False, timeout=75, reactor=state.reactor)
         self.state = state
         self.limits = limits
         self.budget = RequestBudget(

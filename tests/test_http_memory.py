@@ -29,6 +29,8 @@ QUEUED_AS = f"/{PAIRED_ID}/NHID1234/arm-27-Nov-2026-10-11-12.jpg"
 RECEIVED = b"Received upload successfully!"
 ACK = "1"
 EVIL = b"http://evil.example"
+#: The idle timeout (docs/security.md): a kept-alive connection with no request.
+IDLE_SECONDS = 75
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +84,23 @@ def test_a_kept_alive_request_has_its_own_header_deadline(tmp_path):
     channel.dataReceived(b"G")
     server.reactor.advance(server.site.limits.header_seconds)
     assert aborted(transport)
+    server.hang_up(channel, transport)
+    assert server.site.open_connections == 0
+
+
+def test_an_idle_connection_is_closed_on_the_servers_clock(tmp_path):
+    """
+    The idle timeout runs on the server's reactor (here the fake one), as
+    the deadlines do.
+    """
+    server = memory_server(tmp_path)
+    channel, transport = server.connect()
+    channel.dataReceived(b"GET /load/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    server.reactor.advance(IDLE_SECONDS - 1)
+    assert not transport.disconnecting
+    server.reactor.advance(1)
+    assert transport.disconnecting
     server.hang_up(channel, transport)
     assert server.site.open_connections == 0
 
