@@ -195,6 +195,9 @@ FAULTS = [
           "        log.info(\"Relay: queued a photo for {fp} ({size} bytes) in {ms:.0f} ms\",\n",
           "        log.info(\"Relay: queued a photo for {fp} ({size} bytes) in {ms:.0f} ms \" + received.filename,\n",
           [MEMORY + "::test_the_relay_never_logs_ids_folders_or_names"]),
+    Fault(41, "idle keep-alive connections are never closed", "medimage_tx/http_resource.py",
+          "parsePOSTFormSubmission=False, timeout=75,", "parsePOSTFormSubmission=False, timeout=None,",
+          [MEMORY + "::test_an_idle_connection_is_closed_on_the_servers_clock"]),
 ]
 
 
