@@ -47,6 +47,32 @@ def relay_name(n: int = 0) -> str:
     return f"#{PAIRED_ID}-#NHID1234-arm{n}-27-Nov.jpg"
 
 
+# -- The injected reactor ------------------------------------------------------
+
+
+def test_the_http_side_runs_on_the_injected_reactor_only(tmp_path):
+    """
+    Deadlines, the idle timeout, the request budget, long polls and the
+    blocking calls of a PC and a relay all go through what build_service
+    was given: nothing lands on the global reactor's clock.
+    """
+    from twisted.internet import reactor as global_reactor
+
+    before = set(global_reactor.getDelayedCalls())
+    for role, name in (("pc", "#NHID1234-arm.jpg"), ("relay", APP_NAME)):
+        server = memory_server(tmp_path, role)
+        assert server.answer(server.upload(name, jpeg_bytes()))[0] == 200
+        assert server.threads.calls > 0  # stored through the injected runner
+        server.get("/")
+        server.connect()[0].dataReceived(b"GET / HTTP/1.1\r\n")  # headers still coming
+        if role == "relay":
+            server.get(f"/read/{PAIRED_ID}")
+            server.client().get(server.url(f"/read/{PAIRED_ID}?wait=30"))
+            server.flush()
+        assert server.reactor.getDelayedCalls()
+    assert set(global_reactor.getDelayedCalls()) - before == set()
+
+
 # -- The channel: header deadline, body deadline, connection caps -----------
 
 
