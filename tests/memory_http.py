@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -152,11 +152,12 @@ class MemoryServer:
 
     def connect(self, peer: str = "127.0.0.1") -> tuple[Any, StringTransport]:
         """
-        A connection from C{peer}: the server's channel and its transport
-        (what the server writes is in C{transport.value()}).
+        A connection from C{peer} (IPv4 or IPv6): the server's channel and
+        its transport (what the server writes is in C{transport.value()}).
         """
-        transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", SERVER_PORT),
-                                    peerAddress=IPv4Address("TCP", peer, 40000))
+        address = IPv6Address if ":" in peer else IPv4Address
+        transport = StringTransport(hostAddress=address("TCP", "::1" if ":" in peer else "127.0.0.1", SERVER_PORT),
+                                    peerAddress=address("TCP", peer, 40000))
         channel = self.site.buildProtocol(transport.getPeer())
         channel.makeConnection(transport)
         return channel, transport

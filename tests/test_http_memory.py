@@ -203,6 +203,53 @@ def test_connections_in_total_are_capped(tmp_path):
     assert (code, body) == (200, RECEIVED)
 
 
+def test_ipv6_clients_count_by_their_64(tmp_path):
+    """
+    A device taking a new IPv6 address for each connection is one client.
+    Real counterpart: security/test_round3.py::test_a_device_with_many_ipv6_addresses_is_one_client.
+    """
+    server = memory_server(tmp_path, "relay")
+    held = [server.connect(f"2001:db8:1:2::{n + 1:x}") for n in range(documented.CONNECTIONS_PER_ADDRESS)]
+    assert not any(transport.disconnecting for _, transport in held)
+    assert aborted(server.connect("2001:db8:1:2::ffff")[1]), "a new address of the same /64 got in"
+    assert not server.connect("2001:db8:1:3::1")[1].disconnecting  # another /64: another client
+
+
+def test_a_device_with_many_addresses_cannot_take_every_connection(tmp_path):
+    """
+    The last quarter of the total is kept for clients holding few.  Real
+    counterpart: security/test_round3.py::test_a_device_with_many_addresses_cannot_take_every_connection.
+    """
+    server = memory_server(tmp_path)
+    server.site.limits.connections_in_total = 100
+    device = [server.connect(f"10.0.0.{n // 10 + 1}") for n in range(100)]  # 10 addresses, 10 each
+    # Each address's first few may use the kept slots; the rest stay free.
+    assert len([c for c in device if not c[1].disconnecting]) < 100
+    for n in range(5):  # phones, holding few, still get in
+        channel, transport = server.connect(f"10.0.1.{n + 1}")
+        channel.dataReceived(b"GET /load/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("request_head, answer", [
+    # A request line past 8 KiB: Twisted's line reader closes without a word.
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b""),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(70)) + b"\r\n", b"HTTP/1.1 400 "),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (n, b"y" * 4000) for n in range(5)) + b"\r\n",
+     b"HTTP/1.1 400 "),
+], ids=["long request line", "70 headers", "20 KB of headers"])
+def test_oversized_request_heads_are_refused(tmp_path, request_head, answer):
+    """
+    Real counterpart: security/test_hostile_inputs.py::test_hostile_corpus_against_real_servers
+    (its raw protocol attacks).
+    """
+    server = memory_server(tmp_path, "relay")
+    channel, transport = server.connect()
+    channel.dataReceived(request_head)
+    assert transport.disconnecting
+    assert transport.value()[:len(answer) or None] == answer, transport.value()[:100]
+
+
 # -- The request budget -------------------------------------------------------
 
 
