@@ -577,6 +577,23 @@ def test_a_plain_read_that_fails_to_send_puts_the_photo_back(tmp_path):
     assert relay.get(f"/read/{PAIRED_ID}")[1] == b"none"
 
 
+def test_a_pairing_over_its_relay_quota_is_told_to_try_later(tmp_path):
+    """
+    Real counterpart: security/test_faults.py::test_relay_quota_per_pairing_answers_429.
+    """
+    relay = memory_server(tmp_path, "relay", relayQuotaBytes=50_000)
+    for n in range(2):
+        assert relay.answer(relay.upload(relay_name(n), jpeg_bytes(20_000, seed=n + 1)))[0] == 200
+    code, body, response = relay.answer(relay.upload(relay_name(2), jpeg_bytes(20_000, seed=3)))
+    assert code == 429 and b"holds too much" in body
+    assert response.headers.getRawHeaders(b"retry-after") == [b"%d" % documented.QUOTA_RETRY_AFTER_SECONDS]
+    other = "AnotherPairingId0001"
+    assert relay.answer(relay.upload(f"#{other}-#P-x.jpg", jpeg_bytes(20_000, seed=4)))[0] == 200
+    relay.get(f"/read/{PAIRED_ID}")  # the PC collects one: room again
+    assert relay.answer(relay.upload(relay_name(2), jpeg_bytes(20_000, seed=3)))[0] == 200
+    assert all_files(relay.data / "tmp") == []
+
+
 def test_the_relay_never_logs_ids_folders_or_names(tmp_path):
     """
     Real counterpart: security/test_defences.py::test_relay_log_never_holds_ids_folders_or_names
