@@ -135,6 +135,17 @@ async def eventually(check, what: str, seconds: float = WAIT) -> None:
         await deferLater(reactor, 0.02)
 
 
+async def ended(calls, what: str, seconds: float = WAIT) -> None:
+    """
+    Wait until every delayed call in C{calls} (a copy of a test Clock's
+    C{getDelayedCalls()}, which is the clock's own list) was cancelled or
+    has run.  A client cancels the
+    time limit for an answer's head when the head has been read: with the
+    limit on a test Clock, that is how a test knows the body is being read.
+    """
+    await eventually(lambda: not any(call.active() for call in calls), what, seconds)
+
+
 async def post_upload(client, url: str, body: Any, content_type: bytes, headers: Optional[dict] = None):
     """
     POST a raw upload body to C{url}/api/photo: (status, body, response).

@@ -382,7 +382,7 @@ class InstallAddon(Resource):
                                                "Send zipfileURL=<address of a .zip>, an uploaded zip "
                                                "(file1), or uninstall=<name>"})
                         uploaded = self.state.store.temp / f"addon-{secrets.token_hex(8)}.zip"
-                        await download_zip(addons.reactor, url, uploaded, config.webProxy)
+                        await download_zip(addons.reactor, url, uploaded, config.webProxy, addons.clock)
                     report = await self.state.in_thread(install, uploaded, addons.parent_dir,
                                                         addons.registry, config)
             except InstallError as e:
@@ -422,22 +422,24 @@ class InstalledAddons(Resource):
         return answer_now(request, _json(200, listed))
 
 
-async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> None:
+async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str, clock: Any = None) -> None:
     """
     Fetch C{url} (http or https, through the clinic's C{webProxy}) into
     C{dest}: at most L{installer.DOWNLOAD_MAX_BYTES}, all within
-    L{installer.DOWNLOAD_SECONDS} (a server that trickles its answer or
-    never ends it is cut off).  @raise InstallError.
+    L{installer.DOWNLOAD_SECONDS} on C{clock} (default C{reactor}; a
+    server that trickles its answer or never ends it is cut off).
+    @raise InstallError.
     """
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise InstallError("zipfileURL must be an http:// or https:// address")
     limit, seconds = installer.DOWNLOAD_MAX_BYTES, installer.DOWNLOAD_SECONDS
     too_large = f"The add-on's zip is larger than {limit // (1024 * 1024)} MiB, so it was not installed"
     too_slow = f"The add-on's zip did not arrive within {seconds:g} s, so it was not installed"
-    deadline = reactor.seconds() + seconds
+    clock = clock or reactor
+    deadline = clock.seconds() + seconds
     client = HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy))
     try:
-        response = await client.get(url, timeout=seconds, unbuffered=True)
+        response = await client.get(url, timeout=seconds, reactor=clock, unbuffered=True)
     except Exception as e:
         if timed_out(e):  # treq's timeout: no headers in time
             raise InstallError(too_slow) from None
@@ -449,7 +451,7 @@ async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> No
         discard(response)
         raise InstallError(too_large)
     with open(dest, "wb") as f:
-        body = CappedBody(f.write, limit, deadline, reactor, too_large, too_slow)
+        body = CappedBody(f.write, limit, deadline, clock, too_large, too_slow)
         response.deliverBody(body)
         try:
             await body.done

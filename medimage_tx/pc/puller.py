@@ -259,7 +259,8 @@ class RelayPuller(Service):
         first, self._outage = self._outage is None, one_line(error)
         self._supports_ack = None  # ask again once it is back
         if first:
-            reason = await explain(error, config.readProxy, relay_ca_path(config), direct=not config.webProxy)
+            reason = await explain(error, config.readProxy, relay_ca_path(config), direct=not config.webProxy,
+                                   clock=self.clock)
             self.log.warn("Cannot get photos from the relay: {reason}. Retrying with backoff.",
                           reason=reason)
         else:
@@ -277,7 +278,7 @@ class RelayPuller(Service):
         small = self.answer_timeout
         if not self._supports_ack:
             until = self.clock.seconds() + small
-            head = await client.head(url, timeout=small, unbuffered=True)
+            head = await client.head(url, timeout=small, reactor=self.clock, unbuffered=True)
             await self._small_body(head, until)
             _expect_ok(head)
             self._supports_ack = head.headers.getRawHeaders(RELAY_FEATURES) is not None
@@ -295,11 +296,12 @@ class RelayPuller(Service):
             until = self.clock.seconds() + self.long_poll + small
             response = await client.get(
                 f"{url}{separator}wait={self.long_poll}",
-                headers=Headers({ACK_HEADER: [b"1"]}), timeout=self.long_poll + small, unbuffered=True,
+                headers=Headers({ACK_HEADER: [b"1"]}), timeout=self.long_poll + small, reactor=self.clock,
+                unbuffered=True,
             )
         else:
             until = self.clock.seconds() + small
-            response = await client.get(url, timeout=small, unbuffered=True)
+            response = await client.get(url, timeout=small, reactor=self.clock, unbuffered=True)
         if response.headers.getRawHeaders(RELAY_FEATURES) is None:
             self._supports_ack = False
             self._legacy_get = True  # the pause after a GET applies
@@ -318,7 +320,7 @@ class RelayPuller(Service):
         if receipt is not None:
             until = self.clock.seconds() + small
             confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}",
-                                          timeout=small, unbuffered=True)
+                                          timeout=small, reactor=self.clock, unbuffered=True)
             await self._small_body(confirm, until)
             if confirm.code not in (200, 404):
                 raise RelayUnavailable(f"the relay answered {confirm.code} to a confirmation")

@@ -14,13 +14,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Clock, LoopingCall
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from conftest import all_files, eventually, within
+from conftest import all_files, ended, eventually, within
 from test_addons_web import browser, csrf, post_form  # noqa: F401 (browser: a fixture)
 from medimage_tx.outbound.response_limits import MAX_RESPONSE_HEAD
 
@@ -291,63 +291,69 @@ async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_ser
         assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
 
 
-class _SlowAnswer(Protocol):
+class _HeldAnswer(Protocol):
     """
-    Reads a request head; sends a status line at once, then a header line
-    every 0.25 s for C{head_ticks} ticks, the end of the head, then a
-    byte of the body every 0.25 s for ever.
+    A service the test answers for: C{asked} fires with this protocol
+    once a request's head has arrived, and the test writes the answer
+    when it likes; C{cut} fires when the client hangs up.
     """
 
     def connectionMade(self):
-        self.received, self.call, self.ticks = b"", None, 0
+        self.received = b""
 
     def dataReceived(self, data):
         self.received += data
-        if self.call is None and b"\r\n\r\n" in self.received:
-            self.transport.write(b"HTTP/1.1 200 OK\r\n")
-            self.call = LoopingCall(self._tick)
-            self.call.start(0.25, now=False)
-
-    def _tick(self):
-        self.ticks += 1
-        if self.ticks < self.factory.head_ticks:
-            self.transport.write(b"X-Slow-%d: a\r\n" % self.ticks)
-        elif self.ticks == self.factory.head_ticks:
-            self.transport.write(b"Content-Length: 4000\r\n\r\n")
-        else:
-            self.transport.write(b"1")
+        if b"\r\n\r\n" in self.received and not self.factory.asked.called:
+            self.factory.asked.callback(self)
 
     def connectionLost(self, reason):
-        if self.call is not None and self.call.running:
-            self.call.stop()
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
-async def pair_with(port: int):
+def held_answers() -> Factory:
+    factory = Factory.forProtocol(_HeldAnswer)
+    factory.asked, factory.cut = defer.Deferred(), defer.Deferred()
+    return factory
+
+
+async def pair_with(port: int, clock=None):
     from medimage_tx.pc.pairing import PairingPlan, PairRequest, one_off_client, request_code
 
     wanted = PairRequest.checked("http://relay.example", custom_pairing=f"http://127.0.0.1:{port}/med-genid.php")
-    return await request_code(one_off_client(reactor, ""), PairingPlan(wanted, "", ""))
+    return await request_code(one_off_client(reactor, ""), PairingPlan(wanted, "", ""), clock=clock)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeypatch):
+async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer():
     from medimage_tx.pc import pairing as pc_pairing
 
-    monkeypatch.setattr(pc_pairing, "TIMEOUT_SECONDS", 3.0)  # 30 s in use
-    # Headers that end just before the time is up, then a body that drips.
-    # Before the fix the body got a time of its own: 2.75 + 3 s.
-    slow = Factory.forProtocol(_SlowAnswer)
-    slow.head_ticks, slow.cut = 11, defer.Deferred()
-    port = reactor.listenTCP(0, slow, interface="127.0.0.1")
+    # The time limit (30 s) on a test clock; the service on loopback.
+    limit, clock = pc_pairing.TIMEOUT_SECONDS, Clock()
+    service = held_answers()
+    port = reactor.listenTCP(0, service, interface="127.0.0.1")
     try:
-        began = reactor.seconds()
+        pairing = defer.ensureDeferred(pair_with(port.getHost().port, clock))
+        answer = await within(service.asked)
+        head_limit = list(clock.getDelayedCalls())
+        # Headers that end just before the time is up (a line every
+        # 0.25 s), then a body that drips. Before the fix the body got a
+        # time of its own: 29.75 + 30 s.
+        answer.transport.write(b"HTTP/1.1 200 OK\r\n")
+        for line in range(int(limit / 0.25) - 1):
+            clock.advance(0.25)
+            answer.transport.write(b"X-Slow-%d: a\r\n" % line)
+        answer.transport.write(b"Content-Length: 4000\r\n\r\n1")
+        await ended(head_limit, "the pairing reads the answer's body")
+        clock.advance(0.125)
+        answer.transport.write(b"1")
+        assert not pairing.called, "gave up before its time"
+        clock.advance(0.125)
+        assert clock.seconds() == limit
+        assert pairing.called, "the answer's body held the pairing past its time limit"
         with pytest.raises(pc_pairing.PairingError, match="too slow"):
-            await within(pair_with(port.getHost().port), 30)
-        took = reactor.seconds() - began
-        assert 2.9 <= took < 4.5, took
-        assert (await within(slow.cut)) - began < 4.5  # the connection was dropped
+            await pairing
+        await within(service.cut)  # the connection was dropped
     finally:
         await defer.maybeDeferred(port.stopListening)
 
@@ -356,7 +362,7 @@ async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeyp
     port = reactor.listenTCP(0, heads, interface="127.0.0.1")
     try:
         with pytest.raises(pc_pairing.PairingError, match="far longer answer"):
-            await within(pair_with(port.getHost().port), 30)
+            await within(pair_with(port.getHost().port))
         assert (await within(heads.cut)) < MAX_RESPONSE_HEAD + BUFFERS
     finally:
         await defer.maybeDeferred(port.stopListening)
@@ -365,42 +371,50 @@ async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeyp
 class _DrippedHandshake(Protocol):
     """
     A TLS server that never finishes: a handshake record of 16 KiB
-    holding a server hello of that size, then one byte of it every 0.1 s.
+    holding a server hello of that size, then one byte of it every 0.1 s
+    (real time: each byte would satisfy a limit on each read).
     """
 
     def connectionMade(self):
         self.transport.write(b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc")
         self.call = LoopingCall(self.transport.write, b"\x03")
         self.call.start(0.1)
+        if not self.factory.connected.called:
+            self.factory.connected.callback(None)
 
     def connectionLost(self, reason):
         if self.call.running:
             self.call.stop()
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_certificate_diagnosis_has_a_time_limit_in_all(monkeypatch):
+async def test_the_certificate_diagnosis_has_a_time_limit_in_all():
     from OpenSSL import SSL
 
     from medimage_tx.outbound import tls as relay_tls
 
     # After a refused certificate the PC connects once more to say why
-    # (relay_tls.explain, in a thread the puller waits on). Python's ssl
-    # applies a socket's timeout to the whole handshake, not to each read,
-    # so a byte every 0.1 s cannot hold it (16 KiB of them: 27 minutes).
-    monkeypatch.setattr(relay_tls, "DIAGNOSIS_SECONDS", 1.0)  # 5 s in use
+    # (relay_tls.explain, in a thread the puller waits on). Its time limit
+    # (5 s, on a test clock here) is for all of it: before the fix, a
+    # socket timeout on each read let a byte every 0.1 s hold it (16 KiB
+    # of them: 27 minutes).
+    limit, clock = relay_tls.DIAGNOSIS_SECONDS, Clock()
     dripping = Factory.forProtocol(_DrippedHandshake)
-    dripping.cut = defer.Deferred()
+    dripping.connected, dripping.cut = defer.Deferred(), defer.Deferred()
     port = reactor.listenTCP(0, dripping, interface="127.0.0.1")
     try:
-        began = reactor.seconds()
-        said = await within(relay_tls.explain(SSL.Error("certificate verify failed"),
-                                              f"https://127.0.0.1:{port.getHost().port}/read/x", None), 30)
-        assert reactor.seconds() - began < 10
-        assert "certificate is not trusted" in said
-        await within(dripping.cut)
+        said = defer.ensureDeferred(relay_tls.explain(
+            SSL.Error("certificate verify failed"), f"https://127.0.0.1:{port.getHost().port}/read/x", None,
+            clock=clock))
+        await within(dripping.connected)
+        clock.advance(limit - 0.125)
+        assert not said.called, "gave up before its time"
+        clock.advance(0.125)
+        assert said.called, "the dripped handshake held the diagnosis past its time limit"
+        assert "certificate is not trusted" in await said
+        await within(dripping.cut)  # the connection was dropped
     finally:
         await defer.maybeDeferred(port.stopListening)
 
