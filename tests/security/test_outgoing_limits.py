@@ -127,33 +127,29 @@ async def test_a_relay_sending_endless_headers_is_cut_at_the_head_limit(start_se
     assert relay.connections == 1  # backing off, not retrying at once
 
 
-class _Trickle(Protocol):
+class _HeldAnswer(Protocol):
     """
-    Reads a request head, sends C{status} at once, then one byte every
-    C{every} seconds for ever; the factory's C{cut} fires with the time
-    the client hung up.
+    A service the test answers for: C{asked} fires with this protocol
+    once a request's head has arrived, and the test writes the answer
+    when it likes; C{cut} fires when the client hangs up.
     """
 
     def connectionMade(self):
-        self.received, self.call = b"", None
+        self.received = b""
 
     def dataReceived(self, data):
         self.received += data
-        if self.call is None and b"\r\n\r\n" in self.received:
-            self.transport.write(self.factory.status)
-            self.call = LoopingCall(self.transport.write, b"x")
-            self.call.start(self.factory.every)
+        if b"\r\n\r\n" in self.received and not self.factory.asked.called:
+            self.factory.asked.callback(self)
 
     def connectionLost(self, reason):
-        if self.call is not None and self.call.running:
-            self.call.stop()
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
-def trickle(status: bytes, every: float = 0.1) -> Factory:
-    factory = Factory.forProtocol(_Trickle)
-    factory.status, factory.every, factory.cut = status, every, defer.Deferred()
+def held_answers() -> Factory:
+    factory = Factory.forProtocol(_HeldAnswer)
+    factory.asked, factory.cut = defer.Deferred(), defer.Deferred()
     return factory
 
 
@@ -163,30 +159,58 @@ async def install_from(http_client, server, url: str):
                                   {"zipfileURL": url, "csrf": token}, cookie), 60)
 
 
+async def install_held(browser, server, clock, first: bytes):
+    """
+    Ask C{server} to install from a stand-in that answers C{first} at
+    once: (the stand-in's factory, its protocol, the install's answer as a
+    Deferred, the PC's new timers on C{clock} since the install was asked).
+    """
+    held = held_answers()
+    port = reactor.listenTCP(0, held, interface="127.0.0.1")
+    token, cookie = await within(csrf(browser, server))
+    before = set(clock.getDelayedCalls())
+    installing = defer.ensureDeferred(post_form(
+        browser, server, "/addon/install-addon",
+        {"zipfileURL": f"http://127.0.0.1:{port.getHost().port}/a.zip", "csrf": token}, cookie))
+    answer = await within(held.asked)
+    answer.transport.write(first)
+    return port, held, answer, installing, [call for call in clock.getDelayedCalls() if call not in before]
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_add_on_download_that_trickles_or_never_ends_is_cut(start_server, browser, monkeypatch):
     from medimage_tx.addons import installer
 
-    # The limits, made small for the test (defaults: 100 MiB, 300 s).
-    monkeypatch.setattr(installer, "DOWNLOAD_SECONDS", 2.0)
+    # The size limit, made small for the test (default 100 MiB); the time
+    # limit (300 s) on the PC's test clock.
     monkeypatch.setattr(installer, "DOWNLOAD_MAX_BYTES", 1024 * 1024)
-    server = await start_server()
+    seconds, clock = installer.DOWNLOAD_SECONDS, Clock()
+    server = await start_server(clock=clock)
     ports = []
     try:
-        # Headers at once, then a byte every 0.1 s for ever. Before the fix
-        # only the headers had a time limit: this install never answered.
-        slow = trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-        ports.append(reactor.listenTCP(0, slow, interface="127.0.0.1"))
-        began = reactor.seconds()
-        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
-        assert code == 400 and "did not arrive within 2 s" in answer["message"], answer
-        assert (await within(slow.cut)) - began < 20  # the connection was dropped
+        # Headers at once, then a byte now and then. Before the fix only
+        # the headers had a time limit: this install never answered.
+        port, slow, answer, installing, timers = await install_held(
+            browser, server, clock, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nx")
+        ports.append(port)
+        assert timers, "the download's time limit is not on the PC's clock"
+        await ended(timers, "the PC reads the zip's body")
+        for _ in range(10):
+            clock.advance(seconds / 10)
+            answer.transport.write(b"x")
+        code, said = await within(installing)
+        assert code == 400 and f"did not arrive within {seconds:g} s" in said["message"], said
+        await within(slow.cut)  # the connection was dropped
 
         # Headers that trickle: the same time limit, headers included.
-        slow_head = trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-        ports.append(reactor.listenTCP(0, slow_head, interface="127.0.0.1"))
-        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
-        assert code == 400 and "did not arrive within 2 s" in answer["message"], answer
+        port, slow_head, answer, installing, _ = await install_held(
+            browser, server, clock, b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        ports.append(port)
+        for _ in range(10):
+            clock.advance(seconds / 10)
+            answer.transport.write(b"x")
+        code, said = await within(installing)
+        assert code == 400 and f"did not arrive within {seconds:g} s" in said["message"], said
         await within(slow_head.cut)
 
         # A chunked body without end, as fast as the PC reads: cut at the size limit.
@@ -222,19 +246,22 @@ class TricklingRelay(Resource):
     """
     Says it is one of ours (long poll); its GET answer declares C{length}
     bytes (a photo when C{photo}, else an empty-queue answer) and sends
-    one byte every 0.1 s.  C{cut} fires with the bytes sent when the PC
-    hangs up.
+    one; the test sends more with C{drip()}.  C{asked} fires when the GET
+    arrives, with the PC's timers on C{clock} since its HEAD (those of
+    the GET); C{cut} fires with the bytes sent when the PC hangs up.
     """
 
     isLeaf = True
 
-    def __init__(self, photo: bool, length: int):
+    def __init__(self, photo: bool, length: int, clock):
         super().__init__()
-        self.photo, self.length = photo, length
+        self.photo, self.length, self.clock = photo, length, clock
         self.sent = 0
+        self.asked: defer.Deferred = defer.Deferred()
         self.cut: defer.Deferred = defer.Deferred()
 
     def render_HEAD(self, request):
+        self.before = set(self.clock.getDelayedCalls())
         request.setHeader(b"x-medimage-relay", b"ack, wait")
         return b""
 
@@ -244,77 +271,70 @@ class TricklingRelay(Resource):
             request.setHeader(b"file-name", f"/{PAIRED_ID}/P/x.jpg".encode())
             request.setHeader(b"x-medimage-receipt", b"r")
         request.setHeader(b"content-length", b"%d" % self.length)
-        call = LoopingCall(self._one_byte, request)
-        call.start(0.1)
+        self.request = request
+        self.drip()
 
         def gone(_):
-            call.stop()
             if not self.cut.called:
                 self.cut.callback(self.sent)
         request.notifyFinish().addBoth(gone)
+        self.asked.callback([call for call in self.clock.getDelayedCalls() if call not in self.before])
         return server.NOT_DONE_YET
 
-    def _one_byte(self, request):
-        request.write(b"\xff" if self.sent == 0 else b"\x00")
+    def drip(self):
+        self.request.write(b"\xff" if self.sent == 0 else b"\x00")
         self.sent += 1
+
+
+def part_sizes(folder):
+    return [part.stat().st_size for part in folder.glob("relay-*.part")]
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_server, tmp_path):
-    # A photo of 16 KiB declared: the stall timeout (0.5 s here) plus 1 s
-    # at the slowest rate waited for (16 KiB/s). An empty-queue answer:
-    # what is left of the long poll's time, its wait plus the answer
-    # timeout (1 + 1 s here). Before the fix a byte now and then reset the
-    # stall timer, so each took 1,640 s and 100 s.
-    for photo, length, seconds in ((True, 16 * 1024, 1.5), (False, 1000, 2.0)):
-        relay = TricklingRelay(photo, length)
+    # The puller's times on the PC's test clock; its stall timeout (600 s
+    # here) never comes first. A photo of 16 KiB declared: the stall
+    # timeout plus 1 s at the slowest rate waited for (16 KiB/s). An
+    # empty-queue answer: what is left of the long poll's time, its wait
+    # plus the answer timeout (30 + 30 s). Before the fix a byte now and
+    # then reset the stall timer, so each took 1,640 s and 100 s (at 0.5 s
+    # stall, a byte every 0.1 s).
+    for photo, length, seconds in ((True, 16 * 1024, 601.0), (False, 1000, 60.0)):
+        clock = Clock()
+        relay = TricklingRelay(photo, length, clock)
         listening = reactor.listenTCP(0, server.Site(relay), interface="127.0.0.1")
         target = tmp_path / f"clinic-{photo}"
         target.mkdir()
 
         def tune(service):
             puller = service.puller
-            puller.backoff_start = puller.backoff_max = 300
-            puller.stall_timeout, puller.answer_timeout, puller.long_poll = 0.5, 1.0, 1
+            puller.backoff_start = puller.backoff_max = 3000
+            puller.stall_timeout, puller.answer_timeout, puller.long_poll = 600.0, 30.0, 30
 
-        pc = await start_server(f"pc-{photo}", tune=tune, globalId=PAIRED_ID, backupTo=[target.as_posix()],
+        pc = await start_server(f"pc-{photo}", clock=clock, tune=tune, globalId=PAIRED_ID,
+                                backupTo=[target.as_posix()],
                                 readProxy=f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
+        puller = pc.service.puller
         try:
-            began = reactor.seconds()
-            sent = await relay.cut.addTimeout(30, reactor)
-            took = reactor.seconds() - began
+            get_limit = await within(relay.asked)
+            assert get_limit, "the puller's time limit is not on the PC's clock"
+            await ended(get_limit, "the puller reads the answer's body")
+            if photo:  # a byte now and then: the stall timer never runs out
+                await eventually(lambda: part_sizes(pc.data / "tmp") == [1], "the first byte is stored")
+                clock.advance(300)
+                relay.drip()
+                await eventually(lambda: part_sizes(pc.data / "tmp") == [2], "the next byte is stored")
+            clock.advance(seconds - clock.seconds() - 0.125)
+            assert puller.outage is None, "gave up before its time"
+            clock.advance(0.125)
+            assert puller.outage is not None, "the trickle held the puller past its time"
+            assert f"took longer than {seconds:g} s" in puller.outage
+            sent = await within(relay.cut)
         finally:
             await defer.maybeDeferred(listening.stopListening)
             await pc.service.stopService()
-        assert seconds <= took + 0.2 and sent < length, (photo, took, sent)
-        assert f"took longer than {seconds:g} s" in pc.service.puller.outage
+        assert sent < length
         assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
-
-
-class _HeldAnswer(Protocol):
-    """
-    A service the test answers for: C{asked} fires with this protocol
-    once a request's head has arrived, and the test writes the answer
-    when it likes; C{cut} fires when the client hangs up.
-    """
-
-    def connectionMade(self):
-        self.received = b""
-
-    def dataReceived(self, data):
-        self.received += data
-        if b"\r\n\r\n" in self.received and not self.factory.asked.called:
-            self.factory.asked.callback(self)
-
-    def connectionLost(self, reason):
-        if not self.factory.cut.called:
-            self.factory.cut.callback(None)
-
-
-def held_answers() -> Factory:
-    factory = Factory.forProtocol(_HeldAnswer)
-    factory.asked, factory.cut = defer.Deferred(), defer.Deferred()
-    return factory
 
 
 async def pair_with(port: int, clock=None):
@@ -379,8 +399,11 @@ class _DrippedHandshake(Protocol):
         self.transport.write(b"\x16\x03\x03\x40\x00" + b"\x02\x00\x3f\xfc")
         self.call = LoopingCall(self.transport.write, b"\x03")
         self.call.start(0.1)
-        if not self.factory.connected.called:
-            self.factory.connected.callback(None)
+
+    def dataReceived(self, data):
+        # The client's hello: it is in its handshake.
+        if not self.factory.hello.called:
+            self.factory.hello.callback(None)
 
     def connectionLost(self, reason):
         if self.call.running:
@@ -402,13 +425,13 @@ async def test_the_certificate_diagnosis_has_a_time_limit_in_all():
     # of them: 27 minutes).
     limit, clock = relay_tls.DIAGNOSIS_SECONDS, Clock()
     dripping = Factory.forProtocol(_DrippedHandshake)
-    dripping.connected, dripping.cut = defer.Deferred(), defer.Deferred()
+    dripping.hello, dripping.cut = defer.Deferred(), defer.Deferred()
     port = reactor.listenTCP(0, dripping, interface="127.0.0.1")
     try:
         said = defer.ensureDeferred(relay_tls.explain(
             SSL.Error("certificate verify failed"), f"https://127.0.0.1:{port.getHost().port}/read/x", None,
             clock=clock))
-        await within(dripping.connected)
+        await within(dripping.hello)
         clock.advance(limit - 0.125)
         assert not said.called, "gave up before its time"
         clock.advance(0.125)
@@ -422,22 +445,28 @@ async def test_the_certificate_diagnosis_has_a_time_limit_in_all():
 class _SilentProxy(Protocol):
     """
     A web proxy that takes a connection and never answers its CONNECT;
-    the factory's C{cut} fires when the client closes it.
+    the factory's C{asked} fires when the first CONNECT arrives (the
+    client has its connection), C{cut} when the client closes it.
     """
 
     def connectionMade(self):
         self.factory.connections += 1
 
+    def dataReceived(self, data):
+        if not self.factory.asked.called:
+            self.factory.asked.callback(None)
+
     def connectionLost(self, reason):
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_web_proxy_that_never_opens_the_tunnel_is_closed_when_time_is_up(start_server, tmp_path):
     proxy = Factory.forProtocol(_SilentProxy)
-    proxy.connections, proxy.cut = 0, defer.Deferred()
+    proxy.connections, proxy.asked, proxy.cut = 0, defer.Deferred(), defer.Deferred()
     port = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+    clock = Clock()  # the PC's: its puller's time limits and backoff
 
     def tune(service):
         puller = service.puller
@@ -445,15 +474,17 @@ async def test_a_web_proxy_that_never_opens_the_tunnel_is_closed_when_time_is_up
         puller.answer_timeout = 1.0
 
     try:
-        pc = await start_server("pc", tune=tune, globalId=PAIRED_ID,
+        pc = await start_server("pc", clock=clock, tune=tune, globalId=PAIRED_ID,
                                 webProxy=f"http://127.0.0.1:{port.getHost().port}",
                                 readProxy=f"https://relay.example/read/{PAIRED_ID}")
-        began = reactor.seconds()
+        await within(proxy.asked)
         # Before the fix the request gave up at 1 s but the connection to
         # the proxy stayed open (until the proxy answered, if ever), and
         # the CancelledError it failed with stopped the puller for good.
-        closed = await within(proxy.cut, 20)
-        assert closed - began < 10
+        clock.advance(1.0)
+        await within(proxy.cut)
+        await eventually(lambda: pc.service.puller.outage is not None, "the puller notes the outage")
+        clock.advance(1.0)  # the backoff
         await eventually(lambda: proxy.connections >= 2, "the puller tries again after its backoff")
     finally:
         await defer.maybeDeferred(port.stopListening)
