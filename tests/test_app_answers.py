@@ -239,7 +239,7 @@ def first_of(*deferreds):
 
 
 @pytest_twisted.ensureDeferred
-async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, http_client, tmp_path):
+async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, http_client, tmp_path, log_lines):
     from twisted.internet import defer
 
     from documented import QUOTA_RETRY_AFTER_SECONDS
@@ -258,15 +258,15 @@ async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, 
     waited = clock.next_wait()
     sending = defer.ensureDeferred(send_file(clock, client, relay.url, second, f"#{PAIRED_ID}-#P-second.jpg"))
     await within(first_of(waited, sending))
-    assert waited.called and not sending.called, f"not waiting; the relay answered {client.seen}"
-    assert client.seen[-1] == (429, str(QUOTA_RETRY_AFTER_SECONDS).encode()), client.seen  # the quota is full
+    assert waited.called and not sending.called, f"not waiting; the relay answered {client.seen}: {log_lines}"
+    assert client.seen[-1] == (429, str(QUOTA_RETRY_AFTER_SECONDS).encode()), (client.seen, log_lines)  # quota full
     assert (await waited).getTime() == 30  # Retry-After 120, capped at 30 s
     read = await within(http_client.get(f"{relay.url}/read/{PAIRED_ID}"))  # the PC collects
     await within(read.content())
     waited = clock.next_wait()
     clock.advance(30)
     await within(first_of(waited, sending))
-    assert sending.called, f"waiting again; the relay answered {client.seen}"
+    assert sending.called, f"waiting again; the relay answered {client.seen}: {log_lines}"
     assert await sending == "Received upload successfully!"
     assert (relay.photos / PAIRED_ID / "P" / "second.jpg").read_bytes() == second.read_bytes()
     # A refusal is final: no waiting, a clear error.
