@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from conftest import all_files, jpeg_bytes, multipart, post_upload, within, write_config
+from conftest import all_files, eventually, jpeg_bytes, multipart, post_upload, within, write_config
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 
@@ -263,6 +263,9 @@ async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, 
     assert (await waited).getTime() == 30  # Retry-After 120, capped at 30 s
     read = await within(http_client.get(f"{relay.url}/read/{PAIRED_ID}"))  # the PC collects
     await within(read.content())
+    # The relay frees the quota after the photo is sent, then removes it
+    # and its emptied folders: only then is there room for certain.
+    await eventually(lambda: not (relay.photos / PAIRED_ID).exists(), "the relay removes the collected photo")
     waited = clock.next_wait()
     clock.advance(30)
     await within(first_of(waited, sending))
