@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
-from conftest import all_files, jpeg_bytes, multipart
+from conftest import all_files, jpeg_bytes, multipart, within
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 LIMIT = 1024 * 1024
@@ -207,7 +207,7 @@ async def test_a_file_the_pc_will_not_file_is_held_shown_and_then_confirmed(star
                             allowedTypes=[{"extension": ".jpg", "mime": "image/jpeg"}])
     kept = defer.Deferred()
     pc.service.puller.held.append(kept.callback)
-    await kept.addTimeout(30, reactor)  # called once held and confirmed
+    await within(kept)  # called once held and confirmed
     assert relay.service.state.relay.store.queue.total_bytes() == 0
     held = [p for p in all_files(pc.data / "held") if not p.name.startswith(".")]
     assert len(held) == 1 and held[0].read_bytes() == pdf  # intact, not lost
