@@ -198,9 +198,9 @@ async def test_an_add_on_download_that_trickles_or_never_ends_is_cut(start_serve
         for _ in range(10):
             clock.advance(seconds / 10)
             answer.transport.write(b"x")
-        code, said = await within(installing)
+        code, said = await within(installing, rule="a trickling body is cut when the download's time is up")
         assert code == 400 and f"did not arrive within {seconds:g} s" in said["message"], said
-        await within(slow.cut)  # the connection was dropped
+        await within(slow.cut, rule="the trickling download's connection is dropped")
 
         # Headers that trickle: the same time limit, headers included.
         port, slow_head, answer, installing, _ = await install_held(
@@ -209,9 +209,9 @@ async def test_an_add_on_download_that_trickles_or_never_ends_is_cut(start_serve
         for _ in range(10):
             clock.advance(seconds / 10)
             answer.transport.write(b"x")
-        code, said = await within(installing)
+        code, said = await within(installing, rule="trickling headers are cut when the download's time is up")
         assert code == 400 and f"did not arrive within {seconds:g} s" in said["message"], said
-        await within(slow_head.cut)
+        await within(slow_head.cut, rule="the trickling headers' connection is dropped")
 
         # A chunked body without end, as fast as the PC reads: cut at the size limit.
         endless = flood(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -373,7 +373,7 @@ async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer():
         assert pairing.called, "the answer's body held the pairing past its time limit"
         with pytest.raises(pc_pairing.PairingError, match="too slow"):
             await pairing
-        await within(service.cut)  # the connection was dropped
+        await within(service.cut, rule="the slow pairing service's connection is dropped")
     finally:
         await defer.maybeDeferred(port.stopListening)
 
@@ -437,7 +437,7 @@ async def test_the_certificate_diagnosis_has_a_time_limit_in_all():
         clock.advance(0.125)
         assert said.called, "the dripped handshake held the diagnosis past its time limit"
         assert "certificate is not trusted" in await said
-        await within(dripping.cut)  # the connection was dropped
+        await within(dripping.cut, rule="the dripped handshake's connection is dropped")
     finally:
         await defer.maybeDeferred(port.stopListening)
 
@@ -482,7 +482,7 @@ async def test_a_web_proxy_that_never_opens_the_tunnel_is_closed_when_time_is_up
         # the proxy stayed open (until the proxy answered, if ever), and
         # the CancelledError it failed with stopped the puller for good.
         clock.advance(1.0)
-        await within(proxy.cut)
+        await within(proxy.cut, rule="the proxy connection is closed when the request's time is up")
         await eventually(lambda: pc.service.puller.outage is not None, "the puller notes the outage")
         clock.advance(1.0)  # the backoff
         await eventually(lambda: proxy.connections >= 2, "the puller tries again after its backoff")
