@@ -57,10 +57,19 @@ from treq.client import HTTPClient
 from twisted.web.client import HTTPConnectionPool
 from ..outbound.proxy_tunnel import make_agent
 from ..outbound.tls import one_line
-from ..outbound.response_limits import CappedBody, ResponseTooLarge, ResponseTooSlow, discard, timed_out
+from ..outbound.response_limits import (
+    CappedBody,
+    ResponseTooLarge,
+    ResponseTooSlow,
+    discard,
+    in_time,
+    timed_out,
+)
 from .output import parse_query
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from ..admin.access import Access
     from ..state import ServerState
 
@@ -422,7 +431,8 @@ class InstalledAddons(Resource):
         return answer_now(request, _json(200, listed))
 
 
-async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str, clock: Any = None) -> None:
+async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str,
+                       clock: Optional[IReactorTime] = None) -> None:
     """
     Fetch C{url} (http or https, through the clinic's C{webProxy}) into
     C{dest}: at most L{installer.DOWNLOAD_MAX_BYTES}, all within
@@ -439,9 +449,9 @@ async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str, clock
     deadline = clock.seconds() + seconds
     client = HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy))
     try:
-        response = await client.get(url, timeout=seconds, reactor=clock, unbuffered=True)
+        response = await in_time(client.get(url, unbuffered=True), seconds, clock)
     except Exception as e:
-        if timed_out(e):  # treq's timeout: no headers in time
+        if timed_out(e):  # no headers in time
             raise InstallError(too_slow) from None
         raise InstallError(f"Cannot download the add-on from {url}: {one_line(e)}") from None
     if response.code != 200:

@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -25,11 +25,15 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.ssl import OpenSSLDefaultPaths, optionsForClientTLS, platformTrust
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..config import Config, resolve_path
 from .ca_file import load_ca_certificates
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 #: The most the second try that says why a certificate was refused may
 #: take, in all (connecting and the whole handshake).
@@ -168,14 +172,15 @@ def verify_problem(host: str, port: int, ca_file: Optional[Path],
         return None
 
 
-def diagnose(host: str, port: int, ca_file: Optional[Path], clock: Any) -> Deferred:
+def diagnose(host: str, port: int, ca_file: Optional[Path],
+             clock: IReactorTime) -> Deferred[Optional[tuple[int, str]]]:
     """
     L{verify_problem} in a thread, with at most L{DIAGNOSIS_SECONDS} on
     C{clock} for all of it: then the connection is dropped and the
     answer is None (no reason found).
     """
     diagnosis = Diagnosis()
-    answer: Deferred = Deferred()
+    answer: Deferred[Optional[tuple[int, str]]] = Deferred()
 
     def time_is_up() -> None:
         diagnosis.end()
@@ -186,7 +191,7 @@ def diagnose(host: str, port: int, ca_file: Optional[Path], clock: Any) -> Defer
     def finished(result):
         if not answer.called:
             timer.cancel()
-            answer.callback(result)  # a Failure goes on as one
+            answer.errback(result) if isinstance(result, Failure) else answer.callback(result)
 
     deferToThread(verify_problem, host, port, ca_file, diagnosis).addBoth(finished)
     return answer
@@ -219,7 +224,7 @@ def explain_certificate(host: str, problem: Optional[tuple[int, str]]) -> str:
 
 
 async def explain(error: BaseException, url: str, ca_file: Optional[Path], direct: bool = True,
-                  clock: Any = None) -> str:
+                  clock: Optional[IReactorTime] = None) -> str:
     """
     One readable line for a failed request to C{url}.  For a refused
     certificate, says why when it can find out (only C{direct}ly: through a
@@ -233,6 +238,8 @@ async def explain(error: BaseException, url: str, ca_file: Optional[Path], direc
     problem: Optional[tuple[int, str]] = None
     if direct:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = cast("IReactorTime", reactor)  # the installed reactor: Twisted types it as a module
         problem = await diagnose(host, port, ca_file, clock)
     return explain_certificate(host, problem)

@@ -39,6 +39,7 @@ from ..outbound.response_limits import (
     ResponseHeadTooLong,
     ResponseTooLarge,
     ResponseTooSlow,
+    in_time,
     timed_out,
 )
 
@@ -263,8 +264,8 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
     url = pairing.request.pairing_url()
     deadline = clock.seconds() + TIMEOUT_SECONDS
     try:
-        response = await client.post(url, data=pairing.form(), allow_redirects=False,
-                                      timeout=TIMEOUT_SECONDS, reactor=clock, unbuffered=True)
+        response = await in_time(client.post(url, data=pairing.form(), allow_redirects=False, unbuffered=True),
+                                 TIMEOUT_SECONDS, clock)
     except Exception as e:
         if timed_out(e):
             raise PairingError(_TOO_SLOW)
