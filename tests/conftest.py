@@ -135,6 +135,17 @@ async def eventually(check, what: str, seconds: float = WAIT) -> None:
         await deferLater(reactor, 0.02)
 
 
+async def ended(calls, what: str, seconds: float = WAIT) -> None:
+    """
+    Wait until every delayed call in C{calls} (a copy of a test Clock's
+    C{getDelayedCalls()}, which is the clock's own list) was cancelled or
+    has run.  A client cancels the
+    time limit for an answer's head when the head has been read: with the
+    limit on a test Clock, that is how a test knows the body is being read.
+    """
+    await eventually(lambda: not any(call.active() for call in calls), what, seconds)
+
+
 async def post_upload(client, url: str, body: Any, content_type: bytes, headers: Optional[dict] = None):
     """
     POST a raw upload body to C{url}/api/photo: (status, body, response).
@@ -254,17 +265,36 @@ def stop_process(process, sig: int = signal.SIGTERM) -> None:
     """
     Stop a process from a fixture's finaliser (outside the reactor's turn).
     """
+    pytest_twisted.blockon(ensureDeferred(stop(process, sig)))
+
+
+async def stop(process, sig: int = signal.SIGTERM) -> None:
+    """
+    Signal C{process} and every process it started (a wrapper such as
+    strace, signalled alone, leaves its child running, and the child holds
+    the output pipe); SIGKILL after 10 s; until it has ended.
+    """
+    import psutil
     from twisted.internet import defer
 
+    family: list = []
     for signal_number in (sig, signal.SIGKILL):
         if process.ended.called:
             return
+        pid = process.transport.pid  # None once reaped (psutil would take None for this process)
+        if pid is not None:
+            try:
+                wrapper = psutil.Process(pid)
+                family = list({p.pid: p for p in family + wrapper.children(recursive=True) + [wrapper]}.values())
+            except psutil.Error:
+                pass  # gone meanwhile: what it started is known from the first round
+        for member in family:
+            try:
+                member.send_signal(signal_number)
+            except psutil.Error:
+                pass
         try:
-            process.transport.signalProcess(signal_number)
-        except Exception:
-            return  # already gone
-        try:
-            pytest_twisted.blockon(process.exited(10))
+            await process.exited(10)
             return
         except defer.TimeoutError:
             continue

@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from conftest import all_files, jpeg_bytes, multipart, post_upload, write_config
+from conftest import all_files, eventually, jpeg_bytes, multipart, post_upload, within, write_config
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 
@@ -182,46 +182,99 @@ def test_send_retries_on_every_try_later_answer(code, retried):
     assert should_retry(code) is retried
 
 
-@pytest_twisted.ensureDeferred
-async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, http_client, tmp_path):
+class WatchedClock(Clock):
+    """
+    The clock send_file waits on: C{next_wait()} fires with its next wait.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._next: list = []
+
+    def next_wait(self):
+        from twisted.internet import defer
+
+        waited = defer.Deferred()
+        self._next.append(waited)
+        return waited
+
+    def callLater(self, *args, **kwargs):
+        call = super().callLater(*args, **kwargs)
+        waiting, self._next = self._next, []
+        for waited in waiting:
+            waited.callback(call)
+        return call
+
+
+class AnswersSeen:
+    """
+    An HTTP client that notes each upload's answer: status and Retry-After.
+    """
+
+    def __init__(self, client):
+        self.client, self.seen = client, []
+
+    async def post(self, *args, **kwargs):
+        response = await self.client.post(*args, **kwargs)
+        self.seen.append((response.code, response.headers.getRawHeaders(b"retry-after", [b""])[0]))
+        return response
+
+
+def first_of(*deferreds):
+    """
+    Fires when the first of C{deferreds} has fired; their results are left alone.
+    """
     from twisted.internet import defer
-    from twisted.internet.task import Clock as WaitClock
 
+    first = defer.Deferred()
+
+    def fired(result):
+        if not first.called:
+            first.callback(None)
+        return result
+
+    for d in deferreds:
+        d.addBoth(fired)
+    return first
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_waits_out_a_full_relay_and_stops_on_a_refusal(start_server, http_client, tmp_path, log_lines):
+    from twisted.internet import defer
+
+    from documented import QUOTA_RETRY_AFTER_SECONDS
     from medimage_tx.cli.phone_client import SendFailed, send_file
-
-    class WatchedClock(WaitClock):
-        """The clock send_file waits on; says when it starts waiting."""
-
-        def __init__(self):
-            super().__init__()
-            self.waiting = defer.Deferred()
-
-        def callLater(self, *args, **kwargs):
-            call = super().callLater(*args, **kwargs)
-            if not self.waiting.called:
-                self.waiting.callback(call)
-            return call
 
     relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
                                allowGettingRemotePhotos=False, relayQuotaBytes=30_000)
+    client = AnswersSeen(http_client)
     first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
     first.write_bytes(jpeg_bytes(20_000))
     second.write_bytes(jpeg_bytes(20_000))
-    assert await send_file(WaitClock(), http_client, relay.url, first,
-                           f"#{PAIRED_ID}-#P-first.jpg") == "Received upload successfully!"
+    # One try: a try-later answer fails at once, saying which it was.
+    assert await within(send_file(Clock(), client, relay.url, first, f"#{PAIRED_ID}-#P-first.jpg",
+                                  attempts=1)) == "Received upload successfully!"
     clock = WatchedClock()
-    sending = defer.ensureDeferred(send_file(clock, http_client, relay.url, second,
-                                             f"#{PAIRED_ID}-#P-second.jpg"))
-    call = await clock.waiting  # answered 429: waiting, not failed
-    assert call.getTime() == 30  # Retry-After 120, capped at 30 s
-    assert not sending.called
-    read = await http_client.get(f"{relay.url}/read/{PAIRED_ID}")  # the PC collects
-    await read.content()
+    waited = clock.next_wait()
+    sending = defer.ensureDeferred(send_file(clock, client, relay.url, second, f"#{PAIRED_ID}-#P-second.jpg"))
+    await within(first_of(waited, sending))
+    assert waited.called and not sending.called, f"not waiting; the relay answered {client.seen}: {log_lines}"
+    assert client.seen[-1] == (429, str(QUOTA_RETRY_AFTER_SECONDS).encode()), (client.seen, log_lines)  # quota full
+    assert (await waited).getTime() == 30  # Retry-After 120, capped at 30 s
+    read = await within(http_client.get(f"{relay.url}/read/{PAIRED_ID}"))  # the PC collects
+    await within(read.content())
+    # The relay frees the quota after the photo is sent, then removes it
+    # and its emptied folders: only then is there room for certain.
+    await eventually(lambda: not (relay.photos / PAIRED_ID).exists(), "the relay removes the collected photo")
+    waited = clock.next_wait()
     clock.advance(30)
+    await within(first_of(waited, sending))
+    assert sending.called, f"waiting again; the relay answered {client.seen}: {log_lines}"
     assert await sending == "Received upload successfully!"
     assert (relay.photos / PAIRED_ID / "P" / "second.jpg").read_bytes() == second.read_bytes()
     # A refusal is final: no waiting, a clear error.
     clock = WatchedClock()
+    waited = clock.next_wait()
     with pytest.raises(SendFailed, match="400 Error uploading file - Please reconnect your app"):
-        await send_file(clock, http_client, relay.url, second, "#P-no-pairing.jpg")
-    assert not clock.waiting.called
+        await within(send_file(clock, client, relay.url, second, "#P-no-pairing.jpg"))
+    assert not waited.called

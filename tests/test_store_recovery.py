@@ -79,6 +79,39 @@ async def test_missing_target_keeps_photo_staged_and_retries(start_server, http_
     assert any("works again" in e.get("log_format", "") for e in events)
 
 
+def test_a_folder_removed_while_a_photo_is_stored_is_made_again(tmp_path):
+    """
+    A relay removes a collected photo, and the patient folder it empties,
+    in one thread while an upload to that folder is stored in another.
+    When the removal lands between the store making the folder and
+    linking the photo into it, the photo is stored all the same (before
+    the fix: a try-later 500, "cannot store the photo right now", seen
+    in test_app_answers.py).
+    """
+    from medimage_tx.relay_store.local import remove_photo
+
+    class RemovedMeanwhile(PhotoStore):
+        raced = False
+
+        def _make_folders(self, folder):
+            super()._make_folders(folder)
+            if not self.raced:  # the other thread's removal, at the worst moment
+                self.raced = True
+                remove_photo(self.photos, "P/collected.jpg")
+
+    store = RemovedMeanwhile(tmp_path / "data", [], keep_master=True)
+    store.prepare()
+    (store.photos / "P").mkdir()
+    (store.photos / "P" / "collected.jpg").write_bytes(jpeg_bytes(seed=1))
+    temp = store.temp / "upload-1.part"
+    photo = jpeg_bytes(seed=9)
+    temp.write_bytes(photo)
+    stored = store.store(temp, None, ("P", "new.jpg"))
+    assert store.raced and stored.relative == "P/new.jpg"
+    assert (store.photos / "P" / "new.jpg").read_bytes() == photo
+    assert not temp.exists()
+
+
 def test_readonly_target_reported(tmp_path):
     """
     A target that cannot be written (a file where a folder should be)

@@ -57,10 +57,19 @@ from treq.client import HTTPClient
 from twisted.web.client import HTTPConnectionPool
 from ..outbound.proxy_tunnel import make_agent
 from ..outbound.tls import one_line
-from ..outbound.response_limits import CappedBody, ResponseTooLarge, ResponseTooSlow, discard, timed_out
+from ..outbound.response_limits import (
+    CappedBody,
+    ResponseTooLarge,
+    ResponseTooSlow,
+    discard,
+    in_time,
+    timed_out,
+)
 from .output import parse_query
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from ..admin.access import Access
     from ..state import ServerState
 
@@ -382,7 +391,7 @@ class InstallAddon(Resource):
                                                "Send zipfileURL=<address of a .zip>, an uploaded zip "
                                                "(file1), or uninstall=<name>"})
                         uploaded = self.state.store.temp / f"addon-{secrets.token_hex(8)}.zip"
-                        await download_zip(addons.reactor, url, uploaded, config.webProxy)
+                        await download_zip(addons.reactor, url, uploaded, config.webProxy, addons.clock)
                     report = await self.state.in_thread(install, uploaded, addons.parent_dir,
                                                         addons.registry, config)
             except InstallError as e:
@@ -422,24 +431,27 @@ class InstalledAddons(Resource):
         return answer_now(request, _json(200, listed))
 
 
-async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> None:
+async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str,
+                       clock: Optional[IReactorTime] = None) -> None:
     """
     Fetch C{url} (http or https, through the clinic's C{webProxy}) into
     C{dest}: at most L{installer.DOWNLOAD_MAX_BYTES}, all within
-    L{installer.DOWNLOAD_SECONDS} (a server that trickles its answer or
-    never ends it is cut off).  @raise InstallError.
+    L{installer.DOWNLOAD_SECONDS} on C{clock} (default C{reactor}; a
+    server that trickles its answer or never ends it is cut off).
+    @raise InstallError.
     """
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise InstallError("zipfileURL must be an http:// or https:// address")
     limit, seconds = installer.DOWNLOAD_MAX_BYTES, installer.DOWNLOAD_SECONDS
     too_large = f"The add-on's zip is larger than {limit // (1024 * 1024)} MiB, so it was not installed"
     too_slow = f"The add-on's zip did not arrive within {seconds:g} s, so it was not installed"
-    deadline = reactor.seconds() + seconds
+    clock = clock or reactor
+    deadline = clock.seconds() + seconds
     client = HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy))
     try:
-        response = await client.get(url, timeout=seconds, unbuffered=True)
+        response = await in_time(client.get(url, unbuffered=True), seconds, clock)
     except Exception as e:
-        if timed_out(e):  # treq's timeout: no headers in time
+        if timed_out(e):  # no headers in time
             raise InstallError(too_slow) from None
         raise InstallError(f"Cannot download the add-on from {url}: {one_line(e)}") from None
     if response.code != 200:
@@ -449,7 +461,7 @@ async def download_zip(reactor: Any, url: str, dest: Path, web_proxy: str) -> No
         discard(response)
         raise InstallError(too_large)
     with open(dest, "wb") as f:
-        body = CappedBody(f.write, limit, deadline, reactor, too_large, too_slow)
+        body = CappedBody(f.write, limit, deadline, clock, too_large, too_slow)
         response.deliverBody(body)
         try:
             await body.done

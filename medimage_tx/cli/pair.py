@@ -28,6 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import defer, task
 
+    async def main(reactor):
+        raise SystemExit(await pair(reactor, args))
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))  # exits the process
+    return 0
+
+
+async def pair(reactor, args: argparse.Namespace, clock=None) -> int:
+    """
+    The command: its exit status; what it says goes to stdout and stderr.
+
+    @param clock: what times the pairing request (default C{reactor}).
+    """
     from ..config import ConfigError, load_or_create_config, save_config
     from ..pc.pairing import (
         PairingError,
@@ -59,20 +72,16 @@ def run(args: argparse.Namespace) -> int:
               f"{wanted.proxy_server} through {wanted.service} gives it a new id, and phones paired "
               "now must pair again. Nothing was sent. Add --new-id to do it.", file=sys.stderr)
         return 1
-
-    async def pair(reactor):
-        try:
-            issued = await request_code_as_configured(reactor, config, pairing)
-        except PairingError as e:
-            print(f"medimage: {e} Nothing was changed.", file=sys.stderr)
-            raise SystemExit(1)
-        save_config(config, **paired_changes(config, issued, wanted))
-        print(f"Pairing code: {issued.code}")
-        if issued.code.lower() != issued.code.upper():
-            print("Letters are case-sensitive: type them exactly as shown.")
-        print("On each phone, now (codes expire): open the MedImage app, tap the large circle, "
-              "and enter the code.")
-        print(f"Saved the pairing in {config_path}; a running server picks it up within seconds.")
-
-    task.react(lambda reactor: defer.ensureDeferred(pair(reactor)))  # exits the process
+    try:
+        issued = await request_code_as_configured(reactor, config, pairing, clock)
+    except PairingError as e:
+        print(f"medimage: {e} Nothing was changed.", file=sys.stderr)
+        return 1
+    save_config(config, **paired_changes(config, issued, wanted))
+    print(f"Pairing code: {issued.code}")
+    if issued.code.lower() != issued.code.upper():
+        print("Letters are case-sensitive: type them exactly as shown.")
+    print("On each phone, now (codes expire): open the MedImage app, tap the large circle, "
+          "and enter the code.")
+    print(f"Saved the pairing in {config_path}; a running server picks it up within seconds.")
     return 0

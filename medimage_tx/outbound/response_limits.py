@@ -18,7 +18,7 @@ reads one: C{\\n\\n} or C{\\n\\r\\n}); Twisted parses everything.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -38,6 +38,8 @@ from zope.interface import implementer
 MAX_RESPONSE_HEAD = 64 * 1024
 
 _HEAD_END = re.compile(rb"\n\r?\n")
+
+T = TypeVar("T")
 
 
 class ResponseHeadTooLong(Exception):
@@ -181,6 +183,22 @@ class HeadLimitedEndpoints:
         elif uri.scheme != b"http":
             raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
         return HeadLimitedEndpoint(endpoint)
+
+
+def in_time(request: Deferred[T], seconds: float, clock: IReactorTime) -> Deferred[T]:
+    """
+    C{request} (a treq or Agent request), cancelled if its answer's head
+    has not come after C{seconds} on C{clock}: treq's C{timeout}, on any
+    clock (treq's own takes the reactor it was given).
+    """
+    call = clock.callLater(seconds, request.cancel)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        return result
+
+    return request.addBoth(done)
 
 
 def timed_out(error: BaseException) -> bool:

@@ -14,22 +14,29 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.ssl import OpenSSLDefaultPaths, optionsForClientTLS, platformTrust
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..config import Config, resolve_path
 from .ca_file import load_ca_certificates
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+#: The most the second try that says why a certificate was refused may
+#: take, in all (connecting and the whole handshake).
 DIAGNOSIS_SECONDS = 5.0
 
 # OpenSSL's X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code.
@@ -105,22 +112,89 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or error.__class__.__name__
 
 
-def verify_problem(host: str, port: int, ca_file: Optional[Path]) -> Optional[tuple[int, str]]:
+class Diagnosis:
+    """
+    One diagnosis's connection, shared between the thread that makes it
+    and the reactor, which ends it when its time is up: a server that
+    drips its handshake cannot hold it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._socket: Optional[socket.socket] = None
+        self.over = False
+
+    def connected(self, sock: socket.socket) -> bool:
+        """
+        Called by the thread with its socket; False when the time is up already.
+        """
+        with self._lock:
+            self._socket = sock
+            return not self.over
+
+    def end(self) -> None:
+        """
+        Called by the reactor: the thread's handshake fails at once.
+        """
+        with self._lock:
+            self.over = True
+            if self._socket is not None:
+                try:
+                    # The plain socket's shutdown (an SSLSocket's own would
+                    # drop its TLS state under the other thread's feet);
+                    # it wakes a read blocked in the other thread.
+                    socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed already
+
+
+def verify_problem(host: str, port: int, ca_file: Optional[Path],
+                   diagnosis: Optional[Diagnosis] = None) -> Optional[tuple[int, str]]:
     """
     OpenSSL's verify code and message for C{host:port}'s certificate, or
-    None if it verifies (or the address cannot be reached).  Blocking.
+    None if it verifies (or the address cannot be reached, or
+    C{diagnosis} was ended).  Blocking: the socket's own timeout bounds a
+    connect that ending the diagnosis cannot cut short.
     """
     context = ssl.create_default_context()
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
     try:
         with socket.create_connection((host, port), timeout=DIAGNOSIS_SECONDS) as raw:
-            with context.wrap_socket(raw, server_hostname=host):
+            with context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False) as tls:
+                if diagnosis is not None and not diagnosis.connected(tls):
+                    return None
+                tls.do_handshake()
                 return None
     except ssl.SSLCertVerificationError as e:
         return e.verify_code, e.verify_message
     except (OSError, ValueError):
         return None
+
+
+def diagnose(host: str, port: int, ca_file: Optional[Path],
+             clock: IReactorTime) -> Deferred[Optional[tuple[int, str]]]:
+    """
+    L{verify_problem} in a thread, with at most L{DIAGNOSIS_SECONDS} on
+    C{clock} for all of it: then the connection is dropped and the
+    answer is None (no reason found).
+    """
+    diagnosis = Diagnosis()
+    answer: Deferred[Optional[tuple[int, str]]] = Deferred()
+
+    def time_is_up() -> None:
+        diagnosis.end()
+        answer.callback(None)
+
+    timer = clock.callLater(DIAGNOSIS_SECONDS, time_is_up)
+
+    def finished(result):
+        if not answer.called:
+            timer.cancel()
+            answer.errback(result) if isinstance(result, Failure) else answer.callback(result)
+
+    deferToThread(verify_problem, host, port, ca_file, diagnosis).addBoth(finished)
+    return answer
 
 
 def explain_certificate(host: str, problem: Optional[tuple[int, str]]) -> str:
@@ -149,11 +223,13 @@ def explain_certificate(host: str, problem: Optional[tuple[int, str]]) -> str:
             f"{trust_hint}")
 
 
-async def explain(error: BaseException, url: str, ca_file: Optional[Path], direct: bool = True) -> str:
+async def explain(error: BaseException, url: str, ca_file: Optional[Path], direct: bool = True,
+                  clock: Optional[IReactorTime] = None) -> str:
     """
     One readable line for a failed request to C{url}.  For a refused
     certificate, says why when it can find out (only C{direct}ly: through a
-    web proxy, the second try would not take the same path).
+    web proxy, the second try would not take the same path), within
+    L{DIAGNOSIS_SECONDS} on C{clock} (default the reactor).
     """
     if not is_tls_refusal(error):
         return one_line(error)
@@ -161,5 +237,9 @@ async def explain(error: BaseException, url: str, ca_file: Optional[Path], direc
     host, port = address.hostname or "", address.port or 443
     problem: Optional[tuple[int, str]] = None
     if direct:
-        problem = await deferToThread(verify_problem, host, port, ca_file)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast("IReactorTime", reactor)  # the installed reactor: Twisted types it as a module
+        problem = await diagnose(host, port, ca_file, clock)
     return explain_certificate(host, problem)

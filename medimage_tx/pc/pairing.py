@@ -39,6 +39,7 @@ from ..outbound.response_limits import (
     ResponseHeadTooLong,
     ResponseTooLarge,
     ResponseTooSlow,
+    in_time,
     timed_out,
 )
 
@@ -225,14 +226,18 @@ def one_off_client(reactor: Any, web_proxy: str, tls=None) -> HTTPClient:
     return HTTPClient(make_agent(reactor, HTTPConnectionPool(reactor, persistent=False), web_proxy, tls))
 
 
-async def request_code_as_configured(reactor: Any, config: Config, pairing: PairingPlan) -> IssuedCode:
+async def request_code_as_configured(reactor: Any, config: Config, pairing: PairingPlan,
+                                     clock: Optional[IReactorTime] = None) -> IssuedCode:
     """
     L{request_code} the way config.json says: through its C{webProxy},
     trusting what its C{relayCA} adds to the OS's trust.
+
+    @param clock: what times the request (default C{reactor}; tests pass a
+        L{twisted.internet.task.Clock}).
     """
     tls = policy_for(config)
     return await request_code(one_off_client(reactor, config.webProxy, tls), pairing, tls.ca_file,
-                              via_proxy=bool(config.webProxy))
+                              via_proxy=bool(config.webProxy), clock=clock or reactor)
 
 
 async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Optional[Path] = None,
@@ -247,6 +252,8 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
 
     @param ca_file: C{relayCA}, trusted by C{client}; and C{via_proxy}
         (C{webProxy} is set): to explain a refused certificate.
+    @param clock: what times the whole answer and the certificate
+        diagnosis (default the reactor).
 
     @raise PairingError: in our words; the service's body is never repeated.
     """
@@ -257,8 +264,8 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
     url = pairing.request.pairing_url()
     deadline = clock.seconds() + TIMEOUT_SECONDS
     try:
-        response = await client.post(url, data=pairing.form(), allow_redirects=False,
-                                      timeout=TIMEOUT_SECONDS, unbuffered=True)
+        response = await in_time(client.post(url, data=pairing.form(), allow_redirects=False, unbuffered=True),
+                                 TIMEOUT_SECONDS, clock)
     except Exception as e:
         if timed_out(e):
             raise PairingError(_TOO_SLOW)
@@ -266,7 +273,7 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
             raise PairingError(_TOO_LONG)
         if is_tls_refusal(e):
             # Not the PC's internet connection: say what is wrong and what to do.
-            explained = await explain(e, url, ca_file, direct=not via_proxy)
+            explained = await explain(e, url, ca_file, direct=not via_proxy, clock=clock)
             raise PairingError(f"Cannot pair: {explained}.")
         raise PairingError("Cannot reach the pairing service. Check this PC's internet connection "
                            "(and webProxy in config.json).")

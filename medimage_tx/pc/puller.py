@@ -41,6 +41,7 @@ from ..errors import Rejected, disk_trouble
 from ..photos.held import hold, held_usage
 from ..photos.naming import DEFAULT_STEM, check_name_bounds, clean_text, safe_component, strip_extension
 from ..outbound.proxy_tunnel import make_agent
+from ..outbound.response_limits import in_time
 from ..web.relay_headers import ACK_HEADER, RECEIPT_HEADER, RELAY_FEATURES
 from ..outbound.tls import RelayTLSPolicy, explain, one_line, policy_for, relay_ca_path
 from ..photos.multipart import make_temp_file
@@ -259,7 +260,8 @@ class RelayPuller(Service):
         first, self._outage = self._outage is None, one_line(error)
         self._supports_ack = None  # ask again once it is back
         if first:
-            reason = await explain(error, config.readProxy, relay_ca_path(config), direct=not config.webProxy)
+            reason = await explain(error, config.readProxy, relay_ca_path(config), direct=not config.webProxy,
+                                   clock=self.clock)
             self.log.warn("Cannot get photos from the relay: {reason}. Retrying with backoff.",
                           reason=reason)
         else:
@@ -277,7 +279,7 @@ class RelayPuller(Service):
         small = self.answer_timeout
         if not self._supports_ack:
             until = self.clock.seconds() + small
-            head = await client.head(url, timeout=small, unbuffered=True)
+            head = await in_time(client.head(url, unbuffered=True), small, self.clock)
             await self._small_body(head, until)
             _expect_ok(head)
             self._supports_ack = head.headers.getRawHeaders(RELAY_FEATURES) is not None
@@ -293,13 +295,13 @@ class RelayPuller(Service):
         if self._supports_ack:
             separator = "&" if "?" in url else "?"
             until = self.clock.seconds() + self.long_poll + small
-            response = await client.get(
+            response = await in_time(client.get(
                 f"{url}{separator}wait={self.long_poll}",
-                headers=Headers({ACK_HEADER: [b"1"]}), timeout=self.long_poll + small, unbuffered=True,
-            )
+                headers=Headers({ACK_HEADER: [b"1"]}), unbuffered=True,
+            ), self.long_poll + small, self.clock)
         else:
             until = self.clock.seconds() + small
-            response = await client.get(url, timeout=small, unbuffered=True)
+            response = await in_time(client.get(url, unbuffered=True), small, self.clock)
         if response.headers.getRawHeaders(RELAY_FEATURES) is None:
             self._supports_ack = False
             self._legacy_get = True  # the pause after a GET applies
@@ -317,8 +319,8 @@ class RelayPuller(Service):
         receipt = _header(response, RECEIPT_HEADER)
         if receipt is not None:
             until = self.clock.seconds() + small
-            confirm = await client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}",
-                                          timeout=small, unbuffered=True)
+            confirm = await in_time(client.delete(f"{url.split('?')[0].rstrip('/')}/{receipt}", unbuffered=True),
+                                    small, self.clock)
             await self._small_body(confirm, until)
             if confirm.code not in (200, 404):
                 raise RelayUnavailable(f"the relay answered {confirm.code} to a confirmation")

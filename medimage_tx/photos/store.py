@@ -379,16 +379,26 @@ class PhotoStore:
         # Busy before it appears: a retry must not copy it (or move it
         # away) before its add-ons have run.
         held = addons and self.hold(relative)
-        try:
-            link_no_overwrite(temp_path, dest)
-        except FileExistsError:
-            if held:
-                self.release(relative)
-            return False
-        except BaseException:
-            if held:
-                self.release(relative)
-            raise
+        for attempt in range(3):
+            try:
+                link_no_overwrite(temp_path, dest)
+                break
+            except FileExistsError:
+                if held:
+                    self.release(relative)
+                return False
+            except FileNotFoundError:
+                if dest.parent.is_dir() or attempt == 2:
+                    if held:
+                        self.release(relative)
+                    raise
+                # The folder was emptied and removed meanwhile (a relay
+                # removes a collected photo's folders in another thread).
+                self._make_folders(dest.parent)
+            except BaseException:
+                if held:
+                    self.release(relative)
+                raise
         if addons:
             # The phone's 200 comes before the add-ons and copies: the mark
             # must survive a crash.

@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
-from conftest import all_files, jpeg_bytes, multipart
+from conftest import all_files, eventually, jpeg_bytes, multipart, within
 
 PAIRED_ID = "uPSE4UWHmJ8XqFUqvf"
 LIMIT = 1024 * 1024
@@ -122,21 +122,21 @@ class OriginalRelay(Resource):
     /read/<id>} shows the oldest photo; a GET sends it, and for C{shred}
     seconds afterwards it stays readable under the same name with other
     bytes (the original shreds it), then it is gone.  Every request is
-    noted with its time.
+    noted with its time on C{clock}.
     """
 
     isLeaf = True
 
-    def __init__(self, photos: list[tuple[str, bytes]], shred: float):
+    def __init__(self, photos: list[tuple[str, bytes]], shred: float, clock):
         super().__init__()
         self.photos = list(photos)
-        self.shred = shred
+        self.shred, self.clock = shred, clock
         self.requests: list[tuple[float, bytes, str]] = []  # (when, method, what was sent)
         self.shredding: dict[str, float] = {}  # name -> until
         self.all_taken: defer.Deferred = defer.Deferred()
 
     def render(self, request):
-        now = reactor.seconds()
+        now = self.clock.seconds()
         for name, until in list(self.shredding.items()):
             if until <= now:
                 del self.shredding[name]
@@ -160,32 +160,47 @@ class OriginalRelay(Resource):
         return content
 
 
+def next_pause(clock, longest: float):
+    """
+    Seconds until the next call due on C{clock} within C{longest} seconds
+    (the puller's pause; its time limits are far longer), or None.
+    """
+    due = [call.getTime() - clock.seconds() for call in clock.getDelayedCalls() if call.active()]
+    return min((d for d in due if 0 <= d <= longest), default=None)
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_original_relay_is_read_as_the_original_pc_reads_it(start_server, tmp_path):
-    interval = 0.5  # the real one is 5 s; the relay's shred window scales with it (2 s -> 0.2 s)
-    for shred in (0.2, 0.8):  # the second outlasts the pause: the name just received is not read again
+    interval = 5.0  # the original PC's pause after a GET, on the PC's test clock
+    for shred in (2.0, 8.0):  # the second outlasts the pause: the name just received is not read again
+        clock = Clock()
         photos = [(f"P{i}/x{i}.jpg", jpeg_bytes(30_000, seed=i + 1)) for i in range(3)]
-        relay = OriginalRelay(photos, shred)
+        relay = OriginalRelay(photos, shred, clock)
         listening = reactor.listenTCP(0, server.Site(relay), interface="127.0.0.1")
-        target = tmp_path / f"clinic{shred}"
+        target = tmp_path / f"clinic{shred:g}"
         target.mkdir()
 
         def tune(service):
             service.puller.legacy_interval = interval
 
-        pc = await start_server(f"pc{shred}", tune=tune, globalId=PAIRED_ID, backupTo=[target.as_posix()],
+        pc = await start_server(f"pc{shred:g}", clock=clock, tune=tune, globalId=PAIRED_ID,
+                                backupTo=[target.as_posix()],
                                 readProxy=f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
         try:
-            await relay.all_taken.addTimeout(60, reactor)
+            # Time passes only while the puller pauses.
+            while not relay.all_taken.called:
+                await eventually(lambda: relay.all_taken.called or next_pause(clock, interval) is not None,
+                                 f"the puller pauses or is done; the relay saw {relay.requests}")
+                if not relay.all_taken.called:
+                    clock.advance(next_pause(clock, interval))
         finally:
             await defer.maybeDeferred(listening.stopListening)
             await pc.service.stopService()
-        gets = [(when, what) for when, method, what in relay.requests if method == b"GET"]
-        assert [what for _, what in gets if what != "none"] == [name for name, _ in photos], relay.requests
+        gets = [what for _, method, what in relay.requests if method == b"GET"]
+        assert [what for what in gets if what != "none"] == [name for name, _ in photos], relay.requests
         # Nothing, neither HEAD nor GET, sooner than the interval after a GET.
-        for when, _ in gets:
-            later = [t for t, _, _ in relay.requests if t > when]
-            assert not later or min(later) - when >= interval * 0.95, relay.requests
+        for (when, method, _), (next_when, _, _) in zip(relay.requests, relay.requests[1:]):
+            assert method != b"GET" or next_when - when >= interval, relay.requests
         assert [(target / name).read_bytes() for name, _ in photos] == [content for _, content in photos]
         assert len(all_files(target)) == 3
 
@@ -207,7 +222,7 @@ async def test_a_file_the_pc_will_not_file_is_held_shown_and_then_confirmed(star
                             allowedTypes=[{"extension": ".jpg", "mime": "image/jpeg"}])
     kept = defer.Deferred()
     pc.service.puller.held.append(kept.callback)
-    await kept.addTimeout(30, reactor)  # called once held and confirmed
+    await within(kept)  # called once held and confirmed
     assert relay.service.state.relay.store.queue.total_bytes() == 0
     held = [p for p in all_files(pc.data / "held") if not p.name.startswith(".")]
     assert len(held) == 1 and held[0].read_bytes() == pdf  # intact, not lost

@@ -14,13 +14,13 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Clock, LoopingCall
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from conftest import all_files, eventually, within
+from conftest import all_files, ended, eventually, within
 from test_addons_web import browser, csrf, post_form  # noqa: F401 (browser: a fixture)
 from medimage_tx.outbound.response_limits import MAX_RESPONSE_HEAD
 
@@ -127,33 +127,29 @@ async def test_a_relay_sending_endless_headers_is_cut_at_the_head_limit(start_se
     assert relay.connections == 1  # backing off, not retrying at once
 
 
-class _Trickle(Protocol):
+class _HeldAnswer(Protocol):
     """
-    Reads a request head, sends C{status} at once, then one byte every
-    C{every} seconds for ever; the factory's C{cut} fires with the time
-    the client hung up.
+    A service the test answers for: C{asked} fires with this protocol
+    once a request's head has arrived, and the test writes the answer
+    when it likes; C{cut} fires when the client hangs up.
     """
 
     def connectionMade(self):
-        self.received, self.call = b"", None
+        self.received = b""
 
     def dataReceived(self, data):
         self.received += data
-        if self.call is None and b"\r\n\r\n" in self.received:
-            self.transport.write(self.factory.status)
-            self.call = LoopingCall(self.transport.write, b"x")
-            self.call.start(self.factory.every)
+        if b"\r\n\r\n" in self.received and not self.factory.asked.called:
+            self.factory.asked.callback(self)
 
     def connectionLost(self, reason):
-        if self.call is not None and self.call.running:
-            self.call.stop()
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
-def trickle(status: bytes, every: float = 0.1) -> Factory:
-    factory = Factory.forProtocol(_Trickle)
-    factory.status, factory.every, factory.cut = status, every, defer.Deferred()
+def held_answers() -> Factory:
+    factory = Factory.forProtocol(_HeldAnswer)
+    factory.asked, factory.cut = defer.Deferred(), defer.Deferred()
     return factory
 
 
@@ -163,31 +159,59 @@ async def install_from(http_client, server, url: str):
                                   {"zipfileURL": url, "csrf": token}, cookie), 60)
 
 
+async def install_held(browser, server, clock, first: bytes):
+    """
+    Ask C{server} to install from a stand-in that answers C{first} at
+    once: (the stand-in's factory, its protocol, the install's answer as a
+    Deferred, the PC's new timers on C{clock} since the install was asked).
+    """
+    held = held_answers()
+    port = reactor.listenTCP(0, held, interface="127.0.0.1")
+    token, cookie = await within(csrf(browser, server))
+    before = set(clock.getDelayedCalls())
+    installing = defer.ensureDeferred(post_form(
+        browser, server, "/addon/install-addon",
+        {"zipfileURL": f"http://127.0.0.1:{port.getHost().port}/a.zip", "csrf": token}, cookie))
+    answer = await within(held.asked)
+    answer.transport.write(first)
+    return port, held, answer, installing, [call for call in clock.getDelayedCalls() if call not in before]
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_add_on_download_that_trickles_or_never_ends_is_cut(start_server, browser, monkeypatch):
     from medimage_tx.addons import installer
 
-    # The limits, made small for the test (defaults: 100 MiB, 300 s).
-    monkeypatch.setattr(installer, "DOWNLOAD_SECONDS", 2.0)
+    # The size limit, made small for the test (default 100 MiB); the time
+    # limit (300 s) on the PC's test clock.
     monkeypatch.setattr(installer, "DOWNLOAD_MAX_BYTES", 1024 * 1024)
-    server = await start_server()
+    seconds, clock = installer.DOWNLOAD_SECONDS, Clock()
+    server = await start_server(clock=clock)
     ports = []
     try:
-        # Headers at once, then a byte every 0.1 s for ever. Before the fix
-        # only the headers had a time limit: this install never answered.
-        slow = trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-        ports.append(reactor.listenTCP(0, slow, interface="127.0.0.1"))
-        began = reactor.seconds()
-        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
-        assert code == 400 and "did not arrive within 2 s" in answer["message"], answer
-        assert (await within(slow.cut)) - began < 20  # the connection was dropped
+        # Headers at once, then a byte now and then. Before the fix only
+        # the headers had a time limit: this install never answered.
+        port, slow, answer, installing, timers = await install_held(
+            browser, server, clock, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nx")
+        ports.append(port)
+        assert timers, "the download's time limit is not on the PC's clock"
+        await ended(timers, "the PC reads the zip's body")
+        for _ in range(10):
+            clock.advance(seconds / 10)
+            answer.transport.write(b"x")
+        code, said = await within(installing, rule="a trickling body is cut when the download's time is up")
+        assert code == 400 and f"did not arrive within {seconds:g} s" in said["message"], said
+        await within(slow.cut, rule="the trickling download's connection is dropped")
 
         # Headers that trickle: the same time limit, headers included.
-        slow_head = trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-        ports.append(reactor.listenTCP(0, slow_head, interface="127.0.0.1"))
-        code, answer = await install_from(browser, server, f"http://127.0.0.1:{ports[-1].getHost().port}/a.zip")
-        assert code == 400 and "did not arrive within 2 s" in answer["message"], answer
-        await within(slow_head.cut)
+        port, slow_head, answer, installing, _ = await install_held(
+            browser, server, clock, b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        ports.append(port)
+        for _ in range(10):
+            clock.advance(seconds / 10)
+            answer.transport.write(b"x")
+        code, said = await within(installing, rule="trickling headers are cut when the download's time is up")
+        assert code == 400 and f"did not arrive within {seconds:g} s" in said["message"], said
+        await within(slow_head.cut, rule="the trickling headers' connection is dropped")
 
         # A chunked body without end, as fast as the PC reads: cut at the size limit.
         endless = flood(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -222,19 +246,22 @@ class TricklingRelay(Resource):
     """
     Says it is one of ours (long poll); its GET answer declares C{length}
     bytes (a photo when C{photo}, else an empty-queue answer) and sends
-    one byte every 0.1 s.  C{cut} fires with the bytes sent when the PC
-    hangs up.
+    one; the test sends more with C{drip()}.  C{asked} fires when the GET
+    arrives, with the PC's timers on C{clock} since its HEAD (those of
+    the GET); C{cut} fires with the bytes sent when the PC hangs up.
     """
 
     isLeaf = True
 
-    def __init__(self, photo: bool, length: int):
+    def __init__(self, photo: bool, length: int, clock):
         super().__init__()
-        self.photo, self.length = photo, length
+        self.photo, self.length, self.clock = photo, length, clock
         self.sent = 0
+        self.asked: defer.Deferred = defer.Deferred()
         self.cut: defer.Deferred = defer.Deferred()
 
     def render_HEAD(self, request):
+        self.before = set(self.clock.getDelayedCalls())
         request.setHeader(b"x-medimage-relay", b"ack, wait")
         return b""
 
@@ -244,110 +271,109 @@ class TricklingRelay(Resource):
             request.setHeader(b"file-name", f"/{PAIRED_ID}/P/x.jpg".encode())
             request.setHeader(b"x-medimage-receipt", b"r")
         request.setHeader(b"content-length", b"%d" % self.length)
-        call = LoopingCall(self._one_byte, request)
-        call.start(0.1)
+        self.request = request
+        self.drip()
 
         def gone(_):
-            call.stop()
             if not self.cut.called:
                 self.cut.callback(self.sent)
         request.notifyFinish().addBoth(gone)
+        self.asked.callback([call for call in self.clock.getDelayedCalls() if call not in self.before])
         return server.NOT_DONE_YET
 
-    def _one_byte(self, request):
-        request.write(b"\xff" if self.sent == 0 else b"\x00")
+    def drip(self):
+        self.request.write(b"\xff" if self.sent == 0 else b"\x00")
         self.sent += 1
+
+
+def part_sizes(folder):
+    return [part.stat().st_size for part in folder.glob("relay-*.part")]
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_relay_that_trickles_a_body_is_cut_when_its_time_is_up(start_server, tmp_path):
-    # A photo of 16 KiB declared: the stall timeout (0.5 s here) plus 1 s
-    # at the slowest rate waited for (16 KiB/s). An empty-queue answer:
-    # what is left of the long poll's time, its wait plus the answer
-    # timeout (1 + 1 s here). Before the fix a byte now and then reset the
-    # stall timer, so each took 1,640 s and 100 s.
-    for photo, length, seconds in ((True, 16 * 1024, 1.5), (False, 1000, 2.0)):
-        relay = TricklingRelay(photo, length)
+    # The puller's times on the PC's test clock; its stall timeout (600 s
+    # here) never comes first. A photo of 16 KiB declared: the stall
+    # timeout plus 1 s at the slowest rate waited for (16 KiB/s). An
+    # empty-queue answer: what is left of the long poll's time, its wait
+    # plus the answer timeout (30 + 30 s). Before the fix a byte now and
+    # then reset the stall timer, so each took 1,640 s and 100 s (at 0.5 s
+    # stall, a byte every 0.1 s).
+    for photo, length, seconds in ((True, 16 * 1024, 601.0), (False, 1000, 60.0)):
+        clock = Clock()
+        relay = TricklingRelay(photo, length, clock)
         listening = reactor.listenTCP(0, server.Site(relay), interface="127.0.0.1")
         target = tmp_path / f"clinic-{photo}"
         target.mkdir()
 
         def tune(service):
             puller = service.puller
-            puller.backoff_start = puller.backoff_max = 300
-            puller.stall_timeout, puller.answer_timeout, puller.long_poll = 0.5, 1.0, 1
+            puller.backoff_start = puller.backoff_max = 3000
+            puller.stall_timeout, puller.answer_timeout, puller.long_poll = 600.0, 30.0, 30
 
-        pc = await start_server(f"pc-{photo}", tune=tune, globalId=PAIRED_ID, backupTo=[target.as_posix()],
+        pc = await start_server(f"pc-{photo}", clock=clock, tune=tune, globalId=PAIRED_ID,
+                                backupTo=[target.as_posix()],
                                 readProxy=f"http://127.0.0.1:{listening.getHost().port}/read/{PAIRED_ID}")
+        puller = pc.service.puller
         try:
-            began = reactor.seconds()
-            sent = await relay.cut.addTimeout(30, reactor)
-            took = reactor.seconds() - began
+            get_limit = await within(relay.asked)
+            assert get_limit, "the puller's time limit is not on the PC's clock"
+            await ended(get_limit, "the puller reads the answer's body")
+            if photo:  # a byte now and then: the stall timer never runs out
+                await eventually(lambda: part_sizes(pc.data / "tmp") == [1], "the first byte is stored")
+                clock.advance(300)
+                relay.drip()
+                await eventually(lambda: part_sizes(pc.data / "tmp") == [2], "the next byte is stored")
+            clock.advance(seconds - clock.seconds() - 0.125)
+            assert puller.outage is None, "gave up before its time"
+            clock.advance(0.125)
+            assert puller.outage is not None, "the trickle held the puller past its time"
+            assert f"took longer than {seconds:g} s" in puller.outage
+            sent = await within(relay.cut)
         finally:
             await defer.maybeDeferred(listening.stopListening)
             await pc.service.stopService()
-        assert seconds <= took + 0.2 and sent < length, (photo, took, sent)
-        assert f"took longer than {seconds:g} s" in pc.service.puller.outage
+        assert sent < length
         assert all_files(pc.photos) == [] and all_files(target) == [] and all_files(pc.data / "tmp") == []
 
 
-class _SlowAnswer(Protocol):
-    """
-    Reads a request head; sends a status line at once, then a header line
-    every 0.25 s for C{head_ticks} ticks, the end of the head, then a
-    byte of the body every 0.25 s for ever.
-    """
-
-    def connectionMade(self):
-        self.received, self.call, self.ticks = b"", None, 0
-
-    def dataReceived(self, data):
-        self.received += data
-        if self.call is None and b"\r\n\r\n" in self.received:
-            self.transport.write(b"HTTP/1.1 200 OK\r\n")
-            self.call = LoopingCall(self._tick)
-            self.call.start(0.25, now=False)
-
-    def _tick(self):
-        self.ticks += 1
-        if self.ticks < self.factory.head_ticks:
-            self.transport.write(b"X-Slow-%d: a\r\n" % self.ticks)
-        elif self.ticks == self.factory.head_ticks:
-            self.transport.write(b"Content-Length: 4000\r\n\r\n")
-        else:
-            self.transport.write(b"1")
-
-    def connectionLost(self, reason):
-        if self.call is not None and self.call.running:
-            self.call.stop()
-        if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
-
-
-async def pair_with(port: int):
+async def pair_with(port: int, clock=None):
     from medimage_tx.pc.pairing import PairingPlan, PairRequest, one_off_client, request_code
 
     wanted = PairRequest.checked("http://relay.example", custom_pairing=f"http://127.0.0.1:{port}/med-genid.php")
-    return await request_code(one_off_client(reactor, ""), PairingPlan(wanted, "", ""))
+    return await request_code(one_off_client(reactor, ""), PairingPlan(wanted, "", ""), clock=clock)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeypatch):
+async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer():
     from medimage_tx.pc import pairing as pc_pairing
 
-    monkeypatch.setattr(pc_pairing, "TIMEOUT_SECONDS", 3.0)  # 30 s in use
-    # Headers that end just before the time is up, then a body that drips.
-    # Before the fix the body got a time of its own: 2.75 + 3 s.
-    slow = Factory.forProtocol(_SlowAnswer)
-    slow.head_ticks, slow.cut = 11, defer.Deferred()
-    port = reactor.listenTCP(0, slow, interface="127.0.0.1")
+    # The time limit (30 s) on a test clock; the service on loopback.
+    limit, clock = pc_pairing.TIMEOUT_SECONDS, Clock()
+    service = held_answers()
+    port = reactor.listenTCP(0, service, interface="127.0.0.1")
     try:
-        began = reactor.seconds()
+        pairing = defer.ensureDeferred(pair_with(port.getHost().port, clock))
+        answer = await within(service.asked)
+        head_limit = list(clock.getDelayedCalls())
+        # Headers that end just before the time is up (a line every
+        # 0.25 s), then a body that drips. Before the fix the body got a
+        # time of its own: 29.75 + 30 s.
+        answer.transport.write(b"HTTP/1.1 200 OK\r\n")
+        for line in range(int(limit / 0.25) - 1):
+            clock.advance(0.25)
+            answer.transport.write(b"X-Slow-%d: a\r\n" % line)
+        answer.transport.write(b"Content-Length: 4000\r\n\r\n1")
+        await ended(head_limit, "the pairing reads the answer's body")
+        clock.advance(0.125)
+        answer.transport.write(b"1")
+        assert not pairing.called, "gave up before its time"
+        clock.advance(0.125)
+        assert clock.seconds() == limit
+        assert pairing.called, "the answer's body held the pairing past its time limit"
         with pytest.raises(pc_pairing.PairingError, match="too slow"):
-            await within(pair_with(port.getHost().port), 30)
-        took = reactor.seconds() - began
-        assert 2.9 <= took < 4.5, took
-        assert (await within(slow.cut)) - began < 4.5  # the connection was dropped
+            await pairing
+        await within(service.cut, rule="the slow pairing service's connection is dropped")
     finally:
         await defer.maybeDeferred(port.stopListening)
 
@@ -356,7 +382,7 @@ async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeyp
     port = reactor.listenTCP(0, heads, interface="127.0.0.1")
     try:
         with pytest.raises(pc_pairing.PairingError, match="far longer answer"):
-            await within(pair_with(port.getHost().port), 30)
+            await within(pair_with(port.getHost().port))
         assert (await within(heads.cut)) < MAX_RESPONSE_HEAD + BUFFERS
     finally:
         await defer.maybeDeferred(port.stopListening)
@@ -365,7 +391,8 @@ async def test_a_pairing_service_has_one_time_limit_for_its_whole_answer(monkeyp
 class _DrippedHandshake(Protocol):
     """
     A TLS server that never finishes: a handshake record of 16 KiB
-    holding a server hello of that size, then one byte of it every 0.1 s.
+    holding a server hello of that size, then one byte of it every 0.1 s
+    (real time: each byte would satisfy a limit on each read).
     """
 
     def connectionMade(self):
@@ -373,34 +400,44 @@ class _DrippedHandshake(Protocol):
         self.call = LoopingCall(self.transport.write, b"\x03")
         self.call.start(0.1)
 
+    def dataReceived(self, data):
+        # The client's hello: it is in its handshake.
+        if not self.factory.hello.called:
+            self.factory.hello.callback(None)
+
     def connectionLost(self, reason):
         if self.call.running:
             self.call.stop()
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_certificate_diagnosis_has_a_time_limit_in_all(monkeypatch):
+async def test_the_certificate_diagnosis_has_a_time_limit_in_all():
     from OpenSSL import SSL
 
     from medimage_tx.outbound import tls as relay_tls
 
     # After a refused certificate the PC connects once more to say why
-    # (relay_tls.explain, in a thread the puller waits on). Python's ssl
-    # applies a socket's timeout to the whole handshake, not to each read,
-    # so a byte every 0.1 s cannot hold it (16 KiB of them: 27 minutes).
-    monkeypatch.setattr(relay_tls, "DIAGNOSIS_SECONDS", 1.0)  # 5 s in use
+    # (relay_tls.explain, in a thread the puller waits on). Its time limit
+    # (5 s, on a test clock here) is for all of it: before the fix, a
+    # socket timeout on each read let a byte every 0.1 s hold it (16 KiB
+    # of them: 27 minutes).
+    limit, clock = relay_tls.DIAGNOSIS_SECONDS, Clock()
     dripping = Factory.forProtocol(_DrippedHandshake)
-    dripping.cut = defer.Deferred()
+    dripping.hello, dripping.cut = defer.Deferred(), defer.Deferred()
     port = reactor.listenTCP(0, dripping, interface="127.0.0.1")
     try:
-        began = reactor.seconds()
-        said = await within(relay_tls.explain(SSL.Error("certificate verify failed"),
-                                              f"https://127.0.0.1:{port.getHost().port}/read/x", None), 30)
-        assert reactor.seconds() - began < 10
-        assert "certificate is not trusted" in said
-        await within(dripping.cut)
+        said = defer.ensureDeferred(relay_tls.explain(
+            SSL.Error("certificate verify failed"), f"https://127.0.0.1:{port.getHost().port}/read/x", None,
+            clock=clock))
+        await within(dripping.hello)
+        clock.advance(limit - 0.125)
+        assert not said.called, "gave up before its time"
+        clock.advance(0.125)
+        assert said.called, "the dripped handshake held the diagnosis past its time limit"
+        assert "certificate is not trusted" in await said
+        await within(dripping.cut, rule="the dripped handshake's connection is dropped")
     finally:
         await defer.maybeDeferred(port.stopListening)
 
@@ -408,22 +445,28 @@ async def test_the_certificate_diagnosis_has_a_time_limit_in_all(monkeypatch):
 class _SilentProxy(Protocol):
     """
     A web proxy that takes a connection and never answers its CONNECT;
-    the factory's C{cut} fires when the client closes it.
+    the factory's C{asked} fires when the first CONNECT arrives (the
+    client has its connection), C{cut} when the client closes it.
     """
 
     def connectionMade(self):
         self.factory.connections += 1
 
+    def dataReceived(self, data):
+        if not self.factory.asked.called:
+            self.factory.asked.callback(None)
+
     def connectionLost(self, reason):
         if not self.factory.cut.called:
-            self.factory.cut.callback(reactor.seconds())
+            self.factory.cut.callback(None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_web_proxy_that_never_opens_the_tunnel_is_closed_when_time_is_up(start_server, tmp_path):
     proxy = Factory.forProtocol(_SilentProxy)
-    proxy.connections, proxy.cut = 0, defer.Deferred()
+    proxy.connections, proxy.asked, proxy.cut = 0, defer.Deferred(), defer.Deferred()
     port = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+    clock = Clock()  # the PC's: its puller's time limits and backoff
 
     def tune(service):
         puller = service.puller
@@ -431,15 +474,17 @@ async def test_a_web_proxy_that_never_opens_the_tunnel_is_closed_when_time_is_up
         puller.answer_timeout = 1.0
 
     try:
-        pc = await start_server("pc", tune=tune, globalId=PAIRED_ID,
+        pc = await start_server("pc", clock=clock, tune=tune, globalId=PAIRED_ID,
                                 webProxy=f"http://127.0.0.1:{port.getHost().port}",
                                 readProxy=f"https://relay.example/read/{PAIRED_ID}")
-        began = reactor.seconds()
+        await within(proxy.asked)
         # Before the fix the request gave up at 1 s but the connection to
         # the proxy stayed open (until the proxy answered, if ever), and
         # the CancelledError it failed with stopped the puller for good.
-        closed = await within(proxy.cut, 20)
-        assert closed - began < 10
+        clock.advance(1.0)
+        await within(proxy.cut, rule="the proxy connection is closed when the request's time is up")
+        await eventually(lambda: pc.service.puller.outage is not None, "the puller notes the outage")
+        clock.advance(1.0)  # the backoff
         await eventually(lambda: proxy.connections >= 2, "the puller tries again after its backoff")
     finally:
         await defer.maybeDeferred(port.stopListening)

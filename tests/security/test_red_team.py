@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Clock
 
 import pytest
 import pytest_twisted
 
 from addon_helpers import PYTHON, RECORD_ARGS, calls, write_registry, write_script
-from conftest import write_config
+from conftest import ended, eventually, within, write_config
+from medimage_tx.cli import build_parser
+from medimage_tx.cli import pair as pair_command
 from medimage_tx.pc.pairing import TIMEOUT_SECONDS
 from processes import spawn
 from test_twistd import TWISTD, spawn_twistd
@@ -81,52 +82,58 @@ async def test_another_sites_img_without_origin_or_referer_runs_no_add_on(tmp_pa
 
 class Dripper(protocol.Protocol):
     """
-    A hostile pairing service: answers at once with headers, then one
-    byte of body a second, never reaching its length.
+    A hostile pairing service: answers at once with headers and a byte of
+    body, never reaching its length; the test drips the rest (a byte a
+    second on its clock).  The factory's C{asked} fires with this protocol.
     """
 
     def dataReceived(self, data: bytes) -> None:
-        if not hasattr(self, "drip"):
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4000\r\n\r\n")
-            self.drip = LoopingCall(self.transport.write, b"a")
-            self.drip.start(1.0)
+        if not self.factory.asked.called:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4000\r\n\r\na")
+            self.factory.asked.callback(self)
 
     def connectionLost(self, reason=None) -> None:
-        if hasattr(self, "drip") and self.drip.running:
-            self.drip.stop()
-        self.factory.closed.append(time.monotonic())
+        self.factory.closed.append(reason)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_dripping_pairing_service_cannot_hold_the_pairing(tmp_path):
+async def test_a_dripping_pairing_service_cannot_hold_the_pairing(tmp_path, capsys):
     """
     C{medimage-tx pair} against a service that sends its headers and then
     drips its answer.  treq's C{timeout} ends at the headers, so before the
     fix the command (and the web page's pairing) waited as long as the
     service went on (here it would be 4,000 s); now it gives up after
     L{TIMEOUT_SECONDS} with one line, drops the connection, and changes
-    nothing.
+    nothing.  The command's own code from its arguments to its exit
+    status, in this process: its time limit is on a test clock (exit
+    statuses and messages of the real command: test_pairing.py).
     """
     factory = protocol.Factory.forProtocol(Dripper)
-    factory.closed = []
+    factory.asked, factory.closed = defer.Deferred(), []
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     service = f"http://127.0.0.1:{port.getHost().port}"
     config = write_config(tmp_path / "pc" / "config.json", lanMode=False)
     before = config.read_text()
-    started = time.monotonic()
-    process = spawn([str(COMMAND), "pair", "--relay", service, "--custom-pairing",
-                     service + "/med-genid.php", "--config", str(config)], str(tmp_path))
+    clock = Clock()
+    args = build_parser().parse_args(["pair", "--relay", service, "--custom-pairing",
+                                      service + "/med-genid.php", "--config", str(config)])
     try:
-        code = await process.exited(timeout=TIMEOUT_SECONDS + 30)
-        took = time.monotonic() - started
-        assert code == 1
-        assert process.errors.decode().strip().endswith("too slow, so it was not used. Nothing was changed.")
-        assert TIMEOUT_SECONDS <= took < TIMEOUT_SECONDS + 20, took
-        assert len(factory.closed) == 1  # the connection was dropped
+        command = defer.ensureDeferred(pair_command.pair(reactor, args, clock))
+        dripper = await within(factory.asked)
+        await ended(list(clock.getDelayedCalls()), "the command reads the answer's body")
+        for _ in range(int(TIMEOUT_SECONDS) - 1):
+            clock.advance(1)
+            dripper.transport.write(b"a")
+        assert not command.called, "gave up before its time"
+        clock.advance(1)
+        assert command.called, "the dripping service held the pairing past its time limit"
+        assert await command == 1
+        said = capsys.readouterr()
+        assert said.err.strip().endswith("too slow, so it was not used. Nothing was changed.")
+        assert len(said.err.strip().splitlines()) == 1 and said.out == ""
+        await eventually(lambda: factory.closed, "the connection was dropped")
         assert config.read_text() == before
     finally:
-        if not process.ended.called:
-            process.transport.signalProcess(signal.SIGKILL)
         await port.stopListening()
 
 

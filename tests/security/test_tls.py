@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from treq.client import HTTPClient
 
-from conftest import jpeg_bytes, multipart, write_config
+from conftest import jpeg_bytes, multipart, within, write_config
 from medimage_tx.config import ConfigError
 
 
@@ -226,7 +226,7 @@ async def test_passphrase_protected_key_fails_at_once(tmp_path, terminal, pem_fo
     if not terminal:
         process.transport.closeStdin()
     try:
-        code = await process.ended.addTimeout(30, reactor)
+        code = await within(process.ended)
     finally:
         if not process.ended.called:
             process.transport.signalProcess("KILL")
