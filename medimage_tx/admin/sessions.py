@@ -4,8 +4,9 @@ from config.json (the original's basic-authentication add-on) gives a
 session id; the id then stands for the password until it expires or its
 holder signs out.
 
-Wrong passwords are throttled in fixed time buckets, per client address and
-in total, so guessing is slow and the bookkeeping stays small however many
+Wrong passwords are throttled in fixed time buckets, per client (an IPv4
+address or an IPv6 /64, as the connection caps count: a device takes any
+number of addresses of its /64) and in total, so guessing is slow and the bookkeeping stays small however many
 addresses guess; the last part of the total is kept for addresses that have
 not guessed wrong yet, so the admin's own address still gets its try.
 Plain Python: time comes from C{now}.
@@ -18,6 +19,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Callable, Optional
+
+from ..web.request_budget import address_key
 
 #: The original's shipped password: never accepted.
 SHIPPED_PASSWORD = "changeme"
@@ -101,14 +104,15 @@ class SessionStore:
             raise PasswordNotSet()
         now = self.now()
         self._roll_bucket(now)
-        failed = self._failures_by_address.get(address, 0)
+        client = address_key(address)
+        failed = self._failures_by_address.get(client, 0)
         if (failed >= FAILURES_PER_ADDRESS or self._failures >= FAILURES_IN_TOTAL
                 or (failed and self._failures >= FAILURES_IN_TOTAL - FAILURES_KEPT_FOR_FIRST_TRIES)):
             # Refused even with the right password: no guessing past the limit.
             raise TooManyAttempts(self._bucket_ends(now) - now)
         if not hmac.compare_digest(password.encode("utf-8"), current.encode("utf-8")):
             self._failures += 1
-            self._failures_by_address[address] = self._failures_by_address.get(address, 0) + 1
+            self._failures_by_address[client] = failed + 1
             raise WrongPassword()
         self._expire(now)
         if len(self._sessions) >= MAX_SESSIONS:
