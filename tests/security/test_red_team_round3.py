@@ -116,3 +116,44 @@ async def test_a_stale_pid_file_does_not_stop_the_server(tmp_path, left):
     finally:
         other.kill()
         other.wait()
+
+
+# -- 3. A menu entry in header.html cannot lead the admin off the PC ---------
+
+@pytest_twisted.ensureDeferred
+async def test_a_menu_entry_with_a_backslash_does_not_lead_the_admin_to_another_site(tmp_path):
+    """
+    An install script (or anyone who can write public/) adds
+    C{<a href="/\\evil.example/">} to the header's side menu.  It looked
+    local (no scheme, no host, starts with /), so the admin pages listed it;
+    but a browser reads a backslash as a slash in an http URL, so the menu
+    entry led to http://evil.example/ (a page dressed as the PC's to ask
+    for the password).  Chromium's own reading of each menu link of the
+    admin pages must be this server.
+    """
+    from browser import in_browser
+
+    data = tmp_path / "pc"
+    write_config(data / "config.json", lanMode=False)
+    process = spawn([str(COMMAND), "serve", "--no-lan", "--data", str(data), "--port", "0",
+                     "--interface", "127.0.0.1"], str(tmp_path))
+    try:
+        port = await process.port()
+        header = data / "public" / "components" / "header.html"
+        text = header.read_text()
+        entries = ('<li><a href="/\\evil.example/ehr">EHR Log</a></li>'
+                   '<li><a href="\\\\evil.example/">Backup</a></li>'
+                   '<li><a href="/pages/ehr-log.html">Local log</a></li>')
+        header.write_text(text.replace("</ul>", entries + "</ul>", 1))
+
+        def steps(page):
+            page.goto(f"http://127.0.0.1:{port}/admin/addons")
+            return page.evaluate("Array.from(document.querySelectorAll('header nav a'))"
+                                 ".map(a => [a.textContent, a.href])")
+
+        links = await in_browser(steps)
+        print(links)
+        assert ["Local log", f"http://127.0.0.1:{port}/pages/ehr-log.html"] in links
+        assert all(href.startswith(f"http://127.0.0.1:{port}/") for _, href in links), links
+    finally:
+        await stop(process)
