@@ -157,3 +157,54 @@ async def test_a_menu_entry_with_a_backslash_does_not_lead_the_admin_to_another_
         assert all(href.startswith(f"http://127.0.0.1:{port}/") for _, href in links), links
     finally:
         await stop(process)
+
+
+# -- 4. migrate: a link made after the check, in public/ or node_modules/ ----
+
+@pytest.mark.parametrize("where", ["public", "public/pages", "node_modules", "node_modules/leftpad"])
+def test_a_page_or_module_link_made_after_the_check_is_not_followed(tmp_path, where):
+    """
+    migrate runs as root on the original's folder, which its user can
+    write.  The check refuses C{public} and C{node_modules} as links, but
+    the copy behind it went by path (rglob and copy2, copytree): a folder
+    swapped for a link to a root-only folder between the check and the
+    copy (the same names) made root copy that folder's files into this
+    server's public/, served to the PC's own browser, where any local user
+    is the admin.  As for the photos and the add-ons, the second layer is
+    given directly what the check stops; nothing behind a link may arrive.
+    """
+    from medimage_tx.addons.node_modules import bring_addon_needs
+
+    secret = b"root:$6$secret-hash:19000:0:99999:7:::\n"
+    hidden = tmp_path / "root-only"  # what the links point at: the same names as the real ones
+    for folder in ("pages", "public/pages", "leftpad", "node_modules/leftpad"):
+        (hidden / folder).mkdir(parents=True)
+    for page in ("pages/shadow.html", "public/pages/shadow.html"):
+        (hidden / page).write_bytes(secret)
+    for package in ("leftpad", "node_modules/leftpad"):
+        (hidden / package / "package.json").write_text('{"name": "leftpad"}')
+        (hidden / package / "index.js").write_bytes(secret)
+    original = tmp_path / "old"
+    (original / "public" / "pages").mkdir(parents=True)
+    (original / "public" / "pages" / "ehr.html").write_text("<p>EHR</p>")
+    (original / "node_modules" / "leftpad").mkdir(parents=True)
+    (original / "node_modules" / "leftpad" / "package.json").write_text('{"name": "leftpad"}')
+    (original / "node_modules" / "leftpad" / "index.js").write_text("module.exports = 1;")
+    (original / "addons" / "ehr").mkdir(parents=True)
+    (original / "addons" / "ehr" / "run.js").write_text("var pad = require('leftpad');\n")
+    swapped = original / where
+    import shutil
+
+    shutil.rmtree(swapped)
+    swapped.symlink_to(hidden / where.split("/", 1)[-1] if "/" in where else hidden)
+    parent = tmp_path / "new"
+    (parent / "addons" / "ehr").mkdir(parents=True)
+    (parent / "addons" / "ehr" / "run.js").write_text("var pad = require('leftpad');\n")
+
+    bring_addon_needs(original, parent)
+    arrived = [p for p in parent.rglob("*") if p.is_file() and p.read_bytes() == secret]
+    assert arrived == [], arrived
+    if not where.startswith("public"):
+        assert (parent / "public" / "pages" / "ehr.html").read_text() == "<p>EHR</p>"
+    else:
+        assert (parent / "node_modules" / "leftpad" / "index.js").read_text() == "module.exports = 1;"
