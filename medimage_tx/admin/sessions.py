@@ -4,11 +4,12 @@ from config.json (the original's basic-authentication add-on) gives a
 session id; the id then stands for the password until it expires or its
 holder signs out.
 
-Wrong passwords are throttled in fixed time buckets, per client (an IPv4
-address or an IPv6 /64, as the connection caps count: a device takes any
-number of addresses of its /64) and in total, so guessing is slow and the bookkeeping stays small however many
-addresses guess; the last part of the total is kept for addresses that have
-not guessed wrong yet, so the admin's own address still gets its try.
+Wrong passwords are throttled in fixed time buckets, per client address and
+in total, so guessing is slow and the bookkeeping stays small however many
+addresses guess; the last part of the total is kept for clients that have
+not guessed wrong yet (an IPv4 address, or an IPv6 /64 as the connection
+caps count: a device takes any number of addresses of its /64), so the
+admin's own address still gets its try.
 Plain Python: time comes from C{now}.
 """
 
@@ -35,9 +36,9 @@ MAX_SESSIONS = 64
 THROTTLE_BUCKET_SECONDS = 900.0
 FAILURES_PER_ADDRESS = 5
 FAILURES_IN_TOTAL = 50
-#: The last of those kept for addresses that have not guessed wrong in the
-#: bucket (one try each), so guessers on a few addresses cannot lock out the
-#: admin signing in from another.
+#: The last of those kept for clients (IPv4 addresses, IPv6 /64s) that have
+#: not guessed wrong in the bucket, so guessers on a few addresses cannot
+#: lock out the admin signing in from another.
 FAILURES_KEPT_FOR_FIRST_TRIES = 25
 
 
@@ -89,6 +90,7 @@ class SessionStore:
         self._sessions: dict[str, _Session] = {}
         self._bucket: Optional[int] = None
         self._failures_by_address: dict[str, int] = {}
+        self._clients_failed: set[str] = set()  # IPv4 addresses, IPv6 /64s
         self._failures = 0
 
     def login(self, password: str, address: str) -> str:
@@ -104,15 +106,17 @@ class SessionStore:
             raise PasswordNotSet()
         now = self.now()
         self._roll_bucket(now)
+        failed = self._failures_by_address.get(address, 0)
         client = address_key(address)
-        failed = self._failures_by_address.get(client, 0)
         if (failed >= FAILURES_PER_ADDRESS or self._failures >= FAILURES_IN_TOTAL
-                or (failed and self._failures >= FAILURES_IN_TOTAL - FAILURES_KEPT_FOR_FIRST_TRIES)):
+                or (client in self._clients_failed
+                    and self._failures >= FAILURES_IN_TOTAL - FAILURES_KEPT_FOR_FIRST_TRIES)):
             # Refused even with the right password: no guessing past the limit.
             raise TooManyAttempts(self._bucket_ends(now) - now)
         if not hmac.compare_digest(password.encode("utf-8"), current.encode("utf-8")):
             self._failures += 1
-            self._failures_by_address[client] = failed + 1
+            self._failures_by_address[address] = failed + 1
+            self._clients_failed.add(client)
             raise WrongPassword()
         self._expire(now)
         if len(self._sessions) >= MAX_SESSIONS:
@@ -170,6 +174,7 @@ class SessionStore:
         if bucket != self._bucket:
             self._bucket = bucket
             self._failures_by_address = {}
+            self._clients_failed = set()
             self._failures = 0
 
     def _bucket_ends(self, now: float) -> float:
