@@ -153,13 +153,12 @@ def running_server(pidfile: Path) -> Optional[int]:
 
 def _may_be_a_server(pid: int) -> bool:
     """
-    The process's command line names this server or twistd (where
-    C{/proc} tells; elsewhere, assume it does).
+    The process's command line names this server or twistd, where
+    C{/proc} tells; where it cannot (macOS, or C{/proc} mounted with
+    C{hidepid} hiding another user's processes), assume it does.
     """
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no /proc (macOS): cannot tell
     except OSError:
         return True
     return b"medimage" in command or b"twistd" in command
