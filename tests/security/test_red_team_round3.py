@@ -20,6 +20,7 @@ from conftest import write_config
 from processes import spawn
 from test_round3 import COMMAND, namespace, stop  # noqa: F401 (namespace: a fixture)
 from test_lan_netns import run_in
+from test_migrate import shared_folder  # noqa: F401 (a fixture)
 
 PASSWORD = "clinic-password-1"
 
@@ -210,3 +211,77 @@ def test_a_page_or_module_link_made_after_the_check_is_not_followed(tmp_path, wh
         assert (parent / "public" / "pages" / "ehr.html").read_text() == "<p>EHR</p>"
     else:
         assert (parent / "node_modules" / "leftpad" / "index.js").read_text() == "module.exports = 1;"
+
+
+# -- 5. migrate as root: this server's own public/ as a link -----------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="migrate's root path: needs root")
+@pytest.mark.parametrize("where", ["public", "node_modules"])
+def test_migrate_as_root_neither_writes_nor_hands_over_through_a_link_in_the_service_folder(shared_folder, where):
+    """
+    The service's data folder is its user's: that user (a hostile add-on
+    runs as it) can make C{public} or C{node_modules} there a link to a
+    root-only folder.  Root's migrate then copied the original's pages (or
+    modules) into that folder, and handed everything in it to the service
+    user (os.walk follows the top link; lchown only spares the last part):
+    the service user came to own a root-only folder's files.  Now migrate
+    stops with one line naming the link, before it changes anything, and
+    handing a tree over never goes through a link.
+    """
+    from medimage_tx.pc.migration import MigrationError, migrate
+    from medimage_tx.pc.service_user import ServiceUser
+
+    tmp_path = shared_folder  # the service user must reach its folder
+    owner = ServiceUser(54321, 54321, "test")
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o700)
+    (root_only / "shadow").write_text("root:$6$secret-hash:19000::::::\n")
+    original = tmp_path / "old"
+    (original / "photos").mkdir(parents=True)
+    (original / "public" / "pages").mkdir(parents=True)
+    (original / "public" / "pages" / "ehr.html").write_text("<p>EHR</p>")
+    (original / "node_modules" / "leftpad").mkdir(parents=True)
+    (original / "node_modules" / "leftpad" / "package.json").write_text('{"name": "leftpad"}')
+    (original / "addons" / "ehr").mkdir(parents=True)
+    (original / "addons" / "ehr" / "run.js").write_text("var pad = require('leftpad');\n")
+    (original / "config.json").write_text(json.dumps({"globalId": "", "lockDown": False}))
+    data = tmp_path / "new"
+    data.mkdir()
+    os.chown(data, owner.uid, owner.gid)
+    (data / where).symlink_to(root_only)
+    os.lchown(data / where, owner.uid, owner.gid)
+
+    with pytest.raises(MigrationError) as refused:
+        migrate(original, data / "config.json", data, owner=owner)
+    print(refused.value)
+    assert str(data / where) in str(refused.value) and "link" in str(refused.value)
+    assert sorted(p.name for p in root_only.iterdir()) == ["shadow"]
+    assert [p.stat().st_uid for p in [root_only, *root_only.iterdir()]] == [0, 0]
+    assert not (data / "config.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown: needs root")
+def test_handing_a_tree_over_never_goes_through_a_link(tmp_path):
+    """
+    L{give_tree}, the second layer (a link made after migrate's check):
+    the top itself, or a folder below it, as a link to a root-only folder.
+    """
+    from medimage_tx.pc.service_user import ServiceUser, give_tree
+
+    owner = ServiceUser(54321, 54321, "test")
+    root_only = tmp_path / "root-only"
+    (root_only / "inner").mkdir(parents=True)
+    (root_only / "inner" / "shadow").write_text("secret")
+    mine = tmp_path / "mine"
+    (mine / "pages").mkdir(parents=True)
+    (mine / "pages" / "a.html").write_text("a")
+    (mine / "pages" / "linked").symlink_to(root_only / "inner")
+    top_link = tmp_path / "top-link"
+    top_link.symlink_to(root_only)
+
+    give_tree(owner, mine)
+    give_tree(owner, top_link)
+    assert [p.stat().st_uid for p in [root_only, root_only / "inner", root_only / "inner" / "shadow"]] == [0, 0, 0]
+    assert (mine / "pages" / "a.html").stat().st_uid == owner.uid
+    assert os.lstat(mine / "pages" / "linked").st_uid == owner.uid
+    assert os.lstat(top_link).st_uid == owner.uid
