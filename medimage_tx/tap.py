@@ -112,6 +112,7 @@ class Options(usage.Options):
                          else f"the pid file {runner['pidfile']}")
                 raise StartupFailed(f"medimage: another server (pid {other}) is running with {where}: stop it "
                                     f"first, or give this one its own --data")
+            remove_stale_pidfile(Path(runner["pidfile"]))
         daemon = "nodaemon" in runner and not runner["nodaemon"]
         if daemon and runner.get("logfile") is None and not runner.get("syslog"):
             runner["logfile"] = str(self.data_dir() / "medimage.log")
@@ -125,9 +126,13 @@ class Options(usage.Options):
 
 def running_server(pidfile: Path) -> Optional[int]:
     """
-    The pid in C{pidfile} if that process is alive, else None (no file, or
-    a stale one: twistd removes it).  Unix only: on Windows C{os.kill}
-    would end the process, and twistd keeps no pid file there.
+    The pid in C{pidfile} if that process is alive and a server, else None
+    (no file, or a stale one).  A file left by a power cut may be empty, or
+    name a pid the next boot gave to another program or to this very
+    process (boots start things in the same order): stale too, or the
+    service would refuse to start until someone deleted it.  Unix only: on
+    Windows C{os.kill} would end the process, and twistd keeps no pid file
+    there.
     """
     if os.name != "posix":
         return None
@@ -135,13 +140,43 @@ def running_server(pidfile: Path) -> Optional[int]:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+    if pid == os.getpid():
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:
-        return pid  # alive, another user's
-    return pid
+        pass  # alive, another user's
+    return pid if _may_be_a_server(pid) else None
+
+
+def _may_be_a_server(pid: int) -> bool:
+    """
+    The process's command line names this server or twistd, where
+    C{/proc} tells; where it cannot (macOS, or C{/proc} mounted with
+    C{hidepid} hiding another user's processes), assume it does.
+    """
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"medimage" in command or b"twistd" in command
+
+
+def remove_stale_pidfile(pidfile: Path) -> None:
+    """
+    Remove a pid file that names no running server (L{running_server}), so
+    that twistd's own check (which counts any live process) starts.
+    """
+    if os.name != "posix":
+        return
+    try:
+        pidfile.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StartupFailed(f"medimage: cannot remove the stale pid file {pidfile}: {e.strerror}") from None
 
 
 def _port_option(option: str, value: str) -> int:

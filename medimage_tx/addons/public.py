@@ -127,7 +127,9 @@ def local_link(href: str) -> Optional[str]:
     under C{/pages/}, see them), or L{None} for another site, a script, or
     nothing.
     """
-    href = href.strip()
+    # A browser reads a backslash in an http URL as a slash: /\evil.example
+    # is another site.
+    href = href.strip().replace("\\", "/")
     if not href or href.startswith("#"):
         return None
     resolved = urljoin("/pages/", href)

@@ -6,8 +6,10 @@ holder signs out.
 
 Wrong passwords are throttled in fixed time buckets, per client address and
 in total, so guessing is slow and the bookkeeping stays small however many
-addresses guess; the last part of the total is kept for addresses that have
-not guessed wrong yet, so the admin's own address still gets its try.
+addresses guess; the last part of the total is kept for clients that have
+not guessed wrong yet (an IPv4 address, or an IPv6 /64 as the connection
+caps count: a device takes any number of addresses of its /64), so the
+admin's own address still gets its try.
 Plain Python: time comes from C{now}.
 """
 
@@ -18,6 +20,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Callable, Optional
+
+from ..web.request_budget import address_key
 
 #: The original's shipped password: never accepted.
 SHIPPED_PASSWORD = "changeme"
@@ -32,9 +36,9 @@ MAX_SESSIONS = 64
 THROTTLE_BUCKET_SECONDS = 900.0
 FAILURES_PER_ADDRESS = 5
 FAILURES_IN_TOTAL = 50
-#: The last of those kept for addresses that have not guessed wrong in the
-#: bucket (one try each), so guessers on a few addresses cannot lock out the
-#: admin signing in from another.
+#: The last of those kept for clients (IPv4 addresses, IPv6 /64s) that have
+#: not guessed wrong in the bucket, so guessers on a few addresses cannot
+#: lock out the admin signing in from another.
 FAILURES_KEPT_FOR_FIRST_TRIES = 25
 
 
@@ -86,6 +90,7 @@ class SessionStore:
         self._sessions: dict[str, _Session] = {}
         self._bucket: Optional[int] = None
         self._failures_by_address: dict[str, int] = {}
+        self._clients_failed: set[str] = set()  # IPv4 addresses, IPv6 /64s
         self._failures = 0
 
     def login(self, password: str, address: str) -> str:
@@ -102,13 +107,16 @@ class SessionStore:
         now = self.now()
         self._roll_bucket(now)
         failed = self._failures_by_address.get(address, 0)
+        client = address_key(address)
         if (failed >= FAILURES_PER_ADDRESS or self._failures >= FAILURES_IN_TOTAL
-                or (failed and self._failures >= FAILURES_IN_TOTAL - FAILURES_KEPT_FOR_FIRST_TRIES)):
+                or (client in self._clients_failed
+                    and self._failures >= FAILURES_IN_TOTAL - FAILURES_KEPT_FOR_FIRST_TRIES)):
             # Refused even with the right password: no guessing past the limit.
             raise TooManyAttempts(self._bucket_ends(now) - now)
         if not hmac.compare_digest(password.encode("utf-8"), current.encode("utf-8")):
             self._failures += 1
-            self._failures_by_address[address] = self._failures_by_address.get(address, 0) + 1
+            self._failures_by_address[address] = failed + 1
+            self._clients_failed.add(client)
             raise WrongPassword()
         self._expire(now)
         if len(self._sessions) >= MAX_SESSIONS:
@@ -166,6 +174,7 @@ class SessionStore:
         if bucket != self._bucket:
             self._bucket = bucket
             self._failures_by_address = {}
+            self._clients_failed = set()
             self._failures = 0
 
     def _bucket_ends(self, now: float) -> float:

@@ -47,6 +47,9 @@ READ = ("config.json", "photos", "addons")
 #: links; links inside them are copied as links or left out, never read.
 READ_TOP_ONLY = ("node_modules", "public")
 
+#: This server's own folders the add-ons' needs are copied into as root.
+WRITTEN_AS_ROOT = ("node_modules", "public")
+
 #: The note the original ships in its photos folder: no photo a phone sent.
 ORIGINALS_NOTE = "README.md"
 
@@ -156,6 +159,7 @@ def migrate(original: Path, config_path: Path, data_dir: Path, replace: bool = F
     config_path = config_path.expanduser().absolute()
     data_dir = data_dir.expanduser().absolute()
     _refuse_own_folder(original, config_path, data_dir)
+    _refuse_links_where_root_writes(config_path.parent)
     try:
         source_bytes = read_no_link(source)
         # Usable at its new place (relative paths there), before anything is touched.
@@ -205,6 +209,22 @@ def _refuse_links(original: Path) -> None:
         raise MigrationError(f"{found[0]}: a link; migrate follows no links (it would take in whatever "
                              f"the link points at): put the real file or folder there, or remove "
                              f"the link, and run again. Nothing was changed.")
+
+
+def _refuse_links_where_root_writes(parent_dir: Path) -> None:
+    """
+    Stop, changing nothing, if this server's own C{public} or
+    C{node_modules} (where the add-ons' pages and modules are copied as
+    root, then handed to the service user) is a link: the service user may
+    write the folder holding them, and following such a link would write
+    and hand over whatever it points at (a root-only folder).
+    """
+    for name in WRITTEN_AS_ROOT:
+        path = parent_dir / name
+        if is_link(path):
+            raise MigrationError(f"{path}: a link; migrate writes there as root and follows no link: "
+                                 f"remove the link (this server makes the folder itself) and run again. "
+                                 f"Nothing was changed.")
 
 
 def _bring_addon_needs(original: Path, parent_dir: Path, owner: Optional[ServiceUser]):

@@ -55,6 +55,26 @@ def open_folder(folder: Path) -> Optional[int]:
     return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
 
 
+def open_below(top: Path, relative: Path) -> Optional[int]:
+    """
+    The folder C{top/relative} open by descriptor, each part entered with
+    C{O_NOFOLLOW} (a link anywhere on the way: C{OSError}); None where
+    there is no C{os.fwalk} (Windows).
+    """
+    fd = open_folder(top)
+    if fd is None:
+        return None
+    try:
+        for part in relative.parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def files_below(photos: Path, top: Optional[int]) -> Iterator[tuple[str, Optional[BinaryIO]]]:
     """
     Every file below C{photos}, in order: its relative path and the file

@@ -99,14 +99,24 @@ def make_folder_for(user: Optional[ServiceUser], folder: Path) -> None:
 
 def give_tree(user: Optional[ServiceUser], top: Path) -> None:
     """
-    Every file and folder under C{top} (made by this command) to C{user}.
+    Every file and folder under C{top} (made by this command) to C{user},
+    never through a link: root hands over a folder its user can write, so
+    a link there (the top included) would hand over what it points at.
+    Folders are entered by descriptor (C{os.fwalk}).
     """
     if user is None:
         return
     os.lchown(top, user.uid, user.gid)
-    for folder, dirs, files in os.walk(top):
-        for name in dirs + files:
-            os.lchown(os.path.join(folder, name), user.uid, user.gid)
+    try:
+        top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # a link, or a file: nothing below it is ours to hand over
+    try:
+        for _folder, dirs, files, folder_fd in os.fwalk(dir_fd=top_fd, follow_symlinks=False):
+            for name in dirs + files:
+                os.chown(name, user.uid, user.gid, dir_fd=folder_fd, follow_symlinks=False)
+    finally:
+        os.close(top_fd)
 
 
 @contextmanager
