@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
@@ -284,10 +284,16 @@ class ReadResource(Resource):
         Stream the photo; returns once it is all handed to the connection,
         raises if the reader went away first.
         """
-        f = delivery.open()
         request.setResponseCode(200)
         for name, value in headers.items():
             request.setHeader(name, value)
+        if delivery.read_chunk is not None:
+            request.setHeader(b"content-length", b"%d" % delivery.photo.size)
+            finished = request.notifyFinish()
+            await ChunkProducer(request, delivery.read_chunk, delivery.photo.size).send()
+            await finished
+            return
+        f = delivery.open()
         size = f.seek(0, os.SEEK_END)
         f.seek(0)
         request.setHeader(b"content-length", b"%d" % size)
@@ -302,6 +308,78 @@ class ReadResource(Resource):
         self.log.info("Relay: delivery confirmed for {fp} ({size} bytes)",
                       fp=fingerprint(paired_id), size=photo.size)
         return Answer(200, b"deleted")
+
+
+#: How much of a photo a reader from a database store is sent at a time:
+#: what one slow reader holds (plus its connection's 64 KiB buffer), as a
+#: file on disk costs (Twisted reads files 64 KiB at a time).
+CHUNK_BYTES = 64 * 1024
+
+
+class ChunkProducer:
+    """
+    Sends C{size} bytes read a chunk at a time by C{read_chunk(offset,
+    length)} (a Deferred), one chunk in flight and none while the
+    connection's buffer is full (a push producer, paused by the transport).
+    """
+
+    def __init__(self, request, read_chunk: Callable[[int, int], Any], size: int):
+        self.request = request
+        self.read_chunk = read_chunk
+        self.size = size
+        self._resumed: Optional[Deferred] = None
+        self._stopped = False
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+    async def send(self) -> None:
+        """
+        Fires once all is written and the answer finished; when the photo
+        went away meanwhile (another reader has it now) the connection is
+        cut, as a reader that left would be.
+        """
+        request = self.request
+        request.registerProducer(self, True)
+        offset = 0
+        try:
+            while offset < self.size and not self._stopped:
+                chunk = await self.read_chunk(offset, min(CHUNK_BYTES, self.size - offset))
+                if self._stopped:
+                    break
+                if not chunk:
+                    request.channel.transport.abortConnection()
+                    break
+                request.write(chunk)
+                offset += len(chunk)
+                if self._resumed is not None:
+                    await self._resumed
+        except CancelledError:
+            raise  # the reader went away
+        except Exception as e:
+            # The headers are sent: the only way left to say "failed" is to
+            # cut the connection (the reader then has a short photo and
+            # reads again; the lease is released).
+            Logger().warn("Relay: could not read a photo to send on ({error}); cut the connection",
+                          error=" ".join(str(e).split())[:200] or type(e).__name__)
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+            return
+        finally:
+            if request.channel is not None:
+                request.unregisterProducer()
+        if offset == self.size and not self._stopped:
+            request.finish()
 
 
 #: Below this many seconds left, a long poll takes its last look.
