@@ -4,8 +4,9 @@ same C{relayStore} (docs/relay-cluster.md).
 
 The queue, leases, receipts, photo bytes, pairing codes and failed
 redemptions are rows; every change is one transaction, committed before
-the node answers.  Leases use C{SELECT ... FOR UPDATE SKIP LOCKED}, so two
-nodes never hand out the same photo.  A commit that makes a photo readable
+the node answers.  Two nodes never hand out the same photo: a lease's row
+lock makes the second wait, and PostgreSQL's re-check then sees the row
+leased; C{SKIP LOCKED} only spares the wait (the next photo at once).  A commit that makes a photo readable
 sends C{NOTIFY medimage_relay, '<id>'}; each node listens on one connection
 and wakes its own long polls (no connection or thread per poll).
 
