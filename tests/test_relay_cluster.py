@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 
-import psutil
 import psycopg
 import pytest
 import pytest_twisted
@@ -22,11 +21,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
 from conftest import all_files, eventually, jpeg_bytes, multipart, within
-from haproxy_front import haproxy_argv, haproxy_config
 from medimage_tx.relay_store.pairing_codes import FAILURES_PER_ADDRESS
-from postgres_server import free_port
 from processes import spawn
-from relay_nodes import Node, start_nodes
+from relay_nodes import Node, start_haproxy, start_nodes
 
 PAIRED_ID = "ClusterPairing0001"
 
@@ -35,34 +32,6 @@ PAIRED_ID = "ClusterPairing0001"
 def client():
     pool = HTTPConnectionPool(reactor, persistent=False)
     yield HTTPClient(Agent(reactor, pool=pool))
-
-
-async def start_haproxy(tmp_path, nodes: list[Node], balance: str = "roundrobin",
-                        send_proxy: bool = True) -> str:
-    """
-    HAProxy cannot be told port 0 and say which it got: it gets a port
-    found free, and another if some other program took that one first.
-    """
-    config = tmp_path / "haproxy.cfg"
-    for _ in range(5):
-        port = free_port()
-        config.write_text(haproxy_config(port, [node.port for node in nodes], balance, send_proxy=send_proxy))
-        haproxy = spawn(haproxy_argv(config), str(tmp_path))
-
-        def listening(pid: int = haproxy.transport.pid, port: int = port) -> bool:
-            # HAProxy itself, not whatever may have taken the port.
-            try:
-                process = psutil.Process(pid)
-                # net_connections since psutil 6; connections before.
-                sockets = getattr(process, "net_connections", process.connections)(kind="tcp")
-            except psutil.NoSuchProcess:
-                return False
-            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
-
-        await eventually(lambda: haproxy.ended.called or listening(), "HAProxy listens or ends")
-        if not haproxy.ended.called:
-            return f"http://127.0.0.1:{port}"
-    raise AssertionError(f"HAProxy did not start:\n{haproxy.output.decode(errors='replace')[-2000:]}")
 
 
 async def upload(client, url: str, name: str, content: bytes):

@@ -69,6 +69,8 @@ class Delivery:
     body: Optional[bytes] = None
     opener: Optional[Callable[[], BinaryIO]] = None
     read_chunk: Optional[Callable[[int, int], Awaitable[bytes]]] = None
+    #: Set when the sending was cut because the photo could not be read.
+    cut_short: bool = False
 
     def open(self) -> BinaryIO:
         if self.body is not None:
