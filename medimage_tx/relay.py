@@ -339,6 +339,8 @@ class ChunkProducer:
     connection's buffer is full (a push producer, paused by the transport).
     """
 
+    log = Logger()
+
     def __init__(self, request, read_chunk: Callable[[int, int], Any], size: int, clock: Any):
         self.request = request
         self.read_chunk = read_chunk
@@ -378,7 +380,8 @@ class ChunkProducer:
                     break
                 if not chunk:
                     self.cut_short = True
-                    request.channel.transport.abortConnection()
+                    if request.channel is not None:
+                        request.channel.transport.abortConnection()
                     break
                 request.write(chunk)
                 offset += len(chunk)
@@ -390,7 +393,7 @@ class ChunkProducer:
             # The headers are sent: the only way left to say "failed" is to
             # cut the connection (the reader then has a short photo and
             # reads again; the lease is released).
-            Logger().warn("Relay: could not read a photo to send on ({error}); cut the connection",
+            self.log.warn("Relay: could not read a photo to send on ({error}); cut the connection",
                           error=" ".join(str(e).split())[:200] or type(e).__name__)
             self.cut_short = True
             if request.channel is not None:
