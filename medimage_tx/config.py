@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "discoveryInterfaces": [],
     "relayQuotaBytes": 1024 * MIB,
     "relayTotalBytes": 20 * 1024 * MIB,
+    "relayUnknownBytes": 1024 * MIB,
     "relayMinFreeBytes": 1024 * MIB,
     "relayExpiryDays": 7,
     # A PC keeps this much free on the disk of its data folder: below it,
@@ -146,6 +147,7 @@ class Config:
     discoveryInterfaces: tuple[str, ...]
     relayQuotaBytes: int
     relayTotalBytes: int
+    relayUnknownBytes: int  # the pool for ids no clinic PC is known to read
     relayMinFreeBytes: int
     relayExpiryDays: float
     minFreeBytes: int
@@ -380,6 +382,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "discoveryInterfaces": _strings,
     "relayQuotaBytes": _positive,
     "relayTotalBytes": _positive,
+    "relayUnknownBytes": _count,
     "relayMinFreeBytes": _count,
     "relayExpiryDays": _days,
     "minFreeBytes": _count,

@@ -579,7 +579,8 @@ def relay_root(state: ServerState, relay: Relay, pairing: PairingDesk) -> Root:
     """
     root = Root(state, QueueOnRelay(state, relay), ReadResource(state, relay),
                 lambda name: Check(state, relay, name))
-    service = PairingService(pairing)
+    # A code redeemed here names an id a clinic reads (its photos leave the pool).
+    service = PairingService(pairing, relay.store.note_reader)
     root.putChild(b"med-genid.php", service)
     root.putChild(b"pair", service)
     return root

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.static import NoRangeStaticProducer
@@ -22,6 +22,8 @@ from twisted.web.static import NoRangeStaticProducer
 from .errors import Rejected, TryLater
 from .identity import PAIRED_ID, fingerprint
 from .web.answers import NOT_READABLE, Answer, answer_now, render_async
+from .relay_store.known_ids import KNOWN_SECONDS
+from .web.request_budget import address_key
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
@@ -145,6 +147,8 @@ class RelayExpiry(Service):
         relay, days = self.relay, self.state.config.relayExpiryDays
         self.removing = ensureDeferred(relay.store.expire_older_than(self.clock.seconds() - days * 86400))
         self.removing.addCallbacks(self._report, self._failed, callbackArgs=(days,))
+        forgetting = ensureDeferred(relay.store.forget_unread(self.clock.seconds() - KNOWN_SECONDS))
+        forgetting.addErrback(self._failed)
         return self.removing
 
     def _report(self, expired: list, days: float) -> None:
@@ -198,6 +202,9 @@ class ReadResource(Resource):
         if not path or not PAIRED_ID.fullmatch(path[0].decode("latin-1")) or len(path) > 2:
             raise Rejected("Expected /read/<id>: a paired id is 16 to 20 letters and digits")
         paired_id = path[0].decode()
+        # A clinic PC reads this id: its photos need not share the small
+        # pool of ids nobody reads (relayUnknownBytes).
+        await relay.store.note_reader(paired_id, address_key(client_host(request)))
         if request.method == b"DELETE":
             if len(path) != 2:
                 raise Rejected("Expected DELETE /read/<id>/<receipt>")
@@ -269,8 +276,10 @@ class ReadResource(Resource):
         try:
             await self._send_file(request, delivery, headers)
         except BaseException:
-            if not acknowledged:
-                relay.store.release(delivery)
+            # A reader cut off because the store could not be read has not
+            # got the photo, whatever it was told: give it out again now.
+            if not acknowledged or delivery.cut_short:
+                relay.store.release(delivery).addErrback(lambda failure: failure.trap(TryLater))
             raise
         if not acknowledged:
             # An old reader never confirms: once sent, the photo is gone.
@@ -284,10 +293,18 @@ class ReadResource(Resource):
         Stream the photo; returns once it is all handed to the connection,
         raises if the reader went away first.
         """
-        f = delivery.open()
         request.setResponseCode(200)
         for name, value in headers.items():
             request.setHeader(name, value)
+        if delivery.read_chunk is not None:
+            request.setHeader(b"content-length", b"%d" % delivery.photo.size)
+            finished = request.notifyFinish()
+            producer = ChunkProducer(request, delivery.read_chunk, delivery.photo.size, self.state.reactor)
+            await producer.send()
+            delivery.cut_short = producer.cut_short
+            await finished
+            return
+        f = delivery.open()
         size = f.seek(0, os.SEEK_END)
         f.seek(0)
         request.setHeader(b"content-length", b"%d" % size)
@@ -304,6 +321,103 @@ class ReadResource(Resource):
         return Answer(200, b"deleted")
 
 
+#: How much of a photo a reader from a database store is sent at a time:
+#: what one slow reader holds (plus its connection's 64 KiB buffer), as a
+#: file on disk costs (Twisted reads files 64 KiB at a time).
+CHUNK_BYTES = 64 * 1024
+#: A piece the store cannot read for now (its database restarting, say) is
+#: asked for again, waiting this long at first and twice as long each time
+#: up to 4 s, for this long in all: under the reader's 60 s stall limit.
+CHUNK_RETRY_FIRST = 0.25
+CHUNK_RETRY_SECONDS = 30.0
+
+
+class ChunkProducer:
+    """
+    Sends C{size} bytes read a chunk at a time by C{read_chunk(offset,
+    length)} (a Deferred), one chunk in flight and none while the
+    connection's buffer is full (a push producer, paused by the transport).
+    """
+
+    log = Logger()
+
+    def __init__(self, request, read_chunk: Callable[[int, int], Any], size: int, clock: Any):
+        self.request = request
+        self.read_chunk = read_chunk
+        self.size = size
+        self.clock = clock
+        #: The connection was cut because the photo could not be read.
+        self.cut_short = False
+        self._resumed: Optional[Deferred] = None
+        self._stopped = False
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.resumeProducing()
+
+    async def send(self) -> None:
+        """
+        Fires once all is written and the answer finished; when the photo
+        went away meanwhile (another reader has it now) the connection is
+        cut, as a reader that left would be.
+        """
+        request = self.request
+        request.registerProducer(self, True)
+        offset = 0
+        try:
+            while offset < self.size and not self._stopped:
+                chunk = await self._read(offset, min(CHUNK_BYTES, self.size - offset))
+                if self._stopped:
+                    break
+                if not chunk:
+                    self.cut_short = True
+                    if request.channel is not None:
+                        request.channel.transport.abortConnection()
+                    break
+                request.write(chunk)
+                offset += len(chunk)
+                if self._resumed is not None:
+                    await self._resumed
+        except CancelledError:
+            raise  # the reader went away
+        except Exception as e:
+            # The headers are sent: the only way left to say "failed" is to
+            # cut the connection (the reader then has a short photo and
+            # reads again; the lease is released).
+            self.log.warn("Relay: could not read a photo to send on ({error}); cut the connection",
+                          error=" ".join(str(e).split())[:200] or type(e).__name__)
+            self.cut_short = True
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+            return
+        finally:
+            if request.channel is not None:
+                request.unregisterProducer()
+        if offset == self.size and not self._stopped:
+            request.finish()
+
+    async def _read(self, offset: int, length: int) -> bytes:
+        waited, wait = 0.0, CHUNK_RETRY_FIRST
+        while True:
+            try:
+                return await self.read_chunk(offset, length)
+            except TryLater:
+                if waited >= CHUNK_RETRY_SECONDS or self._stopped:
+                    raise
+            await deferLater(self.clock, wait)
+            waited += wait
+            wait = min(wait * 2, 4.0)
+
+
 #: Below this many seconds left, a long poll takes its last look.
 _LAST_LOOK = 0.001
 
@@ -312,6 +426,10 @@ def _stop_waiting(woken: Optional[Deferred]) -> None:
     if woken is not None:
         woken.addErrback(lambda failure: failure.trap(CancelledError))
         woken.cancel()
+
+
+def client_host(request) -> str:
+    return getattr(request.getClientAddress(), "host", None) or "unknown"
 
 
 def _query(request, name: bytes) -> Optional[str]:

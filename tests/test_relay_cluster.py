@@ -9,11 +9,7 @@ upload to it, and PostgreSQL stopped and started under load.
 from __future__ import annotations
 
 import random
-import signal
-import sys
-from pathlib import Path
 
-import psutil
 import psycopg
 import pytest
 import pytest_twisted
@@ -24,90 +20,18 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from treq.client import HTTPClient
 
-from conftest import all_files, eventually, jpeg_bytes, multipart, within, write_config
-from haproxy_front import haproxy_argv, haproxy_config
+from conftest import all_files, eventually, jpeg_bytes, multipart, within
 from medimage_tx.relay_store.pairing_codes import FAILURES_PER_ADDRESS
-from postgres_server import free_port
-from processes import WatchedProcess, spawn
+from processes import spawn
+from relay_nodes import Node, start_haproxy, start_nodes
 
-TWISTD = Path(sys.executable).parent / "twistd"
 PAIRED_ID = "ClusterPairing0001"
-
-
-class Node:
-    """
-    One relay node: a C{twistd medimage} process; it keeps the port it got
-    at its first start, so it can be killed and started again behind the
-    same HAProxy line.
-    """
-
-    def __init__(self, data: Path, store_url: str, proxy_protocol: bool = False):
-        self.data = data
-        # Port 0 at the first start: a port found free beforehand can be
-        # taken by another program before twistd listens on it.
-        self.port = 0
-        write_config(data / "config.json", allowPhotosLeaving=True, allowGettingRemotePhotos=False,
-                     lanMode=False, relayStore=store_url, proxyProtocol=proxy_protocol)
-        self.process: WatchedProcess = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> "Node":
-        self.process = spawn([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--data", str(self.data),
-                              "--port", str(self.port), "--interface", "127.0.0.1"], str(self.data))
-        self.port = await within(self.process.port(), 60)
-        return self
-
-    async def kill9(self) -> None:
-        if not self.process.ended.called:
-            self.process.transport.signalProcess(signal.SIGKILL)
-        assert await self.process.exited() == -signal.SIGKILL
 
 
 @pytest.fixture
 def client():
     pool = HTTPConnectionPool(reactor, persistent=False)
     yield HTTPClient(Agent(reactor, pool=pool))
-
-
-async def start_nodes(tmp_path, url: str, count: int = 2, proxy_protocol: bool = False) -> list[Node]:
-    """
-    With C{proxy_protocol} the nodes take connections only from HAProxy
-    (L{start_haproxy}), which tells them each client's address.
-    """
-    nodes = [Node(tmp_path / f"node{i}", url, proxy_protocol) for i in range(count)]
-    await defer.gatherResults([defer.ensureDeferred(node.start()) for node in nodes])
-    return nodes
-
-
-async def start_haproxy(tmp_path, nodes: list[Node], balance: str = "roundrobin",
-                        send_proxy: bool = True) -> str:
-    """
-    HAProxy cannot be told port 0 and say which it got: it gets a port
-    found free, and another if some other program took that one first.
-    """
-    config = tmp_path / "haproxy.cfg"
-    for _ in range(5):
-        port = free_port()
-        config.write_text(haproxy_config(port, [node.port for node in nodes], balance, send_proxy=send_proxy))
-        haproxy = spawn(haproxy_argv(config), str(tmp_path))
-
-        def listening(pid: int = haproxy.transport.pid, port: int = port) -> bool:
-            # HAProxy itself, not whatever may have taken the port.
-            try:
-                process = psutil.Process(pid)
-                # net_connections since psutil 6; connections before.
-                sockets = getattr(process, "net_connections", process.connections)(kind="tcp")
-            except psutil.NoSuchProcess:
-                return False
-            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
-
-        await eventually(lambda: haproxy.ended.called or listening(), "HAProxy listens or ends")
-        if not haproxy.ended.called:
-            return f"http://127.0.0.1:{port}"
-    raise AssertionError(f"HAProxy did not start:\n{haproxy.output.decode(errors='replace')[-2000:]}")
 
 
 async def upload(client, url: str, name: str, content: bytes):
@@ -372,3 +296,46 @@ def deferToThread(f, *args):
     from twisted.internet.threads import deferToThread as in_thread
 
     return in_thread(f, *args)
+
+
+def waiting_on_a_row_lock(url: str) -> bool:
+    """
+    Whether some connection to the database waits for a row lock (another
+    transaction holds the row it wants).
+    """
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)").fetchone()[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_reader_takes_the_next_photo_at_once_while_another_holds_a_lease(
+        tmp_path, postgres_url, client):
+    # SKIP LOCKED: a node in the middle of leasing the oldest photo (its
+    # transaction holds the row) does not hold up a reader on another node,
+    # which takes the next photo.  Without it the second reader queues
+    # behind the row lock (it never gets the same photo either way).
+    (node,) = await start_nodes(tmp_path, postgres_url, count=1)
+    photos = {i: jpeg_bytes(50_000, seed=700 + i) for i in range(2)}
+    for i in range(2):
+        assert (await upload(client, node.url, name_of(i), photos[i]))[0] == 200
+    holder = await deferToThread(psycopg.connect, postgres_url)
+    try:
+        # What the first node's lease holds until it commits.
+        await deferToThread(lambda: holder.execute(
+            "SELECT id FROM relay_photos ORDER BY id LIMIT 1 FOR UPDATE").fetchone())
+        reading = defer.ensureDeferred(_read_with_ack(client, node.url))
+        stuck = defer.ensureDeferred(eventually(
+            lambda: reading.called or deferToThread(waiting_on_a_row_lock, postgres_url),
+            "the second read answers, or waits on the held row"))
+        await stuck
+        assert reading.called, "the second reader waits for the row the first lease holds"
+        code, body, name = await reading
+        assert (code, body, name) == (200, photos[1], f"/{PAIRED_ID}/P1/photo.jpg")
+    finally:
+        await deferToThread(holder.close)
+
+
+async def _read_with_ack(client, url: str):
+    response = await within(client.get(f"{url}/read/{PAIRED_ID}", headers={b"X-MedImage-Ack": [b"1"]}))
+    body = await within(response.content())
+    return response.code, body, response.headers.getRawHeaders(b"file-name", [b""])[0].decode()

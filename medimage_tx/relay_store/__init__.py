@@ -43,7 +43,8 @@ def open_relay_store(url: str, photo_store: PhotoStore, data_dir: Path, reactor:
     """
     if not url:
         in_thread = in_thread or reactor_threads(reactor)
-        store = LocalRelayStore(photo_store, reactor, clock, lease_seconds, in_thread)
+        store = LocalRelayStore(photo_store, reactor, clock, lease_seconds, in_thread,
+                                known_path=data_dir / "relay-known.json")
         queued = store.load_existing()
         if queued:
             log.info("Relay: {count} photo(s) still queued from before", count=queued)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional
+from typing import Awaitable, BinaryIO, Callable, Optional
 
 
 from ..errors import TryLater
@@ -58,13 +58,19 @@ class QueuedPhoto:
 @dataclass
 class Delivery:
     """
-    A photo handed out for sending: its SHA-256 and a way to read it.
+    A photo handed out for sending: its SHA-256 and a way to read it,
+    either a file (C{opener}) or a piece at a time (C{read_chunk(offset,
+    length)} firing with the bytes; C{b""} when the photo is gone), so a
+    slow reader never holds a whole photo in memory.
     """
 
     photo: QueuedPhoto
     sha256: bytes
     body: Optional[bytes] = None
     opener: Optional[Callable[[], BinaryIO]] = None
+    read_chunk: Optional[Callable[[int, int], Awaitable[bytes]]] = None
+    #: Set when the sending was cut because the photo could not be read.
+    cut_short: bool = False
 
     def open(self) -> BinaryIO:
         if self.body is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
-from ..durable import InThread, reactor_threads
+from ..durable import BackgroundJSONWriter, InThread, read_json, reactor_threads
 from ..errors import TryLater
 from ..identity import PAIRED_ID
 from .pairing_codes import Pairing, PairingBook
@@ -29,6 +29,7 @@ from ..photos.paths import inside
 from .queue import QuotaFull, RelayQueue, Reservation
 from ..photos.store import PhotoStore
 from .base import Delivery, QueuedPhoto, quota_exceeded, relay_full
+from .known_ids import KnownIds
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -87,7 +88,8 @@ class LocalRelayStore:
     name = "local"
 
     def __init__(self, photo_store: PhotoStore, reactor: Any, clock: IReactorTime, lease_seconds: float,
-                 in_thread: Optional[InThread] = None):
+                 in_thread: Optional[InThread] = None,
+                 known_path: Optional[Path] = None):
         self.photo_store = photo_store
         self.reactor = reactor
         self._in_thread = in_thread or reactor_threads(reactor)
@@ -95,8 +97,16 @@ class LocalRelayStore:
         self.on_available: Callable[[Optional[str]], None] = lambda paired_id: None
         self.queue = RelayQueue(now=clock.seconds, lease_seconds=lease_seconds,
                                 on_available=lambda paired_id: self.on_available(paired_id))
+        # The ids a clinic is known to read, kept in known_path across restarts.
+        self.known = KnownIds(clock.seconds, on_known=lambda paired_id: self.queue.set_known(paired_id, True),
+                              on_forgotten=lambda paired_id: self.queue.set_known(paired_id, False))
+        self._known_writer = None
+        if known_path is not None:
+            self.known.restore(read_json(known_path))
+            self._known_writer = BackgroundJSONWriter(known_path, self.known.snapshot, self._in_thread)
         self._expiry_call: Optional[IDelayedCall] = None
         self._full = False
+        self._pool_full = False
 
     @property
     def photos(self) -> Path:
@@ -157,12 +167,22 @@ class LocalRelayStore:
     def reserve(self, paired_id: str, size: int, config: Config) -> Reservation:
         try:
             reservation = self.queue.reserve(paired_id, size, config.relayQuotaBytes,
-                                             config.relayTotalBytes)
+                                             config.relayTotalBytes, config.relayUnknownBytes)
         except QuotaFull as full:
             if full.scope == "pairing":
                 raise quota_exceeded() from None
+            if full.scope == "unknown":
+                if not self._pool_full:
+                    self._pool_full = True
+                    log.warn("Relay: refusing uploads for ids no clinic PC has read from here: they hold "
+                             "{held} bytes (relayUnknownBytes); known ids are not affected",
+                             held=self.queue.unknown_bytes())
+                raise relay_full() from None
             self._note_full(f"it holds {self.queue.total_bytes()} bytes (relayTotalBytes)")
             raise relay_full() from None
+        if self._pool_full and paired_id not in self.known:
+            self._pool_full = False
+            log.info("Relay: room again for ids no clinic PC has read from here")
         # The upload is already in the relay's tmp folder, on the same disk.
         free = free_bytes(self.photos)
         if free is not None and free < config.relayMinFreeBytes:
@@ -179,6 +199,44 @@ class LocalRelayStore:
             self._full = True
             log.warn("Relay: full, refusing uploads until photos are collected or expire: {why}",
                      why=why)
+
+    # Ids a clinic is known to read
+
+    async def note_reader(self, paired_id: str, address: str) -> bool:
+        """
+        C{/read/<id>} from C{address} (or a code redeemed there that names
+        the id); fires with whether the id is known now.  A newly known id
+        is on disk before the read is answered (rare: a PC's first poll).
+        """
+        noted = self.known.note(paired_id, address)
+        if noted == "new" and self._known_writer is not None:
+            try:
+                await self._known_writer.save()
+            except CancelledError:
+                raise  # the reader went away; the write goes on
+            except Exception as e:
+                # Known in memory all the same; the next save retries.
+                log.warn("Relay: cannot save relay-known.json: {error}", error=e)
+        elif noted == "restamped":
+            self._save_known()
+        return noted is not None
+
+    def forget_unread(self, cutoff: float) -> Deferred:
+        """
+        Forget the ids nobody read since C{cutoff}; fires with how many.
+        """
+        forgotten = self.known.forget_unread(cutoff)
+        if forgotten:
+            self._save_known()
+        return succeed(len(forgotten))
+
+    def _save_known(self) -> None:
+        # Not awaited: a time moved on that a crash loses is moved on again
+        # at the PC's next poll.
+        if self._known_writer is not None:
+            self._known_writer.save().addErrback(
+                lambda failure: log.warn("Relay: cannot save relay-known.json: {error}",
+                                         error=failure.getErrorMessage()))
 
     async def expire_older_than(self, cutoff: float) -> list[QueuedPhoto]:
         """

@@ -4,8 +4,9 @@ same C{relayStore} (docs/relay-cluster.md).
 
 The queue, leases, receipts, photo bytes, pairing codes and failed
 redemptions are rows; every change is one transaction, committed before
-the node answers.  Leases use C{SELECT ... FOR UPDATE SKIP LOCKED}, so two
-nodes never hand out the same photo.  A commit that makes a photo readable
+the node answers.  Two nodes never hand out the same photo: a lease's row
+lock makes the second wait, and PostgreSQL's re-check then sees the row
+leased; C{SKIP LOCKED} only spares the wait (the next photo at once).  A commit that makes a photo readable
 sends C{NOTIFY medimage_relay, '<id>'}; each node listens on one connection
 and wakes its own long polls (no connection or thread per poll).
 
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -56,6 +57,7 @@ from .pairing_codes import (
 from . import schema
 from .base import Delivery, QueuedPhoto, RelayStoreUnavailable, quota_exceeded, relay_full, split_name
 from twisted.internet.threads import deferToThread
+from .known_ids import IDS_PER_ADDRESS, KNOWN_SECONDS, MAX_KNOWN_IDS, RESTAMP_SECONDS
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -72,6 +74,9 @@ CONNECT_TIMEOUT = 5
 #: A call waits this long for a free connection before answering try-later.
 POOL_TIMEOUT = 3.0
 RETRY_AFTER = 10
+#: How long a node trusts "not known" (an address over its limit) before
+#: asking the database again.
+REFUSAL_SECONDS = 60.0
 
 log = Logger()
 
@@ -135,6 +140,9 @@ class PostgresRelayStore:
         self._listener: Optional[_Listener] = None
         self._sweep_call: Optional[IDelayedCall] = None
         self._unavailable = False
+        self._pool_full = False
+        # id -> (until when this node trusts the answer, known or not)
+        self._noted: dict[str, tuple[float, bool]] = {}
 
     # Life cycle
 
@@ -210,9 +218,11 @@ class PostgresRelayStore:
             database C{relayTotalBytes}, or the database cannot be reached.
         """
         return self._call(self._put, paired_id, tuple(parts), temp_path, fd, size,
-                          config.relayQuotaBytes, config.relayTotalBytes, self.clock.seconds())
+                          config.relayQuotaBytes, config.relayTotalBytes, config.relayUnknownBytes,
+                          self.clock.seconds())
 
-    def _put(self, conn, paired_id, parts, temp_path: Path, fd, size, quota, total_limit, now):
+    def _put(self, conn, paired_id, parts, temp_path: Path, fd, size, quota, total_limit, unknown_limit,
+             now):
         try:
             if fd is not None:
                 os.close(fd)
@@ -229,6 +239,22 @@ class PostgresRelayStore:
             return relative, True
         if held + len(body) > quota:
             raise quota_exceeded()
+        cutoff = now - KNOWN_SECONDS
+        known = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM relay_known_ids WHERE paired_id = %s AND last_read >= %s)",
+            (paired_id, cutoff)).fetchone()[0]
+        if not known:
+            # Ids no clinic is known to read share a small pool; uploads to
+            # them go one at a time over all nodes, so the pool holds exactly.
+            conn.execute("SELECT pg_advisory_xact_lock(3, 1)")
+            unknown = conn.execute(
+                "SELECT coalesce(sum(p.size), 0) FROM relay_photos p WHERE NOT EXISTS ("
+                "  SELECT 1 FROM relay_known_ids k WHERE k.paired_id = p.paired_id AND k.last_read >= %s)",
+                (cutoff,)).fetchone()[0]
+            if unknown + len(body) > unknown_limit:
+                self._note_pool(True, unknown)
+                raise relay_full()
+            self._note_pool(False, unknown)
         # In all: uploads to other ids committing at this moment are not
         # seen, so the total may pass by what they carry (a few photos).
         total = conn.execute("SELECT coalesce(sum(size), 0) FROM relay_photos").fetchone()[0]
@@ -270,6 +296,65 @@ class PostgresRelayStore:
             # sent as such takes arm.jpg's number 1; the next is looked at).
             number = max(number + 1, (highest or 0) + 1)
         raise TryLater("Too many different photos with this name")
+    def _note_pool(self, full: bool, held: int) -> None:
+        # One line when the pool fills and one when it has room again (per node).
+        if full and not self._pool_full:
+            log.warn("Relay: refusing uploads for ids no clinic PC has read from here: they hold "
+                     "{held} bytes (relayUnknownBytes); known ids are not affected", held=held)
+        elif not full and self._pool_full:
+            log.info("Relay: room again for ids no clinic PC has read from here")
+        self._pool_full = full
+
+    # Ids a clinic is known to read (L{medimage_tx.relay_store.known_ids})
+
+    def note_reader(self, paired_id: str, address: str) -> Deferred:
+        """
+        C{/read/<id>} from C{address} (or a code redeemed there that names
+        the id); fires with whether the id is known now.  Each node keeps
+        its answers for a while, so a PC's polls seldom reach the database.
+        """
+        now = self.clock.seconds()
+        cached = self._noted.get(paired_id)
+        if cached is not None and cached[0] > now:
+            return succeed(cached[1])
+
+        def remember(known: bool) -> bool:
+            if len(self._noted) >= MAX_KNOWN_IDS:
+                self._noted.pop(next(iter(self._noted)))
+            self._noted[paired_id] = (now + (RESTAMP_SECONDS if known else REFUSAL_SECONDS), known)
+            return known
+
+        return self._call(self._note_reader, paired_id, address, now).addCallback(remember)
+
+    @staticmethod
+    def _note_reader(conn, paired_id, address, now) -> bool:
+        cutoff = now - KNOWN_SECONDS
+        row = conn.execute("SELECT last_read FROM relay_known_ids WHERE paired_id = %s",
+                           (paired_id,)).fetchone()
+        if row is not None and row[0] >= cutoff:
+            if now - row[0] >= RESTAMP_SECONDS:
+                conn.execute("UPDATE relay_known_ids SET last_read = %s WHERE paired_id = %s",
+                             (now, paired_id))
+            return True
+        # A new id: one at a time over all nodes, so the limits hold exactly.
+        conn.execute("SELECT pg_advisory_xact_lock(3, 0)")
+        per_address, in_all = conn.execute(
+            "SELECT count(*) FILTER (WHERE address = %s), count(*) FROM relay_known_ids WHERE last_read >= %s",
+            (address, cutoff)).fetchone()
+        if per_address >= IDS_PER_ADDRESS or in_all >= MAX_KNOWN_IDS:
+            return False
+        conn.execute(
+            "INSERT INTO relay_known_ids (paired_id, address, last_read) VALUES (%s, %s, %s) "
+            "ON CONFLICT (paired_id) DO UPDATE SET address = excluded.address, last_read = excluded.last_read",
+            (paired_id, address, now))
+        return True
+
+    def forget_unread(self, cutoff: float) -> Deferred:
+        """
+        Forget the ids nobody read since C{cutoff}; fires with how many.
+        """
+        return self._call(lambda conn: conn.execute(
+            "DELETE FROM relay_known_ids WHERE last_read < %s", (cutoff,)).rowcount)
 
     def peek(self, paired_id: str) -> Deferred:
         """
@@ -292,20 +377,34 @@ class PostgresRelayStore:
         """
         return self._call(self._lease, paired_id, self.clock.seconds(), self.lease_seconds)
 
-    @staticmethod
-    def _lease(conn, paired_id, now, seconds):
+    def _lease(self, conn, paired_id, now, seconds):
         receipt = secrets.token_urlsafe(18)
-        # Binary results: the photo's bytes as they are, not hex text.
+        # Not the photo's bytes: they are read a chunk at a time as the
+        # reader takes them (L{_read_chunk}), so a slow reader holds one
+        # chunk, not the photo (32 slow readers of a 20 MB photo held 737 MB).
         row = conn.cursor(binary=True).execute(
             "UPDATE relay_photos SET receipt = %s, leased_until = %s WHERE id = ("
             "  SELECT id FROM relay_photos WHERE paired_id = %s"
             "  AND (leased_until IS NULL OR leased_until <= %s)"
             "  ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
-            ") RETURNING relative, size, sha256, body",
+            ") RETURNING id, relative, size, sha256",
             (receipt, now + seconds, paired_id, now)).fetchone()
         if row is None:
             return None
-        return Delivery(QueuedPhoto(paired_id, row[0], row[1], receipt), row[2], bytes(row[3]))
+        row_id = row[0]
+        return Delivery(QueuedPhoto(paired_id, row[1], row[2], receipt), bytes(row[3]),
+                        read_chunk=lambda offset, length: self._call(
+                            self._read_chunk, row_id, receipt, offset, length))
+
+    @staticmethod
+    def _read_chunk(conn, row_id, receipt, offset, length) -> bytes:
+        # The body is stored EXTERNAL (not compressed), so PostgreSQL reads
+        # only the TOAST pieces this range covers.  The receipt must still
+        # be ours: a photo given to another reader since is not sent on.
+        row = conn.cursor(binary=True).execute(
+            "SELECT substring(body FROM %s FOR %s) FROM relay_photos WHERE id = %s AND receipt = %s",
+            (offset + 1, length, row_id, receipt)).fetchone()
+        return bytes(row[0]) if row is not None else b""
 
     def release(self, delivery: Delivery) -> Deferred:
         """

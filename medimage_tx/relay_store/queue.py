@@ -59,7 +59,8 @@ class Reservation:
 class QuotaFull(Exception):
     """
     No room for this photo: C{scope} is C{"pairing"} (this id holds its
-    quota) or C{"relay"} (the relay holds its total).
+    quota), C{"unknown"} (the ids no clinic is known to read hold their
+    pool) or C{"relay"} (the relay holds its total).
     """
 
     def __init__(self, scope: str):
@@ -85,6 +86,10 @@ class RelayQueue:
     _count: dict[str, int] = field(default_factory=dict)  # photos held per id
     _held: dict[str, int] = field(default_factory=dict)  # bytes queued + reserved per id
     _total: int = 0  # bytes queued + reserved in all
+    # Ids a clinic is known to read (L{medimage_tx.relay_store.known_ids});
+    # the others' bytes, together, are held to their own pool.
+    _known: set[str] = field(default_factory=set)
+    _unknown_total: int = 0
     _receipts: dict[str, QueuedPhoto] = field(default_factory=dict)
     # Leases by expiry: (leased_until, push, photo); stale entries skipped.
     _leases: list[tuple[float, int, QueuedPhoto]] = field(default_factory=list)
@@ -93,14 +98,19 @@ class RelayQueue:
 
     # Room
 
-    def reserve(self, paired_id: str, size: int, per_id_limit: int, total_limit: int) -> Reservation:
+    def reserve(self, paired_id: str, size: int, per_id_limit: int, total_limit: int,
+                unknown_limit: Optional[int] = None) -> Reservation:
         """
         Hold room for a photo of C{size} bytes, or raise L{QuotaFull}.
         Check and hold happen in one call, so uploads that arrive together
-        cannot all pass the check and overshoot.
+        cannot all pass the check and overshoot.  An id not L{set_known}
+        also needs room in the pool of C{unknown_limit} bytes (when given).
         """
         if self._held.get(paired_id, 0) + size > per_id_limit:
             raise QuotaFull("pairing")
+        if (unknown_limit is not None and paired_id not in self._known
+                and self._unknown_total + size > unknown_limit):
+            raise QuotaFull("unknown")
         if self._total + size > total_limit:
             raise QuotaFull("relay")
         self._add_bytes(paired_id, size)
@@ -125,6 +135,24 @@ class RelayQueue:
         What the relay holds in all (waiting, leased and reserved).
         """
         return self._total
+
+    def unknown_bytes(self) -> int:
+        """
+        What the relay holds for ids no clinic is known to read.
+        """
+        return self._unknown_total
+
+    def set_known(self, paired_id: str, known: bool) -> None:
+        """
+        A clinic is now known to read C{paired_id} (or no longer): its
+        bytes leave the pool of unknown ids (or come back to it).
+        """
+        if known and paired_id not in self._known:
+            self._known.add(paired_id)
+            self._unknown_total -= self._held.get(paired_id, 0)
+        elif not known and paired_id in self._known:
+            self._known.discard(paired_id)
+            self._unknown_total += self._held.get(paired_id, 0)
 
     # Queueing and reading
 
@@ -299,6 +327,8 @@ class RelayQueue:
         else:
             self._held.pop(paired_id, None)
         self._total += size
+        if paired_id not in self._known:
+            self._unknown_total += size
 
     def _make_waiting(self, photo: QueuedPhoto) -> None:
         photo.waiting = True

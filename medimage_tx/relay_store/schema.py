@@ -79,6 +79,19 @@ STEPS: list[tuple[str, ...]] = [
         "CREATE INDEX relay_photos_by_digest ON relay_photos (first_name, sha256)",
         "CREATE INDEX relay_photos_by_number ON relay_photos (first_name, name_number)",
     ),
+    # Version 4: the ids a clinic is known to read (issue 19 finding 1),
+    # with the address that made each known and when it was last read.
+    (
+        """
+        CREATE TABLE relay_known_ids (
+            paired_id text PRIMARY KEY,
+            address text NOT NULL,
+            last_read double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX relay_known_ids_address ON relay_known_ids (address, last_read)",
+        "CREATE INDEX relay_known_ids_last_read ON relay_known_ids (last_read)",
+    ),
 ]
 
 VERSION = len(STEPS)

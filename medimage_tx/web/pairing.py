@@ -14,7 +14,7 @@ exactly as the service gave it.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from ..admin import AdminResource
 from ..identity import fingerprint
 from ..relay_store.pairing_codes import NOMATCH, issue_answer, redeem_answer
+from .request_budget import address_key
 from ..errors import TryLater
 from ..pc.pairing import (
     CENTRAL_PAIRING_URL,
@@ -54,9 +55,12 @@ class PairingService(Resource):
 
     isLeaf = True
 
-    def __init__(self, desk: PairingDesk):
+    def __init__(self, desk: PairingDesk, note_reader: Optional[Callable[[str, str], Any]] = None):
         super().__init__()
         self.desk = desk
+        # A code redeemed here names an id a clinic reads (the relay's
+        # L{note_reader}): its phones' photos need not share the small pool.
+        self.note_reader = note_reader
 
     def render_POST(self, request):
         return render_async(request, self._issue)
@@ -101,6 +105,8 @@ class PairingService(Resource):
         else:
             log.info("Pairing: a phone at {address} paired with {fp}", address=address,
                      fp=fingerprint(pairing.paired_id))
+            if self.note_reader is not None:
+                await self.note_reader(pairing.paired_id, address_key(address))
         return Answer(200, redeem_answer(pairing).encode())
 
 
