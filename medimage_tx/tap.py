@@ -89,6 +89,16 @@ class Options(usage.Options):
         """
         self["discovery-port"] = _port_option("--discovery-port", value)
 
+    def opt_version(self) -> None:
+        """
+        Show this program's version (and Twisted's) and exit
+        """
+        import twisted
+
+        # usage.Options' own --version names only Twisted's.
+        print(f"medimage-tx {__version__} (Twisted {twisted.__version__})")
+        raise SystemExit(0)
+
     def data_dir(self) -> Path:
         return Path(self["data"]).expanduser().absolute() if self["data"] else default_data_dir()
 

@@ -59,6 +59,18 @@ def test_command_lists_its_subcommands_and_python_m_is_the_same():
 
 
 @needs_install
+def test_serve_version_names_this_program_not_only_twisted():
+    # `serve --version` and `twistd medimage --version` once printed only
+    # "Twisted version: 26.10.0", which tells a clinic nothing.
+    from medimage_tx import __version__
+
+    for command in ([str(COMMAND), "serve", "--version"], [str(COMMAND.parent / "twistd"), "medimage", "--version"]):
+        shown = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, command
+        assert f"medimage-tx {__version__}" in shown.stdout, (command, shown.stdout)
+
+
+@needs_install
 @pytest_twisted.ensureDeferred
 async def test_serve_receives_a_photo_and_stops_cleanly(tmp_path, http_client):
     target = tmp_path / "clinic"
