@@ -27,6 +27,40 @@ def read_config(server) -> dict:
     return json.loads((server.data / "config.json").read_text())
 
 
+# A table heading or a folder's state broken inside a word ("Stat/e",
+# "Paire/d", "work/s") reads badly: more lines than words means a word was
+# split.  Checked at a PC's window widths and a phone's.
+_SPLIT_WORDS = """() => [...document.querySelectorAll('main th, main td .ok, main td .bad')]
+    .filter(cell => {
+        const range = document.createRange(); range.selectNodeContents(cell);
+        const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+        return lines > cell.innerText.trim().split(/\\s+/).length;
+    }).map(cell => cell.innerText)"""
+
+
+def words_split_at_widths(page) -> list:
+    split = []
+    for width in (1280, 1100, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        split += [(width, text) for text in page.evaluate(_SPLIT_WORDS)]
+    return split
+
+
+@pytest_twisted.ensureDeferred
+async def test_home_page_splits_no_word_with_one_working_folder(start_server, tmp_path):
+    # Seen walking the README: one folder that works showed "Stat|e" and
+    # "work|s" beside its path at 1280 pixels.
+    output = tmp_path / "clinic-photos"
+    output.mkdir()
+    pc = await start_server(backupTo=[output.as_posix()])
+
+    def steps(page):
+        page.goto(pc.url + "/")
+        return words_split_at_widths(page)
+
+    assert await in_browser(steps) == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_home_page_says_what_a_clinic_needs(start_server, http_client, tmp_path):
     output = tmp_path / "clinic-photos"
@@ -39,9 +73,11 @@ async def test_home_page_says_what_a_clinic_needs(start_server, http_client, tmp
     def steps(page):
         page.goto(pc.url + "/")
         page.screenshot(path=shots / "home.png", full_page=True)
-        return page.locator("main").inner_text()
+        split = words_split_at_widths(page)
+        return page.locator("main").inner_text(), split
 
-    text = await in_browser(steps)
+    text, split_headings = await in_browser(steps)
+    assert split_headings == []
     assert "Needs attention" in text  # the second target is not there
     assert "Photos received today: 1." in text
     assert "ward5" in text and "arm-27" not in text  # the folder, never the file name
