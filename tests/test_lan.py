@@ -219,6 +219,26 @@ async def test_send_command_delivers_with_app_naming(start_server, tmp_path):
     assert stored.name.startswith("John123-") and stored.read_bytes() == photo.read_bytes()
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_paired_send_never_prints_the_pairing_id(start_server, tmp_path):
+    # Seen walking the README: `send --paired` printed "sent as #<the PC's
+    # globalId>-#moles-...", the secret the home page never shows.
+    relay = await start_server("relay", allowPhotosLeaving=True)
+    paired_id = "skiBldLcVHaoR6eY7T"
+    pairing = tmp_path / "phone.json"
+    pairing.write_text(json.dumps({"id": paired_id, "relay": relay.url}))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_bytes())
+
+    run = spawn([sys.executable, "-m", "medimage_tx", "send", str(photo), "--id", "#moles John123",
+                 "--paired", str(pairing), "--server", relay.url], str(Path(__file__).parent.parent), env=None)
+    assert await run.exited() == 0, run.output
+    assert b"Received upload successfully!" in run.output
+    assert b"sent as #<paired id>-#moles-John123-" in run.output
+    assert paired_id.encode() not in run.output
+
+
 # Edges of the rules (found by `make mutate`).
 
 

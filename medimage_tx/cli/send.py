@@ -45,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
     paired_id, relay = read_pairing(Path(args.paired)) if args.paired else ("", "")
 
+    def hidden(text: str) -> str:
+        # The pairing id is a secret (the admin pages never show it): what
+        # is printed may end up in a ticket or a screenshot.
+        return text.replace(paired_id, "<paired id>") if paired_id else text
+
     async def send(reactor):
         server = args.server
         if server is None and paired_id:
@@ -62,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 answer = await send_file(reactor, client, server, path, name, progress=progress_bar())
             except SendFailed as e:
-                print(f"medimage: {e}", file=sys.stderr)
+                print(hidden(f"medimage: {e}"), file=sys.stderr)
                 failed += 1
                 continue
-            print(f"{path}: sent as {name}: {answer}")
+            print(hidden(f"{path}: sent as {name}: {answer}"))
         if failed:
             raise SystemExit(1)
 
