@@ -203,8 +203,11 @@ class ReadResource(Resource):
             raise Rejected("Expected /read/<id>: a paired id is 16 to 20 letters and digits")
         paired_id = path[0].decode()
         # A clinic PC reads this id: its photos need not share the small
-        # pool of ids nobody reads (relayUnknownBytes).
-        await relay.store.note_reader(paired_id, address_key(client_host(request)))
+        # pool of ids nobody reads (relayUnknownBytes).  A browser's fetch
+        # is no PC: any web page can have its visitors' browsers fetch
+        # /read/<made-up id>, each visitor's address making 4 ids known.
+        if not from_a_browser(request):
+            await relay.store.note_reader(paired_id, address_key(client_host(request)))
         if request.method == b"DELETE":
             if len(path) != 2:
                 raise Rejected("Expected DELETE /read/<id>/<receipt>")
@@ -426,6 +429,16 @@ def _stop_waiting(woken: Optional[Deferred]) -> None:
     if woken is not None:
         woken.addErrback(lambda failure: failure.trap(CancelledError))
         woken.cancel()
+
+
+def from_a_browser(request) -> bool:
+    """
+    Whether a request carries what only browsers send (C{Sec-Fetch-Site},
+    C{Origin}, C{Referer}); a clinic PC's puller, ours or the original's,
+    sends none of them.
+    """
+    return any(request.getHeader(header) is not None
+               for header in (b"sec-fetch-site", b"origin", b"referer"))
 
 
 def client_host(request) -> str:
