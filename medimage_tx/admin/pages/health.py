@@ -1,0 +1,64 @@
+"""
+What the home page says about the server's health, found out from the
+disk each time the page is shown (so it recovers by itself): would an
+upload be refused now, can config.json be used, what in it looks like a
+typo.  Plain Python doing file-system calls: run L{check_health} in a
+thread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...config import Config, config_file_problem, config_warnings
+
+#: Less free space than this where uploads are written, and the disk is
+#: full for a phone: its photo (a phone's photo is a megabyte or more)
+#: would be refused with "try later" (507).
+FULL_BELOW = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Health:
+    #: Why a phone's upload would be refused now, or "".
+    upload_problem: str = ""
+    #: Why config.json on disk cannot be used now, or "".
+    config_problem: str = ""
+    #: Likely typos in a config.json that can be used (config.config_warnings).
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def upload_problem(folders: list[Path]) -> str:
+    """
+    Why an upload into C{folders} (the temporary and the photos folder)
+    would fail now, or C{""}: each must exist, have room and take a new
+    file (really created and removed: permissions and read-only file
+    systems show as they would to an upload).
+    """
+    for folder in dict.fromkeys(folders):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError as e:
+            return f"this server cannot use {folder}: {e.strerror or e}"
+        if free < FULL_BELOW:
+            return (f"the disk is full ({free // 1024} KB free where photos are written, {folder}): "
+                    "make room on it")
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".medimage-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            return f"this server cannot write in {folder}: {e.strerror or e}"
+    return ""
+
+
+def check_health(config: Config, folders: list[Path]) -> Health:
+    """
+    The server's health with C{config} running, uploads written into
+    C{folders}.
+    """
+    return Health(upload_problem(folders), config_file_problem(config.path), tuple(config_warnings(config)))
