@@ -106,6 +106,25 @@ async def test_home_page_says_not_working_while_uploads_would_be_refused_and_rec
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_relay_below_its_free_space_floor_says_not_working(tiny_disk, tmp_path, http_client):
+    data = tiny_disk / "relay"
+    config = write_config(data / "config.json", lanMode=False, allowPhotosLeaving=True)  # floor: 1 GiB
+    process, url = await serve(tmp_path, data)
+    try:
+        code, _, _ = await upload_photo(http_client, url, f"#{PAIRED_ID}-#moles-John123-arm.jpg", jpeg_bytes())
+        assert code == 507
+        text = await home(http_client, url)
+        assert "Not working" in text and "relayMinFreeBytes" in text, text
+        config.write_text(json.dumps({"lanMode": False, "allowPhotosLeaving": True, "relayMinFreeBytes": 0}))
+        await eventually(lambda: home_says(http_client, url, "Working"), "Working once the floor is lowered")
+        assert "Not working" not in await home(http_client, url)
+        code, _, _ = await upload_photo(http_client, url, f"#{PAIRED_ID}-#moles-John123-arm.jpg", jpeg_bytes())
+        assert code == 200
+    finally:
+        await stop(process)
+
+
+@pytest_twisted.ensureDeferred
 async def test_settings_never_overwrite_a_broken_config_and_the_home_page_says_why(tmp_path, http_client):
     folder = tmp_path / "clinic"
     folder.mkdir()

@@ -32,12 +32,12 @@ class Health:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def upload_problem(folders: list[Path]) -> str:
+def upload_problem(folders: list[Path], min_free: int = FULL_BELOW) -> str:
     """
     Why an upload into C{folders} (the temporary and the photos folder)
-    would fail now, or C{""}: each must exist, have room and take a new
-    file (really created and removed: permissions and read-only file
-    systems show as they would to an upload).
+    would fail now, or C{""}: each must exist, have C{min_free} bytes free
+    and take a new file (really created and removed: permissions and
+    read-only file systems show as they would to an upload).
     """
     for folder in dict.fromkeys(folders):
         try:
@@ -47,6 +47,10 @@ def upload_problem(folders: list[Path]) -> str:
         if free < FULL_BELOW:
             return (f"the disk is full ({free // 1024} KB free where photos are written, {folder}): "
                     "make room on it")
+        if free < min_free:
+            return (f"the disk is nearly full ({free // 1_000_000} MB free where photos are written, "
+                    f"{folder}; relayMinFreeBytes keeps {min_free // 1_000_000} MB for the system): "
+                    "make room on it, or lower relayMinFreeBytes in config.json")
         try:
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".medimage-check-")
             os.close(fd)
@@ -59,6 +63,8 @@ def upload_problem(folders: list[Path]) -> str:
 def check_health(config: Config, folders: list[Path]) -> Health:
     """
     The server's health with C{config} running, uploads written into
-    C{folders}.
+    C{folders}.  A relay refuses uploads below C{relayMinFreeBytes} free.
     """
-    return Health(upload_problem(folders), config_file_problem(config.path), tuple(config_warnings(config)))
+    min_free = max(FULL_BELOW, config.relayMinFreeBytes) if config.role == "relay" else FULL_BELOW
+    return Health(upload_problem(folders, min_free), config_file_problem(config.path),
+                  tuple(config_warnings(config)))
