@@ -125,7 +125,8 @@ async def test_a_relay_below_its_free_space_floor_says_not_working(tiny_disk, tm
 
 
 @pytest_twisted.ensureDeferred
-async def test_settings_never_overwrite_a_broken_config_and_the_home_page_says_why(tmp_path, http_client):
+async def test_settings_never_overwrite_a_broken_config_and_the_home_page_says_why(tmp_path, http_client,
+                                                                                  central):
     folder = tmp_path / "clinic"
     folder.mkdir()
     data = tmp_path / "data"
@@ -138,6 +139,8 @@ async def test_settings_never_overwrite_a_broken_config_and_the_home_page_says_w
         config.write_text(edited)
         text = await home(http_client, url)
         assert "config.json" in text and "line 1" in text and "cannot be used" in text, text
+        _, body = await page(http_client, url + "/admin/settings")
+        assert "cannot be used" in main_text(body) and "line 1" in main_text(body)  # said before a save
         response, body = await post(http_client, url + "/admin/settings",
                                     {"output": str(folder), "type:.jpg": "on", "csrf": token}, url, cookie)
         assert response.code == 409
@@ -150,6 +153,13 @@ async def test_settings_never_overwrite_a_broken_config_and_the_home_page_says_w
                                     {"output": str(folder), "type:.jpg": "on", "csrf": token}, url, cookie)
         assert response.code == 409 and "lanMode" in main_text(body)
         assert config.read_text() == edited
+        # Pairing neither: checked before a code is asked for, on both pairing pages.
+        for path in ("/admin/pair", "/pair"):
+            response, body = await post(http_client, url + path, {
+                "way": "own", "proxyServer": "http://127.0.0.1:9", "customPairing": central.url,
+                "csrf": token}, url, cookie)
+            assert response.code == 409 and "lanMode" in main_text(body), path
+        assert central.requests == [] and config.read_text() == edited
         # Fixed: the home page says nothing more, and Settings save over it keeping the edit.
         config.write_text('{"lanMode": false, "basicAuthent": "a-long-new-password"}\n')
         assert "cannot be used" not in await home(http_client, url)

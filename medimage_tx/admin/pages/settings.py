@@ -79,7 +79,13 @@ class SettingsPage(AdminPage):
     pc_only = True
 
     def render_GET(self, request):
-        return send(request, self._form(request))
+        return render_async(request, self._show)
+
+    async def _show(self, request):
+        broken = await self.state.config_file_problem()
+        error = (f"config.json cannot be used: {broken}. Saving here is refused until it is corrected "
+                 "(it would write over what was edited by hand).") if broken else ""
+        return self._answer(request, self._form(request, error=error))
 
     def render_POST(self, request, form: dict[str, str]):
         return render_async(request, self._save, form)
