@@ -61,7 +61,7 @@ class StatusPage(StateResource):
     async def _home(self, request) -> None:
         state = self.state
         store = state.store
-        health = await state.in_thread(check_health, state.config, [store.temp, store.photos])
+        health = await state.in_thread(check_health, state.config, store.temp, store.photos)
         send(request, home_page(request, state, health))
         return None  # answered
 

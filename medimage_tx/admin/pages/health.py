@@ -32,14 +32,17 @@ class Health:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def upload_problem(folders: list[Path], min_free: int = FULL_BELOW) -> str:
+def upload_problem(temp: Path, photos: Path, min_free: int = FULL_BELOW) -> str:
     """
-    Why an upload into C{folders} (the temporary and the photos folder)
-    would fail now, or C{""}: each must exist, have C{min_free} bytes free
-    and take a new file (really created and removed: permissions and
-    read-only file systems show as they would to an upload).
+    Why an upload would fail now, or C{""}: it is written into C{temp},
+    then linked into C{photos}.  Both must have C{min_free} bytes free and
+    take a new file: in C{temp} one is really created and removed (so
+    permissions, read-only file systems and full inode tables show as
+    they would to an upload); C{photos} is only asked (access(2), which
+    sees read-only file systems too), because the retries and add-ons
+    take any file that appears there for a photo.
     """
-    for folder in dict.fromkeys(folders):
+    for folder in dict.fromkeys((temp, photos)):
         try:
             free = shutil.disk_usage(folder).free
         except OSError as e:
@@ -51,20 +54,23 @@ def upload_problem(folders: list[Path], min_free: int = FULL_BELOW) -> str:
             return (f"the disk is nearly full ({free // 1_000_000} MB free where photos are written, "
                     f"{folder}; relayMinFreeBytes keeps {min_free // 1_000_000} MB for the system): "
                     "make room on it, or lower relayMinFreeBytes in config.json")
-        try:
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".medimage-check-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            return f"this server cannot write in {folder}: {e.strerror or e}"
+    try:
+        fd, probe = tempfile.mkstemp(dir=temp, prefix=".medimage-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"this server cannot write in {temp}: {e.strerror or e}"
+    if not os.access(photos, os.W_OK | os.X_OK):
+        return f"this server cannot write in {photos} (its permissions, or a read-only drive)"
     return ""
 
 
-def check_health(config: Config, folders: list[Path]) -> Health:
+def check_health(config: Config, temp: Path, photos: Path) -> Health:
     """
     The server's health with C{config} running, uploads written into
-    C{folders}.  A relay refuses uploads below C{relayMinFreeBytes} free.
+    C{temp} and filed in C{photos}.  A relay refuses uploads below
+    C{relayMinFreeBytes} free.
     """
     min_free = max(FULL_BELOW, config.relayMinFreeBytes) if config.role == "relay" else FULL_BELOW
-    return Health(upload_problem(folders, min_free), config_file_problem(config.path),
+    return Health(upload_problem(temp, photos, min_free), config_file_problem(config.path),
                   tuple(config_warnings(config)))
