@@ -82,7 +82,7 @@ class ServerState:
     in_thread: InThread = None  # type: ignore[assignment]
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
     #: Bytes from the relay not yet counted in config.json (it was broken).
-    _unsaved_transfer: int = 0
+    unsaved_transfer: int = 0
 
     def __post_init__(self) -> None:
         if self.in_thread is None:
@@ -115,15 +115,15 @@ class ServerState:
         """
         async with self._config_lock:
             current = self.config
-            total = current.transfer + self._unsaved_transfer + size
+            total = current.transfer + self.unsaved_transfer + size
             try:
                 new = await self.in_thread(lambda: save_config(current, transfer=total))
             except ConfigError:
                 # Broken by hand: never rewritten from memory.  Counted
                 # here and saved with the next photo once it is fixed.
-                self._unsaved_transfer += size
+                self.unsaved_transfer += size
                 return
-            self._unsaved_transfer = 0
+            self.unsaved_transfer = 0
         self.replace_config(new)
 
     def replace_config(self, new: Config) -> None:

@@ -255,7 +255,7 @@ def relay_card(state: ServerState, relay: str, outage, paused=None) -> Tag:
                 ("Connected", f"no: {outage}" if outage else "yes"),
                 *([("Fetching", f"paused: {paused}")] if paused else []),
                 ("Last delivery", when(last, time.time()) if last else "none since the server started")]
-    rows.append(("Transferred", size_text(config.transfer)))
+    rows.append(("Transferred", size_text(config.transfer + state.unsaved_transfer)))
     return tags.div(tags.h2("Relay"),
                     tags.table(tags.tbody(*[tags.tr(tags.th(k, scope="row"), tags.td(v)) for k, v in rows])),
                     tags.p(tags.a("Pair phones", href="/admin/pair")), class_="card")
