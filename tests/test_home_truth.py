@@ -76,7 +76,7 @@ def fill(folder: Path) -> Path:
 async def test_home_page_says_not_working_while_uploads_would_be_refused_and_recovers(
         tiny_disk, tmp_path, http_client):
     data = tiny_disk / "data"
-    write_config(data / "config.json", lanMode=False)
+    write_config(data / "config.json", lanMode=False, minFreeBytes=0)  # the floor: see the next test
     process, url = await serve(tmp_path, data)
     try:
         assert "Working" in await home(http_client, url)
@@ -105,20 +105,23 @@ async def test_home_page_says_not_working_while_uploads_would_be_refused_and_rec
         await stop(process)
 
 
+@pytest.mark.parametrize("role, floor", [("pc", "minFreeBytes"), ("relay", "relayMinFreeBytes")])
 @pytest_twisted.ensureDeferred
-async def test_a_relay_below_its_free_space_floor_says_not_working(tiny_disk, tmp_path, http_client):
-    data = tiny_disk / "relay"
-    config = write_config(data / "config.json", lanMode=False, allowPhotosLeaving=True)  # floor: 1 GiB
+async def test_below_the_free_space_floor_says_not_working(role, floor, tiny_disk, tmp_path, http_client):
+    data = tiny_disk / role
+    settings = {"lanMode": False, "allowPhotosLeaving": role == "relay"}  # each floor's default: 1 GiB
+    config = write_config(data / "config.json", **settings)
+    name = f"#{PAIRED_ID}-#moles-John123-arm.jpg" if role == "relay" else "#moles-John123-arm.jpg"
     process, url = await serve(tmp_path, data)
     try:
-        code, _, _ = await upload_photo(http_client, url, f"#{PAIRED_ID}-#moles-John123-arm.jpg", jpeg_bytes())
+        code, _, _ = await upload_photo(http_client, url, name, jpeg_bytes())
         assert code == 507
         text = await home(http_client, url)
-        assert "Not working" in text and "relayMinFreeBytes" in text, text
-        config.write_text(json.dumps({"lanMode": False, "allowPhotosLeaving": True, "relayMinFreeBytes": 0}))
+        assert "Not working" in text and floor in text, text
+        config.write_text(json.dumps({**settings, floor: 0}))
         await eventually(lambda: home_says(http_client, url, "Working"), "Working once the floor is lowered")
         assert "Not working" not in await home(http_client, url)
-        code, _, _ = await upload_photo(http_client, url, f"#{PAIRED_ID}-#moles-John123-arm.jpg", jpeg_bytes())
+        code, _, _ = await upload_photo(http_client, url, name, jpeg_bytes())
         assert code == 200
     finally:
         await stop(process)

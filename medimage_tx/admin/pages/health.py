@@ -17,8 +17,8 @@ from pathlib import Path
 from ...config import Config, config_file_problem, config_warnings
 
 #: Less free space than this where uploads are written, and the disk is
-#: full for a phone: its photo (a phone's photo is a megabyte or more)
-#: would be refused with "try later" (507).
+#: full for a phone whatever the floor in config.json: its photo (a
+#: megabyte or more) would be refused with "try later" (507).
 FULL_BELOW = 256 * 1024
 
 
@@ -32,7 +32,7 @@ class Health:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def upload_problem(temp: Path, photos: Path, min_free: int = FULL_BELOW) -> str:
+def upload_problem(temp: Path, photos: Path, min_free: int = FULL_BELOW, floor_key: str = "") -> str:
     """
     Why an upload would fail now, or C{""}: it is written into C{temp},
     then linked into C{photos}.  Both must have C{min_free} bytes free and
@@ -52,8 +52,8 @@ def upload_problem(temp: Path, photos: Path, min_free: int = FULL_BELOW) -> str:
                     "make room on it")
         if free < min_free:
             return (f"the disk is nearly full ({free // 1_000_000} MB free where photos are written, "
-                    f"{folder}; relayMinFreeBytes keeps {min_free // 1_000_000} MB for the system): "
-                    "make room on it, or lower relayMinFreeBytes in config.json")
+                    f"{folder}; {floor_key} keeps {min_free // 1_000_000} MB free): "
+                    f"make room on it, or lower {floor_key} in config.json")
     try:
         fd, probe = tempfile.mkstemp(dir=temp, prefix=".medimage-check-")
         os.close(fd)
@@ -68,9 +68,11 @@ def upload_problem(temp: Path, photos: Path, min_free: int = FULL_BELOW) -> str:
 def check_health(config: Config, temp: Path, photos: Path) -> Health:
     """
     The server's health with C{config} running, uploads written into
-    C{temp} and filed in C{photos}.  A relay refuses uploads below
-    C{relayMinFreeBytes} free.
+    C{temp} and filed in C{photos}.  Uploads are refused below the free
+    space floor: C{relayMinFreeBytes} on a relay, C{minFreeBytes} on a
+    PC (L{medimage_tx.pc.room}).
     """
-    min_free = max(FULL_BELOW, config.relayMinFreeBytes) if config.role == "relay" else FULL_BELOW
-    return Health(upload_problem(temp, photos, min_free), config_file_problem(config.path),
+    floor_key = "relayMinFreeBytes" if config.role == "relay" else "minFreeBytes"
+    min_free = max(FULL_BELOW, getattr(config, floor_key))
+    return Health(upload_problem(temp, photos, min_free, floor_key), config_file_problem(config.path),
                   tuple(config_warnings(config)))
