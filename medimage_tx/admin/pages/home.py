@@ -247,6 +247,7 @@ def not_collecting(config: Config) -> str:
 
 def relay_card(state: ServerState, relay: str, outage, paused=None) -> Tag:
     config, activity = state.config, state.activity
+    rows: list[tuple[str, Flattenable]]
     if not relay:
         rows = [("Paired", "no: pair to receive photos away from the clinic's WiFi")]
     else:
