@@ -7,6 +7,7 @@ Plain Python, no reactor: everything else reads attributes of L{Config}.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -476,15 +477,77 @@ def save_config(config: Config, **changes: Any) -> Config:
     changes go on top of the file as it is on disk now, so an edit made
     meanwhile (by hand, or by C{medimage-tx pair}) is kept; keys
     this server does not know are written back unchanged.
+
+    @raise ConfigError: the file on disk cannot be used (a typo made by
+        hand): it is left as it is, never rewritten from memory, which
+        would lose the hand edits.  A missing file is written again.
     """
     base = config
-    try:
+    if config.path.exists():
         base = load_config(config.path)
-    except ConfigError:
-        pass  # unreadable now: write ours
     new = base.updated(**changes)
     write_json_atomically(new.path, new.raw)
     return new
+
+
+def config_file_problem(path: Path) -> str:
+    """
+    Why config.json at C{path} cannot be used now (a typo made by hand
+    while the server runs on the last good one), or C{""}.  A missing
+    file is no problem: the next save writes it again, losing nothing.
+    """
+    if not path.exists():
+        return ""
+    try:
+        load_config(path)
+    except ConfigError as e:
+        return str(e)
+    return ""
+
+
+#: Keys a config.json may hold that are not settings of this server: the
+#: original's shipped files explain themselves in "purpose"; pairing
+#: writes "customPairing" only when it is not AtomJump's.
+OTHER_KNOWN_KEYS = frozenset({"purpose", "customPairing"})
+
+
+def likely_typos(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """
+    Keys of C{raw} this server does not know that look like one it does
+    (another case, a letter off): (the key, the known key).  Such a key
+    is kept but does nothing.
+    Other unknown keys (an add-on's, a newer server's) are not typos.
+    """
+    known = set(DEFAULTS) | OTHER_KNOWN_KEYS
+    by_lower = {key.lower(): key for key in known}
+    found = []
+    for key in raw:
+        if key in known or not isinstance(key, str):
+            continue
+        meant = by_lower.get(key.lower())
+        if meant is None:
+            close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.85)
+            meant = by_lower[close[0]] if close else None
+        if meant is not None:
+            found.append((key, meant))
+    return found
+
+
+def config_warnings(config: Config) -> list[str]:
+    """
+    One line each for what in config.json is likely a mistake though the
+    file can be used: a key that looks like a known one, a backupTo folder
+    that does not exist.  Looks at the disk: call it in a thread while
+    the server runs.
+    """
+    lines = [f'"{key}" in {config.path} is not a setting and does nothing: did you mean "{meant}"? '
+             "(keys are case-sensitive)" for key, meant in likely_typos(config.raw)]
+    for folder in () if config.role == "relay" else config.backupTo:  # a relay files nothing
+        path = resolve_path(folder, config.path.parent)
+        if not path.is_dir():
+            lines.append(f"The backupTo folder {path} does not exist (a typo, or a drive or share not "
+                         "connected?): photos wait in this server's photos folder until it does")
+    return lines
 
 
 def config_stamp(path: Path) -> Optional[tuple[int, int]]:

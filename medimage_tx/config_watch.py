@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
-from .config import Config, ConfigError, config_stamp, load_config
+from .config import Config, ConfigError, config_stamp, config_warnings, load_config
 
 CHECK_INTERVAL = 3.0
 
@@ -64,7 +64,20 @@ class ConfigWatcher(TimerService):
                 applied=f"; applied now: {', '.join(applied)}" if applied else "")
         elif applied:
             self.log.info("config.json changed: applied now: {applied}", applied=", ".join(applied))
+        old = self.state.config
         self.state.replace_config(config)
+        return self.state.in_thread(lambda: (config_warnings(old), config_warnings(config))).addCallback(
+            self._warn_new)
+
+    def _warn_new(self, warnings) -> None:
+        """
+        A typo the edit brought in: one line, as at start (the home page
+        says it too).
+        """
+        before, now = warnings
+        for line in now:
+            if line not in before:
+                self.log.warn("{line}", line=line)
 
     def _bad(self, failure, stamp) -> None:
         failure.trap(ConfigError)

@@ -45,6 +45,7 @@ from .photos.multipart import ENVELOPE_ALLOWANCE, MultipartReceiver, ReceivedFil
 from .web.pages import DiscoveryPage, LoadAverage, StatusPage
 from .state import ServerState
 from .admin.pages import add_admin_pages
+from .admin.pages.layout import Favicon
 from .web.answers import (
     NOT_READABLE,
     Answer,
@@ -531,6 +532,7 @@ class Root(Resource):
         self.putChild(b"", StatusPage(state))
         self.putChild(b"load", LoadAverage(state))
         self.putChild(b"discovery", DiscoveryPage(state))
+        self.putChild(b"favicon.ico", Favicon())
         api = Resource()
         api.putChild(b"photo", PhotoUpload(state, keeper))
         self.putChild(b"api", api)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from .admin.activity import Activity
 from .admin.log_ring import LogRing
-from .config import Config, config_stamp, save_config
+from .config import Config, ConfigError, config_file_problem, config_stamp, save_config
 from .durable import InThread, reactor_threads
 from .pc.backups import BackupService
 from .photos.store import PhotoStore
@@ -81,15 +81,27 @@ class ServerState:
     #: thread: by default the reactor's thread pool.
     in_thread: InThread = None  # type: ignore[assignment]
     _config_lock: DeferredLock = field(default_factory=DeferredLock)
+    #: Bytes from the relay not yet counted in config.json (it was broken).
+    unsaved_transfer: int = 0
 
     def __post_init__(self) -> None:
         if self.in_thread is None:
             self.in_thread = reactor_threads(self.reactor)
 
+    async def config_file_problem(self) -> str:
+        """
+        Why config.json on disk cannot be used now (edited by hand with a
+        typo), or C{""}.  The server keeps running on the last good one.
+        """
+        return await self.in_thread(config_file_problem, self.config.path)
+
     async def save_config(self, **changes: Any) -> Config:
         """
         Change config.json (atomically, in a thread, one change at a time)
         and make the new config current.
+
+        @raise ConfigError: config.json cannot be used now; it is left as
+            it is (L{medimage_tx.config.save_config}).
         """
         async with self._config_lock:
             current = self.config
@@ -103,7 +115,15 @@ class ServerState:
         """
         async with self._config_lock:
             current = self.config
-            new = await self.in_thread(lambda: save_config(current, transfer=current.transfer + size))
+            total = current.transfer + self.unsaved_transfer + size
+            try:
+                new = await self.in_thread(lambda: save_config(current, transfer=total))
+            except ConfigError:
+                # Broken by hand: never rewritten from memory.  Counted
+                # here and saved with the next photo once it is fixed.
+                self.unsaved_transfer += size
+                return
+            self.unsaved_transfer = 0
         self.replace_config(new)
 
     def replace_config(self, new: Config) -> None:

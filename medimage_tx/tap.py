@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -22,7 +23,8 @@ from .addons import make_addon_service
 from .pc.backups import BackupService
 from .config_watch import ConfigWatcher
 from .web.connection_limits import raise_open_file_limit
-from .config import ConfigError, Config, check_relay_store, config_stamp, load_or_create_config, resolve_path
+from .config import (ConfigError, Config, check_relay_store, config_stamp, config_warnings, load_or_create_config,
+                     resolve_path)
 from .discovery import DiscoveryService
 from .durable import InThread, reactor_threads
 from .errors import StartupFailed
@@ -34,6 +36,7 @@ from .state import ServerState
 from .pc.puller import RelayPuller
 from .admin.log_ring import LogRingService
 from .web.proxy_protocol import trusted_proxy_endpoint
+from .admin.activity import count_filed_today, day_of
 from .relay import Relay, RelayExpiry
 from .relay_store import RelayStoreService, RelayStoreUnavailable, open_relay_store
 from .relay_store.queue import DEFAULT_LEASE_SECONDS
@@ -339,6 +342,8 @@ def build_service(
     config, created = load_or_create_config(config_path)
     if created:
         log.info("No config found: wrote the defaults to {path}", path=config_path)
+    for line in config_warnings(config):
+        log.warn("{line}", line=line)
     store = photo_store(config, data_dir)
     # As loaded: an edit made before the watcher starts is still an edit.
     state = ServerState(config=config, store=store, reactor=reactor,
@@ -386,6 +391,8 @@ def build_service(
                                      address=(config.httpsPort, interface or ""))
     state.backups.setServiceParent(service)
     LogRingService(state.log_ring).setServiceParent(service)
+    if relay is None:
+        TodaysPhotos(state).setServiceParent(service)
     if relay is not None:
         RelayStoreService(relay.store).setServiceParent(service)
     ConfigWatcher(state).setServiceParent(service)
@@ -413,6 +420,26 @@ def build_service(
         service.puller.setServiceParent(service)
         state.puller = service.puller
     return service
+
+
+class TodaysPhotos(Service):
+    """
+    At start, count the photos filed today so far (the home page's
+    "Photos received today" survives a restart): in the staging folder,
+    which keeps every photo with keepMaster, and without it also in the
+    first target, where each staged photo moves.
+    """
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    def startService(self) -> None:
+        super().startService()
+        store, started = self.state.store, time.time()
+        folders = [store.photos] + ([store.backup_to[0]] if store.backup_to and not store.keep_master else [])
+        d = self.state.in_thread(count_filed_today, folders, started)
+        d.addCallback(lambda count: self.state.activity.add_earlier(count, day_of(started)))
+        d.addErrback(lambda f: log.failure("Could not count today's photos", f))
 
 
 def _follow_backup_to(state: ServerState, detected: tuple) -> None:

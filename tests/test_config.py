@@ -183,3 +183,12 @@ def test_port_range(tmp_path, port, good):
     else:
         with pytest.raises(ConfigError, match="expected a port number from 0 to 65535"):
             parse_config({"listenPort": port}, tmp_path / "config.json")
+
+
+def test_likely_typos_are_known_keys_in_another_case_or_a_letter_off():
+    from medimage_tx.config import likely_typos
+
+    raw = {"backupto": [], "KeepMaster": False, "basicAuthnet": "x", "listenPort": 5566,
+           "purpose": "the original's comment", "customPairing": "", "someFutureKey": 1, "addonSetting": 2}
+    assert likely_typos(raw) == [("backupto", "backupTo"), ("KeepMaster", "keepMaster"),
+                                 ("basicAuthnet", "basicAuthent")]

@@ -52,3 +52,13 @@ def test_changed_keys_sorts_live_from_restart(tmp_path):
     new = parse_config({"listenPort": 5567, "headers": {"X-A": "b"}, "countryCode": "NZ"}, path)
     assert changed_keys(old, new) == (["countryCode", "headers"], ["listenPort"])
     assert "keepMaster" in NEEDS_RESTART and "readProxy" not in NEEDS_RESTART
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_edit_that_brings_a_typo_warns_once(start_server, log_lines):
+    server = await start_server(KeepMaster=False)
+    assert len([line for line in log_lines if '"KeepMaster"' in line]) == 1  # at start
+    await edit_and_check(server, backupto=["/srv/photos"], readProxy="http://127.0.0.1:9/read/x")
+    assert len([line for line in log_lines if '"KeepMaster"' in line]) == 1  # not again
+    [typo] = [line for line in log_lines if '"backupto"' in line]
+    assert '"backupTo"' in typo

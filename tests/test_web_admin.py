@@ -182,3 +182,22 @@ async def test_a_real_twistd_logging_to_a_file_shows_its_lines_in_the_logs_page(
 
             process.transport.signalProcess(signal.SIGTERM)
             await within(process.exited(30), 40)
+
+
+def test_todays_count_takes_files_of_today_before_the_start_once_each(tmp_path):
+    import os
+
+    from medimage_tx.admin.activity import count_filed_today
+
+    staged, target = tmp_path / "photos", tmp_path / "clinic"
+    started = time.time()
+    for folder, name, age in [(staged, "moles/a.jpg", 60), (target, "moles/a.jpg", 60),  # one photo, twice
+                              (target, "b.jpg", 120), (staged, "old.jpg", 3 * 86400),
+                              (target, ".medimage-incoming/c.jpg.part", 10), (staged, "later.jpg", -5)]:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (started - age, started - age))
+    # Both today, unless the test runs within two minutes after midnight.
+    expected = sum(time.localtime(started - age)[:3] == time.localtime(started)[:3] for age in (60, 120))
+    assert count_filed_today([staged, target], started) == expected

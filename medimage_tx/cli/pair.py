@@ -77,7 +77,11 @@ async def pair(reactor, args: argparse.Namespace, clock=None) -> int:
     except PairingError as e:
         print(f"medimage: {e} Nothing was changed.", file=sys.stderr)
         return 1
-    save_config(config, **paired_changes(config, issued, wanted))
+    try:
+        save_config(config, **paired_changes(config, issued, wanted))
+    except ConfigError as e:  # edited by hand meanwhile, with a mistake: never written over
+        print(f"medimage: {e}. The pairing was not saved: correct the file and pair again.", file=sys.stderr)
+        return 1
     print(f"Pairing code: {issued.code}")
     if issued.code.lower() != issued.code.upper():
         print("Letters are case-sensitive: type them exactly as shown.")

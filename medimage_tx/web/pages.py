@@ -10,8 +10,9 @@ import os
 
 from ..admin import AdminResource
 from ..admin.pages.home import home_page
-from ..admin.pages.layout import send
-from .answers import Answer, StateResource, add_config_headers, answer_now, html_page, table_html
+from ..admin.pages.health import check_health
+from ..admin.pages.layout import html_in_layout, send
+from .answers import Answer, StateResource, add_config_headers, answer_now, html_page, render_async, table_html
 
 
 class LoadAverage(StateResource):
@@ -55,7 +56,14 @@ class StatusPage(StateResource):
         if access.cross_origin(request) or not access.is_admin(request):
             add_config_headers(request, self.state.config.headers)
             return answer_now(request, SHORT_STATUS)
-        return send(request, home_page(request, self.state))
+        return render_async(request, self._home)
+
+    async def _home(self, request) -> None:
+        state = self.state
+        store = state.store
+        health = await state.in_thread(check_health, state.config, store.temp, store.photos)
+        send(request, home_page(request, state, health))
+        return None  # answered
 
 
 class DiscoveryPage(AdminResource):
@@ -89,4 +97,5 @@ class DiscoveryPage(AdminResource):
             "active on the phone or PC, and that the interface listed above is the WiFi/LAN one "
             "(set <code>discoveryInterfaces</code> in config.json if not).</p>"
         )
-        return answer_now(request, html_page(200, "LAN discovery", table_html(rows) + tips))
+        return answer_now(request, html_in_layout(request, self.state, 200, "LAN discovery", "",
+                                                  table_html(rows) + tips))

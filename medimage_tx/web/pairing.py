@@ -35,7 +35,8 @@ from ..pc.pairing import (
     relay_of,
     request_code_as_configured,
 )
-from .answers import Answer, answer_now, html_page, render_async
+from .answers import Answer, answer_now, render_async
+from ..admin.pages.layout import html_in_layout
 
 if TYPE_CHECKING:
     from ..relay_store import PairingDesk
@@ -155,6 +156,12 @@ class PairPage(AdminResource):
                                          form.get("style", ""), form.get("customPairing", ""))
         except PairingError as e:
             return self._form(request, form, error=str(e), code=400)
+        broken = await self.state.config_file_problem()
+        if broken:
+            # Before a code is issued: a pairing that cannot be saved would
+            # leave phones paired with an id this PC never reads.
+            return self._form(request, form, error=f"config.json cannot be used: {broken}. Correct it "
+                              "first; nothing was sent.", code=409)
         pairing = plan(self.state.config, wanted)
         if pairing.new_id and form.get("confirm") != "new-id":
             return self._confirm(request, pairing)
@@ -162,13 +169,16 @@ class PairPage(AdminResource):
             issued = await request_code_as_configured(self.state.reactor, self.state.config, pairing)
         except PairingError as e:
             log.info("Pairing failed: {why}", why=str(e))
-            return html_page(502, "Not paired", (
+            return self._page(request, 502, "Not paired", (
                 f"<p>{html.escape(str(e))}</p><p>Nothing was changed.</p>"
                 "<p><a href='/pair'>Back to pairing</a></p>"))
         await self.state.save_config(**paired_changes(self.state.config, issued, wanted))
         log.info("Paired with a relay (id {fp}{new})", fp=fingerprint(issued.paired_id),
                  new=", a new id confirmed by the admin" if pairing.new_id else "")
-        return html_page(200, "Pair a phone", code_html(issued.code, wanted))
+        return self._page(request, 200, "Pair a phone", code_html(issued.code, wanted))
+
+    def _page(self, request, code: int, title: str, body_html: str) -> Answer:
+        return html_in_layout(request, self.state, code, title, "/admin/pair", body_html)
 
     def _form(self, request, values: dict[str, str], error: str = "", code: int = 200,
               notice: str = "") -> Answer:
@@ -183,7 +193,7 @@ class PairPage(AdminResource):
             return (f"<p><label>{label}<br><input name='{name}' value='{value}' size='60'></label>"
                     f"{'<br><small>' + hint + '</small>' if hint else ''}</p>")
 
-        return html_page(code, "Pair phones with this PC", (
+        return self._page(request, code, "Pair phones with this PC", (
             status + problem
             + "<form method='post' action='/pair'>" + self.state.access.csrf_field(request)
             + field("proxyServer", "Relay address (proxyServer)",
@@ -206,7 +216,7 @@ class PairPage(AdminResource):
                                 ("confirm", "new-id")))
         where = (f"the relay <code>{html.escape(pairing.current_relay)}</code>"
                  if pairing.current_relay else "its relay")
-        return html_page(200, "Give this PC a new pairing?", (
+        return self._page(request, 200, "Give this PC a new pairing?", (
             f"<p>This PC is paired with {where}. Pairing with "
             f"<code>{html.escape(wanted.proxy_server)}</code> through "
             f"<code>{html.escape(wanted.service)}</code> gives it a <strong>new id</strong>: "
@@ -231,7 +241,7 @@ def code_html(code: str, wanted: PairRequest) -> str:
     case_note = (" Letters are case-sensitive: type them exactly as shown."
                  if code.lower() != code.upper() else "")
     return (
-        f"<p style='font-size:6em;letter-spacing:0.2em;font-family:monospace' id='code'>"
+        f"<p class='code' id='code'>"
         f"{html.escape(code)}</p>"
         f"<p>Pairing codes expire: enter it on the phones now.{case_note}</p>"
         "<ol><li>Open the MedImage app on the phone and tap the large circle.</li>"

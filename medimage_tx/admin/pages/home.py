@@ -1,6 +1,8 @@
 """
 The home page (C{GET /} for the PC's admin): in plain words, is it working,
 where photos go, held files, LAN and relay status, version.  Read-only.
+"Working" only while a phone's upload would be taken now (L{health}); a
+config.json that cannot be used and likely typos in it are said first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ...pc.backups import RETRY_INTERVAL
 from ...pc.room import below_floor
 from ...photos.held import HELD, WHAT_TO_DO, held_summary
 from ...pc.pairing import relay_of
+from .health import Health
 from .layout import notice, page
 
 if TYPE_CHECKING:
@@ -53,9 +56,18 @@ def folder_problem(folder: Path) -> str:
     return ""
 
 
-def home_page(request, state: ServerState) -> Tag:
+def home_page(request, state: ServerState, health: Health) -> Tag:
     config = state.config
     content: list = []
+    if health.config_problem:
+        content.append(notice([
+            tags.strong("config.json cannot be used: "), health.config_problem, ". ",
+            "The server keeps running with the settings it had before the edit, and Settings will "
+            "not save over the file (that would lose the edit): correct it by hand; it applies "
+            "within seconds."], "error"))
+    if health.warnings:
+        content.append(notice([tags.strong("Check config.json: "),
+                               tags.ul(*[tags.li(line) for line in health.warnings])]))
     password = config.raw.get("basicAuthent", SHIPPED_PASSWORD)
     if not (isinstance(password, str) and usable_password(password)):
         content.append(notice([
@@ -65,14 +77,31 @@ def home_page(request, state: ServerState) -> Tag:
             tags.code("basicAuthent"), " (8 characters or more) in ", tags.code(str(config.path)),
             "; it applies at once. On this PC itself no password is needed."], "error"))
     if config.role == "relay":
-        content += relay_cards(state)
+        content += relay_cards(state, health)
     else:
-        content += pc_cards(state)
+        content += pc_cards(state, health)
     content.append(tags.p(f"Version: medimage_tx {__version__} \u00b7 server name {config.serverName}"))
     return page(request, state, "MedImage server", "/", *content)
 
 
-def pc_cards(state: ServerState) -> list:
+def status_lines(health: Health, trouble: list[str]) -> list:
+    """
+    The answer to "is it working?": "Not working" whenever a phone's
+    upload would be refused now, with why.
+    """
+    if health.upload_problem:
+        return [tags.p("Not working", class_="big bad"),
+                tags.p("Phones cannot send photos now: ", health.upload_problem, ". They keep their "
+                       "photos and send them again later; once it is fixed, this page says so by "
+                       "itself.")]
+    if trouble or health.config_problem:
+        reasons = trouble + (["config.json cannot be used"] if health.config_problem else [])
+        return [tags.p("Needs attention", class_="big bad"),
+                tags.p("Photos are received, but: ", "; ".join(reasons), ".")]
+    return [tags.p("Working", class_="big ok")]
+
+
+def pc_cards(state: ServerState, health: Health) -> list:
     config, store = state.config, state.store
     now = time.time()
     targets = list(store.backup_to)
@@ -84,16 +113,17 @@ def pc_cards(state: ServerState) -> list:
     relay = relay_of(config.readProxy)
     outage = getattr(puller, "outage", None) if relay else None
     paused = getattr(puller, "paused", None) if relay else None
-    trouble = [t for t, why in problems.items() if why] + (["relay"] if outage or paused else [])
+    if relay and puller is None:
+        outage = not_collecting(state.config)
+    trouble = ([("the output folder" if index == 0 else "a copy folder") + " does not work"
+                for index, target in enumerate(targets) if problems[str(target)]]
+               + (["photos from the relay do not arrive"] if outage else [])
+               + (["fetching from the relay is paused"] if paused and not outage else []))
 
     activity = state.activity
-    if trouble:
-        status = tags.p("Needs attention", class_="big bad")
-    else:
-        status = tags.p("Working", class_="big ok")
     recent = list(activity.recent) if activity else []
     photos = tags.div(
-        tags.h2("Is it working?"), status,
+        tags.h2("Is it working?"), *status_lines(health, trouble),
         tags.p(f"Photos received today: {activity.photos_today() if activity else 0}. ",
                f"Since the server started ({when(state.stats.started, now)}): "
                f"{activity.total if activity else state.stats.photos_received}."),
@@ -101,7 +131,8 @@ def pc_cards(state: ServerState) -> list:
             tags.caption("Last photos (time and folder only)"),
             tags.thead(tags.tr(tags.th("Time", scope="col"), tags.th("Folder", scope="col"),
                                tags.th("Came", scope="col"))),
-            tags.tbody(*[tags.tr(tags.td(when(p.time, now)), tags.td(p.folder or "(main folder)"),
+            tags.tbody(*[tags.tr(tags.td(when(p.time, now)),
+                                 tags.td(tags.code(p.folder) if p.folder else "(main folder)"),
                                  tags.td("through the relay" if p.source == "relay" else "over WiFi"))
                          for p in recent] or [tags.tr(tags.td("No photos since the server started.",
                                                               colspan="3"))]),
@@ -110,12 +141,15 @@ def pc_cards(state: ServerState) -> list:
 
     where_rows = []
     if not targets:
-        where_rows.append(tags.tr(tags.td(str(store.photos)), tags.td(tags.span("works", class_="ok"))))
+        where_rows.append(tags.tr(
+            tags.td(tags.code(str(store.photos))),
+            tags.td(tags.span("not working: ", class_="bad"), health.upload_problem) if health.upload_problem
+            else tags.td(tags.span("works", class_="ok"))))
     for index, target in enumerate(targets):
         why = problems[str(target)]
         label = "output folder" if index == 0 else "copy"
         where_rows.append(tags.tr(
-            tags.td(str(target), tags.br(), tags.small(label)),
+            tags.td(tags.code(str(target)), tags.br(), tags.small(label)),
             tags.td(tags.span("not working: ", class_="bad"), why) if why
             else tags.td(tags.span("works", class_="ok"))))
     where = tags.div(
@@ -171,7 +205,7 @@ def _held_card(data_dir: Path, config: Config, held, low_disk) -> Tag:
              if full else "",
              tags.p(WHAT_TO_DO),
              tags.table(tags.thead(tags.tr(tags.th("File", scope="col"), tags.th("Why", scope="col"))),
-                        tags.tbody(*[tags.tr(tags.td(f.name, tags.br(), tags.small(size_text(f.size))),
+                        tags.tbody(*[tags.tr(tags.td(tags.code(f.name), tags.br(), tags.small(size_text(f.size))),
                                              tags.td(f.reason or "this PC does not file it"))
                                      for f in held.oldest])),
              tags.p(f"The oldest {len(held.oldest)} are listed.", class_="hint")
@@ -200,28 +234,40 @@ def lan_card(state: ServerState) -> Tag:
                     tags.p(tags.a("Why can't my phone find the PC?", href="/discovery")), class_="card")
 
 
+def not_collecting(config: Config) -> str:
+    """
+    Why a paired PC without a puller never gets a photo from the relay.
+    """
+    if config.allowGettingRemotePhotos:
+        return ("allowGettingRemotePhotos was false in config.json when the server started: "
+                "restart it to collect photos from the relay")
+    return ("allowGettingRemotePhotos is false in config.json, so this PC never collects the "
+            "photos phones send to the relay: set it to true and restart the server")
+
+
 def relay_card(state: ServerState, relay: str, outage, paused=None) -> Tag:
     config, activity = state.config, state.activity
+    rows: list[tuple[str, Flattenable]]
     if not relay:
         rows = [("Paired", "no: pair to receive photos away from the clinic's WiFi")]
     else:
         last = activity.last_from_relay if activity else 0
-        rows = [("Paired", f"yes, with {relay}"),
+        rows = [("Paired", ["yes, with ", tags.code(relay)]),
                 ("Connected", f"no: {outage}" if outage else "yes"),
                 *([("Fetching", f"paused: {paused}")] if paused else []),
                 ("Last delivery", when(last, time.time()) if last else "none since the server started")]
-    rows.append(("Transferred", size_text(config.transfer)))
+    rows.append(("Transferred", size_text(config.transfer + state.unsaved_transfer)))
     return tags.div(tags.h2("Relay"),
                     tags.table(tags.tbody(*[tags.tr(tags.th(k, scope="row"), tags.td(v)) for k, v in rows])),
                     tags.p(tags.a("Pair phones", href="/admin/pair")), class_="card")
 
 
-def relay_cards(state: ServerState) -> list:
+def relay_cards(state: ServerState, health: Health) -> list:
     stats = state.stats
     rows = [("Role", "Relay: queues photos for clinic PCs"),
             ("Photos received since start", str(stats.photos_received)),
             ("Received since start", size_text(stats.bytes_received))]
-    return [tags.div(tags.div(tags.h2("Is it working?"), tags.p("Working", class_="big ok"),
+    return [tags.div(tags.div(tags.h2("Is it working?"), *status_lines(health, []),
                               tags.table(tags.tbody(*[tags.tr(tags.th(k, scope="row"), tags.td(v))
                                                       for k, v in rows])), class_="card"),
                      class_="cards")]

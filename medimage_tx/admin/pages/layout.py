@@ -10,13 +10,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Optional, cast
 
 from twisted.web.resource import Resource
-from twisted.web.template import Flattenable, Tag, renderElement, tags
+from twisted.web.template import Comment, Flattenable, Tag, flattenString, renderElement, tags
 
 from ... import __version__
 from ...addons.public import menu_entries
 from .. import AdminResource, form_fields, set_admin_headers
 from ..access import CSRF_FIELD
-from ...web.answers import answer_now
+from ...web.answers import Answer, answer_now
 
 if TYPE_CHECKING:
     from ...state import ServerState
@@ -117,6 +117,24 @@ def send(request, document: Tag, code: int = 200):
     return renderElement(request, document, doctype=DOCTYPE)  # type: ignore[arg-type]
 
 
+#: Where L{html_in_layout} puts a page's own HTML.
+BODY_MARK = "medimage-page-body"
+
+
+def html_in_layout(request, state: ServerState, code: int, title: str, current: str, body_html: str) -> Answer:
+    """
+    The admin page shell (header, navigation, CSS) around C{body_html}, a
+    page's HTML text already escaped: for the pages written as text
+    (C{/pair}, C{/discovery}), whose forms tests and links rely on.
+    """
+    flattened: list[bytes] = []
+    # Nothing in the shell waits: the Deferred has fired when this returns.
+    flattenString(request, page(request, state, title, current, Comment(BODY_MARK))).addCallback(
+        flattened.append)
+    document = DOCTYPE + b"\n" + flattened[0].replace(f"<!--{BODY_MARK}-->".encode(), body_html.encode("utf-8"))
+    return Answer(code, document, b"text/html; charset=utf-8")
+
+
 def notice(text: Flattenable, kind: str = "notice") -> Tag:
     return tags.div(text, class_=kind, role="status" if kind == "notice" else "alert")
 
@@ -151,6 +169,21 @@ class StaticFile(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"cache-control", b"no-cache")
         return resources.files(__package__).joinpath("static", name).read_bytes()
+
+
+class Favicon(Resource):
+    """
+    C{/favicon.ico}, which every browser asks for: our own small icon (a
+    camera), so the log and the browser's console show no 404 for it.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"image/x-icon")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"max-age=86400")
+        return resources.files(__package__).joinpath("static", "favicon.ico").read_bytes()
 
 
 class AdminPage(AdminResource):

@@ -3,7 +3,8 @@ C{/admin/logs}: the latest log lines (L{log_ring.LogRing}), newest first,
 filterable by level (a C{GET} query: it only chooses what to show).  The
 guide's first troubleshooting step.  Hidden in lockDown, as the original
 does.  A relay's log never names a patient folder or file, so neither
-does its page.
+does its page; a clinic PC's names the photos it received (its own
+record), and the page says which.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from twisted.web.template import tags
 
 from .layout import AdminPage, page, send
 from ..log_ring import level_names
+
+#: What the lines say about patients, on each role (README, "Where photos and logs go").
+PC_PRIVACY = ("These lines name the photos received, patient ids included (folder and file name): "
+              "the clinic's own record, like the photo folder itself. A relay's lines never do.")
+RELAY_PRIVACY = ("A relay's lines never name a patient folder or file; a pairing is named by a "
+                 "fingerprint only.")
 
 LEVEL_WORDS = {"info": "Everything", "warn": "Warnings and errors", "error": "Errors only"}
 
@@ -48,4 +55,5 @@ class LogsPage(AdminPage):
             request, self.state, "Logs", "/admin/logs",
             tags.p("What the server did lately (kept in memory; the full log is on the console, "
                    "in the log file or the system journal)."),
+            tags.p(RELAY_PRIVACY if self.state.config.role == "relay" else PC_PRIVACY, class_="hint"),
             chooser, table))

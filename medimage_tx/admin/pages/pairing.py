@@ -154,6 +154,12 @@ class PairingPage(AdminPage):
             wanted = self._wanted(form)
         except PairingError as e:
             return self._answer(request, self._form(request, str(e)), 400)
+        broken = await self.state.config_file_problem()
+        if broken:
+            # Checked before a code is issued: a pairing that cannot be saved
+            # would leave phones paired with an id this PC never reads.
+            return self._answer(request, self._form(
+                request, f"config.json cannot be used: {broken}. Correct it first; nothing was sent."), 409)
         pairing = plan(self.state.config, wanted)
         if pairing.new_id and form.get("confirm") != "new-id":
             return self._answer(request, self._confirm(request, form, pairing))

@@ -3,7 +3,8 @@ C{/admin/settings}: where photos go (C{backupTo}: the output photo folder
 first, then further copies), the allowed file types and LAN mode.  Saved
 atomically to config.json with every other key kept
 (L{ServerState.save_config}); a new C{backupTo} applies at once, so the
-next photo goes there.  Hidden in lockDown, as the original does.
+next photo goes there.  Never saved over a config.json that cannot be
+used (a typo made by hand): that would lose the hand edits.  Hidden in lockDown, as the original does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 from twisted.web.template import Flattenable, Tag, tags
 
-from ...config import ORIGINAL_DEFAULT_TYPES, resolve_path
+from ...config import ORIGINAL_DEFAULT_TYPES, ConfigError, resolve_path
 from ...web.answers import render_async
 from .layout import AdminPage, csrf_input, field, notice, page, send
 
@@ -43,6 +44,12 @@ def writable_problem(folder: Path) -> str:
     except OSError as e:
         return f"This server cannot write in {folder}: {e.strerror or e}."
     return ""
+
+
+def unusable_config(problem: str) -> str:
+    return (f"config.json cannot be used: {problem}. Nothing was saved: saving would write over "
+            "the file and lose what was edited in it by hand. Correct it first (the home page "
+            "says when it can be used again).")
 
 
 def type_choices(config: Config) -> list[dict]:
@@ -72,7 +79,13 @@ class SettingsPage(AdminPage):
     pc_only = True
 
     def render_GET(self, request):
-        return send(request, self._form(request))
+        return render_async(request, self._show)
+
+    async def _show(self, request):
+        broken = await self.state.config_file_problem()
+        error = (f"config.json cannot be used: {broken}. Saving here is refused until it is corrected "
+                 "(it would write over what was edited by hand).") if broken else ""
+        return self._answer(request, self._form(request, error=error))
 
     def render_POST(self, request, form: dict[str, str]):
         return render_async(request, self._save, form)
@@ -124,6 +137,9 @@ class SettingsPage(AdminPage):
             return self._answer(request, self._form(
                 request, error="Give the output photo folder first; copies come after it.", values=values), 400)
         folders = ([output] if output else []) + copies
+        broken = await self.state.config_file_problem()
+        if broken:
+            return self._answer(request, self._form(request, error=unusable_config(broken), values=values), 409)
         for folder in folders:
             problem = await self.state.in_thread(writable_problem, resolve_path(folder, config.path.parent))
             if problem:
@@ -134,7 +150,10 @@ class SettingsPage(AdminPage):
             return self._answer(request, self._form(
                 request, error="Choose at least one file type. Nothing was saved.", values=values), 400)
         lan = form.get("lanMode") == "on"
-        await self.state.save_config(backupTo=folders, allowedTypes=types, lanMode=lan)
+        try:
+            await self.state.save_config(backupTo=folders, allowedTypes=types, lanMode=lan)
+        except ConfigError as e:  # broken by hand since the check above
+            return self._answer(request, self._form(request, error=unusable_config(str(e)), values=values), 409)
         log.info("Settings saved from the web admin: photos go to {where}",
                  where=folders[0] if folders else str(self.state.store.photos))
         said = [f"Saved. New photos go to {folders[0] if folders else self.state.store.photos}."]
