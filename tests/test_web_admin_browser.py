@@ -18,7 +18,8 @@ from twisted.web.static import Data
 from browser import in_browser, screenshot_dir
 from conftest import all_files, eventually, jpeg_bytes, multipart, post_upload, within
 
-pytestmark = pytest.mark.reactor
+# Skipped where chromium is missing (failed in CI): the chromium fixture.
+pytestmark = [pytest.mark.reactor, pytest.mark.usefixtures("chromium")]
 
 PHOTO_NAME = "#ward5-arm-27-Nov-2026-10-11-12.jpg"
 
