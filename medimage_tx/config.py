@@ -52,6 +52,13 @@ ORIGINAL_DEFAULT_TYPES = [
     {"extension": ".json", "mime": "application/json"},
 ]
 
+#: What a fresh install allows: the original's shipped config files
+#: (config-original/*ORIGINALconfig.json) add HEIC/HEIF, which iPhones send.
+SHIPPED_DEFAULT_TYPES = ORIGINAL_DEFAULT_TYPES + [
+    {"extension": ".heic", "mime": "image/heic"},
+    {"extension": ".heif", "mime": "image/heif"},
+]
+
 #: The values a fresh install starts with.  The original's keys first, then ours.
 DEFAULTS: dict[str, Any] = {
     "listenPort": 5566,
@@ -67,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "httpsCert": "",
     "lockDown": False,
     "basicAuthent": "changeme",
-    "allowedTypes": [dict(t) for t in ORIGINAL_DEFAULT_TYPES],
+    "allowedTypes": [dict(t) for t in SHIPPED_DEFAULT_TYPES],
     "allowedChars": DEFAULT_ALLOWED_CHARS,
     "maxUploadSize": 16 * MIB,
     "headers": dict(DEFAULT_HEADERS),
@@ -267,6 +274,19 @@ def _allowed_types(value: Any) -> tuple[AllowedType, ...]:
             extension = "." + extension
         types.append(AllowedType(extension, entry["mime"].strip().lower()))
     return tuple(types)
+
+
+def new_allowed_type(extension: str, mime: str) -> dict[str, str]:
+    """
+    One more C{allowedTypes} entry as a person types it (".PNG" or "png",
+    "image/png"), in the file's form; L{ValueError} with one line if unusable.
+    """
+    extension, mime = extension.strip().lower(), mime.strip().lower()
+    if not re.fullmatch(r"\.?[a-z0-9]{1,10}", extension):
+        raise ValueError(f"the extension must be 1 to 10 letters or digits, like .png (got {extension!r})")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", mime):
+        raise ValueError(f"the MIME type must look like image/png (got {mime!r})")
+    return {"extension": extension if extension.startswith(".") else "." + extension, "mime": mime}
 
 
 def _allowed_chars(value: Any) -> str:
