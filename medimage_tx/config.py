@@ -106,6 +106,10 @@ DEFAULTS: dict[str, Any] = {
     "relayStore": "",
     "proxyProtocol": False,
     "proxyProtocolFrom": ["127.0.0.0/8", "::1"],
+    # Requests answered per client address (web/request_budget.py): a rate
+    # per second and a burst at once; more wait their turn.
+    "requestRatePerAddress": 20,
+    "requestBurstPerAddress": 100,
 }
 
 
@@ -166,6 +170,8 @@ class Config:
     relayStore: str  # "" (this disk) or postgresql://... shared by relay nodes
     proxyProtocol: bool  # behind a balancer that sends the PROXY protocol
     proxyProtocolFrom: tuple[Network, ...]  # the balancers whose PROXY header is believed
+    requestRatePerAddress: float
+    requestBurstPerAddress: int
 
     @property
     def role(self) -> str:
@@ -214,6 +220,18 @@ def _count(value: Any) -> int:
 def _positive(value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise ValueError(f"expected a whole number of 1 or more, got {value!r}")
+    return value
+
+
+def _rate(value: Any) -> float:
+    if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= 1_000_000:
+        raise ValueError(f"expected requests a second above 0 (fractions allowed), got {value!r}")
+    return value
+
+
+def _burst(value: Any) -> int:
+    if not _is_int(value) or not 1 <= value <= 1_000_000:
+        raise ValueError(f"expected a whole number of requests of 1 or more, got {value!r}")
     return value
 
 
@@ -414,6 +432,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "relayStore": check_relay_store,
     "proxyProtocol": _bool,
     "proxyProtocolFrom": _networks,
+    "requestRatePerAddress": _rate,
+    "requestBurstPerAddress": _burst,
 }
 
 
