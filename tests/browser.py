@@ -3,8 +3,9 @@ Real headless Chromium for the web admin's tests: Debian's `chromium`
 driven by Playwright (which cannot download its own browsers here), in a
 thread of its own while the reactor serves the pages in the test's process.
 Each test's steps click and type like a person and save screenshots to
-MEDIMAGE_SCREENSHOTS (docs/screenshots for the README) or the test's
-temporary folder.
+MEDIMAGE_SCREENSHOTS or the test's temporary folder (the README's, in
+docs/screenshots, are taken by tools/screenshots.py from a realistic
+install, not from tests' temporary paths).
 """
 
 from __future__ import annotations

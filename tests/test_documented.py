@@ -164,3 +164,4 @@ def test_protocol_says_what_a_full_relay_answers():
     for what, error in (("a pairing over its quota", quota_exceeded()), ("a full relay", relay_full())):
         promise = f"`{error.status}` with `Retry-After: {error.retry_after}` for {what}"
         assert promise in relay, f"protocol.md should say {promise!r}"
+
