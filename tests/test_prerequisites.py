@@ -42,10 +42,10 @@ exec "$@"
 """
 
 
-def run_without_programs(tmp_path: Path, ci: bool) -> dict[str, tuple[str, str]]:
+def run_without_programs(tmp_path: Path, ci: bool) -> tuple[dict[str, tuple[str, str]], str]:
     """
     Run L{NEEDS}' tests with the programs hidden; each test's outcome
-    (passed, skipped, failed, error) and message.
+    (passed, skipped, failed, error) and message, and what pytest printed.
     """
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         skip_here_fail_in_ci("hiding installed programs needs root and unshare")
@@ -55,7 +55,7 @@ def run_without_programs(tmp_path: Path, ci: bool) -> dict[str, tuple[str, str]]
         env["CI"] = "true"
     run = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", HIDE, "hide",
-         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={report}",
+         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}",
          f"--basetemp={tmp_path / ('ci' if ci else 'here')}", *[test for test, _ in NEEDS]],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert report.exists(), run.stdout[-3000:] + run.stderr[-3000:]
@@ -69,19 +69,23 @@ def run_without_programs(tmp_path: Path, ci: bool) -> dict[str, tuple[str, str]]
                 message = child.get("message", "")
                 break
         outcomes[name] = (outcome, message)
-    return outcomes
+    return outcomes, run.stdout
 
 
 def test_missing_programs_skip_their_tests_with_a_line_outside_ci(tmp_path):
-    outcomes = run_without_programs(tmp_path, ci=False)
+    outcomes, printed = run_without_programs(tmp_path, ci=False)
     for test, program in NEEDS:
         outcome, message = outcomes[test]
         assert outcome == "skipped", f"{test}: {outcome}: {message}"
         assert program in message.lower() and "apt-get install" in message, message
+        # Said where a person reads it: the summary's line for each skip.
+        assert f"{test.split('::')[0]}:" in printed and f"(apt-get install {program})" in printed, printed[-2000:]
+    # And first: the header names what is missing.
+    assert "not installed here: chromium, haproxy, postgresql" in printed, printed[:2000]
 
 
 def test_missing_programs_fail_their_tests_in_ci(tmp_path):
-    outcomes = run_without_programs(tmp_path, ci=True)
+    outcomes, _ = run_without_programs(tmp_path, ci=True)
     for test, program in NEEDS:
         outcome, message = outcomes[test]
         assert outcome in ("failed", "error"), f"{test}: {outcome}: {message}"
