@@ -25,13 +25,19 @@ $(VENV)/installed: $(SOURCES)
 	@$(PYTHON) -c '$(SUPPORTED)' || { echo "make: $(PYTHON) is older than Python 3.11; give a newer one, e.g. make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet .
+	touch $@
+
+# The test-only packages (pytest, Playwright: 167 MB of a 296 MB .venv)
+# come with `make test` only: `make run` installs what the server needs.
+$(VENV)/installed-test: $(VENV)/installed
 	$(VENV)/bin/python -m pip install --quiet '.[test]'
 	touch $@
 
 run: $(VENV)/installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= medimage $(ARGS)
 
-test: $(VENV)/installed
+test: $(VENV)/installed-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The suite again on the newest Python here besides 3.11 (3.13 from pyenv on
@@ -49,14 +55,14 @@ test-newest:
 # Not part of `make test` (too slow for CI); see docs/testing.md.
 # Mutation testing of the plain-Python modules with the fast tests; one
 # module: make mutate MUTANTS='medimage_tx.photos.paths*'
-mutate: $(VENV)/installed
+mutate: $(VENV)/installed-test
 	$(VENV)/bin/python -m pip install --quiet '.[mutate]'
 	rm -rf mutants
 	$(VENV)/bin/mutmut run --max-children 2 $(MUTANTS)
 	$(VENV)/bin/mutmut results
 
 # Issue 11's deliberate faults, one at a time, each against its tests.
-faults: $(VENV)/installed
+faults: $(VENV)/installed-test
 	$(VENV)/bin/python tools/faults.py $(FAULTS)
 
 clean:

@@ -8,8 +8,8 @@ the local store.
     .venv/bin/python bench/relay_cluster.py idle [--nodes 3] [--polls 20000]
     .venv/bin/python bench/relay_cluster.py idle --local --polls 5000
 
-throughput: phones (plain asyncio sockets, one keep-alive connection each)
-upload 3 MB JPEGs as fast as the relay answers, through HAProxy to the
+throughput: phones (plain asyncio sockets, one keep-alive connection each,
+each from its own loopback address as real phones are) upload 3 MB JPEGs as fast as the relay answers, through HAProxy to the
 nodes; PC-like readers long-poll with acknowledgement (B4) through HAProxy,
 one per paired id, and confirm each photo.  Prints uploads/s, MB/s, upload
 latency, and delivery latency (the phone's 200 to the reader holding the
@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from haproxy_front import haproxy_argv, haproxy_config  # noqa: E402
 from postgres_server import ThrowawayPostgres, free_port  # noqa: E402
-from upload_load import cpu_seconds, read_response, request_bytes, start_server  # noqa: E402
+from upload_load import cpu_seconds, phone_address, read_response, request_bytes, start_server  # noqa: E402
 
 RELAY = {"allowPhotosLeaving": True, "allowGettingRemotePhotos": False, "lanMode": False}
 
@@ -111,8 +111,11 @@ async def read_http(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], 
     return status, headers, body
 
 
-async def phone(port: int, jobs: asyncio.Queue, photo: bytes, acknowledged: dict, upload_ms: list) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def phone(port: int, jobs: asyncio.Queue, photo: bytes, acknowledged: dict, upload_ms: list,
+                n: int = 0) -> None:
+    # Each phone from its own loopback address, as real phones are: the
+    # relay's request budget (20/s per address) is not what is measured.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(phone_address(n), 0))
     while True:
         try:
             name = jobs.get_nowait()
@@ -133,8 +136,9 @@ async def phone(port: int, jobs: asyncio.Queue, photo: bytes, acknowledged: dict
     writer.close()
 
 
-async def pc(port: int, pid: str, expected: int, delivered: dict) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def pc(port: int, pid: str, expected: int, delivered: dict, n: int = 0) -> None:
+    # Each clinic PC from its own address too (127.0.1.x).
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.1.{n + 1}", 0))
     got = 0
     while got < expected:
         writer.write(f"GET /read/{pid}?wait=30 HTTP/1.1\r\nHost: relay\r\nX-MedImage-Ack: 1\r\n\r\n".encode())
@@ -166,7 +170,7 @@ async def throughput(cluster: Cluster, photos: int, phones: int, pcs: int, size:
     warm: asyncio.Queue = asyncio.Queue()
     for p in range(pcs):
         warm.put_nowait(f"#{paired_id(p)}-#W-photo.jpg")
-    readers = [asyncio.create_task(pc(cluster.front, paired_id(p), 1, {})) for p in range(pcs)]
+    readers = [asyncio.create_task(pc(cluster.front, paired_id(p), 1, {}, p)) for p in range(pcs)]
     await phone(cluster.front, warm, photo, {}, [])
     await asyncio.gather(*readers)
     jobs: asyncio.Queue = asyncio.Queue()
@@ -177,8 +181,8 @@ async def throughput(cluster: Cluster, photos: int, phones: int, pcs: int, size:
     upload_ms: list = []
     cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
     started = time.perf_counter()
-    readers = [asyncio.create_task(pc(cluster.front, paired_id(p), expected[p], delivered)) for p in range(pcs)]
-    await asyncio.gather(*[phone(cluster.front, jobs, photo, acknowledged, upload_ms) for _ in range(phones)])
+    readers = [asyncio.create_task(pc(cluster.front, paired_id(p), expected[p], delivered, p)) for p in range(pcs)]
+    await asyncio.gather(*[phone(cluster.front, jobs, photo, acknowledged, upload_ms, n) for n in range(phones)])
     uploaded = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*readers), 120)
     cpu = sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before

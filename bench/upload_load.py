@@ -1,6 +1,7 @@
 """
 Load test of direct uploads: N phone-like clients upload 3 MB JPEGs with
-unique names, as fast as the server answers, to a real `twistd medimage`
+unique names, each client from its own loopback address, as fast as the
+server answers, to a real `twistd medimage`
 process on loopback.  Prints uploads/s, MB/s, p50/p99 latency and the
 server's peak RSS.
 
@@ -87,8 +88,17 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return int(status.split()[1])
 
 
-async def client(port: int, names: list[str], photo: bytes, latencies: list[float], failures: list) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def phone_address(n: int) -> str:
+    """
+    Phone C{n}'s own loopback address (127.0.0.10 on): the server's request
+    budget counts per address, and real phones do not share one.
+    """
+    return f"127.0.{(10 + n) // 250}.{(10 + n) % 250 + 1}"
+
+
+async def client(port: int, names: list[str], photo: bytes, latencies: list[float], failures: list,
+                 source: str = "127.0.0.1") -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     for name in names:
         head, body, tail = request_bytes(port, name, photo)
         started = time.perf_counter()
@@ -110,7 +120,7 @@ async def run_load(port: int, clients: int, uploads: int, photo: bytes) -> tuple
     names = [f"#BENCH{i % 50:02d}-photo-{i:05d}.jpg" for i in range(uploads)]
     started = time.perf_counter()
     await asyncio.gather(*(
-        client(port, names[c::clients], photo, latencies, failures) for c in range(clients)
+        client(port, names[c::clients], photo, latencies, failures, phone_address(c)) for c in range(clients)
     ))
     return time.perf_counter() - started, latencies, failures
 

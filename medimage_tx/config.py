@@ -53,6 +53,13 @@ ORIGINAL_DEFAULT_TYPES = [
     {"extension": ".json", "mime": "application/json"},
 ]
 
+#: What a fresh install allows: the original's shipped config files
+#: (config-original/*ORIGINALconfig.json) add HEIC/HEIF, which iPhones send.
+SHIPPED_DEFAULT_TYPES = ORIGINAL_DEFAULT_TYPES + [
+    {"extension": ".heic", "mime": "image/heic"},
+    {"extension": ".heif", "mime": "image/heif"},
+]
+
 #: The values a fresh install starts with.  The original's keys first, then ours.
 DEFAULTS: dict[str, Any] = {
     "listenPort": 5566,
@@ -68,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "httpsCert": "",
     "lockDown": False,
     "basicAuthent": "changeme",
-    "allowedTypes": [dict(t) for t in ORIGINAL_DEFAULT_TYPES],
+    "allowedTypes": [dict(t) for t in SHIPPED_DEFAULT_TYPES],
     "allowedChars": DEFAULT_ALLOWED_CHARS,
     "maxUploadSize": 16 * MIB,
     "headers": dict(DEFAULT_HEADERS),
@@ -100,6 +107,10 @@ DEFAULTS: dict[str, Any] = {
     "relayStore": "",
     "proxyProtocol": False,
     "proxyProtocolFrom": ["127.0.0.0/8", "::1"],
+    # Requests answered per client address (web/request_budget.py): a rate
+    # per second and a burst at once; more wait their turn.
+    "requestRatePerAddress": 20,
+    "requestBurstPerAddress": 100,
 }
 
 
@@ -160,6 +171,8 @@ class Config:
     relayStore: str  # "" (this disk) or postgresql://... shared by relay nodes
     proxyProtocol: bool  # behind a balancer that sends the PROXY protocol
     proxyProtocolFrom: tuple[Network, ...]  # the balancers whose PROXY header is believed
+    requestRatePerAddress: float
+    requestBurstPerAddress: int
 
     @property
     def role(self) -> str:
@@ -208,6 +221,18 @@ def _count(value: Any) -> int:
 def _positive(value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise ValueError(f"expected a whole number of 1 or more, got {value!r}")
+    return value
+
+
+def _rate(value: Any) -> float:
+    if not (_is_int(value) or isinstance(value, float)) or not 0 < value <= 1_000_000:
+        raise ValueError(f"expected requests a second above 0 (fractions allowed), got {value!r}")
+    return value
+
+
+def _burst(value: Any) -> int:
+    if not _is_int(value) or not 1 <= value <= 1_000_000:
+        raise ValueError(f"expected a whole number of requests of 1 or more, got {value!r}")
     return value
 
 
@@ -268,6 +293,19 @@ def _allowed_types(value: Any) -> tuple[AllowedType, ...]:
             extension = "." + extension
         types.append(AllowedType(extension, entry["mime"].strip().lower()))
     return tuple(types)
+
+
+def new_allowed_type(extension: str, mime: str) -> dict[str, str]:
+    """
+    One more C{allowedTypes} entry as a person types it (".PNG" or "png",
+    "image/png"), in the file's form; L{ValueError} with one line if unusable.
+    """
+    extension, mime = extension.strip().lower(), mime.strip().lower()
+    if not re.fullmatch(r"\.?[a-z0-9]{1,10}", extension):
+        raise ValueError(f"the extension must be 1 to 10 letters or digits, like .png (got {extension!r})")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", mime):
+        raise ValueError(f"the MIME type must look like image/png (got {mime!r})")
+    return {"extension": extension if extension.startswith(".") else "." + extension, "mime": mime}
 
 
 def _allowed_chars(value: Any) -> str:
@@ -395,6 +433,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "relayStore": check_relay_store,
     "proxyProtocol": _bool,
     "proxyProtocolFrom": _networks,
+    "requestRatePerAddress": _rate,
+    "requestBurstPerAddress": _burst,
 }
 
 

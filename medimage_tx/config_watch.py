@@ -18,7 +18,7 @@ CHECK_INTERVAL = 3.0
 NEEDS_RESTART = {
     "listenPort", "httpsPort", "httpsKey", "httpsCert", "keepMaster", "fileMode",
     "onStartBackupDriveDetect", "allowPhotosLeaving", "allowGettingRemotePhotos", "lanMode",
-    "discoveryPort",
+    "discoveryPort", "requestRatePerAddress", "requestBurstPerAddress",
 }
 
 

@@ -653,6 +653,10 @@ class MedImageSite(server.Site):
 
 def make_site(state: ServerState, root: Root, relay: bool) -> MedImageSite:
     """
-    The site of a relay (C{relay}) or a clinic PC, with its role's limits.
+    The site of a relay (C{relay}) or a clinic PC, with its role's limits
+    and config.json's request budget per address.
     """
-    return MedImageSite(state, root, Limits.for_role(relay, uses_select(state.reactor)))
+    limits = Limits.for_role(relay, uses_select(state.reactor))
+    limits.requests_per_address = state.config.requestRatePerAddress
+    limits.request_burst_per_address = state.config.requestBurstPerAddress
+    return MedImageSite(state, root, limits)

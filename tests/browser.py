@@ -3,8 +3,9 @@ Real headless Chromium for the web admin's tests: Debian's `chromium`
 driven by Playwright (which cannot download its own browsers here), in a
 thread of its own while the reactor serves the pages in the test's process.
 Each test's steps click and type like a person and save screenshots to
-MEDIMAGE_SCREENSHOTS (docs/screenshots for the README) or the test's
-temporary folder.
+MEDIMAGE_SCREENSHOTS or the test's temporary folder (the README's, in
+docs/screenshots, are taken by tools/screenshots.py from a realistic
+install, not from tests' temporary paths).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: None when not installed: the tests that need it skip (the `chromium` fixture).
+CHROMIUM = shutil.which("chromium")
 #: The longest one browser action (a click, a page load) may take.
 ACTION_MS = 15_000
 #: The longest a whole browser session of a test may take.
@@ -35,8 +37,8 @@ def run_browser(steps: Callable[[Any], Any], *chromium_args: str) -> Any:
     """
     from playwright.sync_api import sync_playwright
 
-    if not os.path.exists(CHROMIUM):
-        raise AssertionError("chromium is not installed: .ci/run installs it (apt-get install chromium)")
+    if CHROMIUM is None:
+        raise AssertionError("chromium is not installed: use the chromium fixture (tests/conftest.py)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                              args=["--no-sandbox", *chromium_args])

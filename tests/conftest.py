@@ -230,6 +230,62 @@ def skip_here_fail_in_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+def program_here(name: str) -> Optional[str]:
+    """
+    Where an installed program is: on the PATH, or in the sbin folders a
+    user's PATH may leave out (Debian puts haproxy in /usr/sbin).
+    """
+    import shutil
+
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
+
+
+def need_program(found: Optional[str], program: str, package: str) -> str:
+    """
+    C{found} (a program's path), or skip the test saying how to install it
+    (README "Set up" lists these); in CI the test fails instead.
+    """
+    if found is None:
+        skip_here_fail_in_ci(f"{program} is not installed here (apt-get install {package})")
+    return found
+
+
+#: The programs some tests drive, and their Debian packages (README, Set up).
+TEST_PROGRAMS = {"chromium": "chromium", "haproxy": "haproxy", "initdb": "postgresql", "strace": "strace",
+                 "systemd-analyze": "systemd"}
+
+
+def pytest_report_header(config) -> Optional[str]:
+    from postgres_server import postgres_bin
+
+    missing = [package for program, package in TEST_PROGRAMS.items()
+               if (postgres_bin(program) if program == "initdb" else program_here(program)) is None]
+    if not missing:
+        return None
+    then = "fail (CI=true)" if os.environ.get("CI") else "are skipped"
+    return (f"not installed here: {', '.join(missing)}; the tests that need them {then} "
+            f"(apt-get install {' '.join(missing)})")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """
+    Debian's chromium for the browser tests (tests/browser.py).
+    """
+    from browser import CHROMIUM
+
+    return need_program(CHROMIUM, "chromium", "chromium")
+
+
+@pytest.fixture(scope="session")
+def haproxy() -> str:
+    """
+    HAProxy in front of relay nodes (tests/haproxy_front.py).  Session-wide,
+    so it is checked before the session's PostgreSQL is started.
+    """
+    return need_program(program_here("haproxy"), "haproxy", "haproxy")
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """

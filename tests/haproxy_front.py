@@ -6,6 +6,7 @@ loopback.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -51,5 +52,7 @@ backend nodes
 
 
 def haproxy_argv(config_path: Path) -> list[str]:
-    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    binary = shutil.which("haproxy", path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
+    if binary is None:
+        raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
     return [binary, "-db", "-f", str(config_path)]

@@ -6,7 +6,6 @@ test.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,10 +20,9 @@ def postgres():
     """
     The session's throwaway PostgreSQL (a L{ThrowawayPostgres}).
     """
-    if postgres_bin("initdb") is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    from conftest import need_program
+
+    need_program(postgres_bin("initdb"), "postgresql", "postgresql")
     folder = Path(tempfile.mkdtemp(prefix="medimage-pg-"))
     server = ThrowawayPostgres(folder).init().start()
     yield server

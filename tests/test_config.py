@@ -192,3 +192,31 @@ def test_likely_typos_are_known_keys_in_another_case_or_a_letter_off():
            "purpose": "the original's comment", "customPairing": "", "someFutureKey": 1, "addonSetting": 2}
     assert likely_typos(raw) == [("backupto", "backupTo"), ("KeepMaster", "keepMaster"),
                                  ("basicAuthnet", "basicAuthent")]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("requestRatePerAddress", 0), ("requestRatePerAddress", -5), ("requestRatePerAddress", "20"),
+    ("requestRatePerAddress", True), ("requestBurstPerAddress", 0.5), ("requestBurstPerAddress", "lots"),
+    ("requestBurstPerAddress", False),
+])
+def test_a_bad_request_budget_is_one_clear_line(tmp_path, key, value):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert f"{path}: key {key!r}: expected " in message and repr(value) in message and "\n" not in message
+
+
+def test_the_request_budget_defaults_are_20_a_second_and_100_at_once(tmp_path):
+    # docs/security.md and README's config table: 20 a second, bursts of 100.
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    config = load_config(path)
+    assert (config.requestRatePerAddress, config.requestBurstPerAddress) == (20, 100)
+    from medimage_tx.web.request_budget import PER_ADDRESS_BURST, PER_ADDRESS_RATE
+
+    assert (PER_ADDRESS_RATE, PER_ADDRESS_BURST) == (20, 100)  # the budget's own defaults agree
+    path.write_text(json.dumps({"requestRatePerAddress": 0.5, "requestBurstPerAddress": 3}))
+    config = load_config(path)
+    assert (config.requestRatePerAddress, config.requestBurstPerAddress) == (0.5, 3)

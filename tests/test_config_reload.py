@@ -62,3 +62,38 @@ async def test_an_edit_that_brings_a_typo_warns_once(start_server, log_lines):
     assert len([line for line in log_lines if '"KeepMaster"' in line]) == 1  # not again
     [typo] = [line for line in log_lines if '"backupto"' in line]
     assert '"backupTo"' in typo
+
+
+async def test_a_hand_edit_of_backup_to_takes_the_next_photo_without_a_restart(tmp_path, http_client):
+    # docs/protocol.md: backupTo applies at once (a real twistd, its own file watcher).
+    import signal
+    import sys
+    from pathlib import Path
+
+    from conftest import eventually, jpeg_bytes, upload_photo, write_config
+    from processes import spawn
+
+    data, first, second = tmp_path / "data", tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    config = write_config(data / "config.json", backupTo=[first.as_posix()], lanMode=False)
+    twistd = Path(sys.executable).parent / "twistd"
+    process = spawn([str(twistd), "--nodaemon", "--pidfile=", "medimage", "--no-lan", "--data", str(data),
+                     "--port", "0", "--interface", "127.0.0.1"], str(tmp_path))
+    try:
+        url = f"http://127.0.0.1:{await process.port()}"
+        code, body, _ = await upload_photo(http_client, url, "#ward5-before.jpg", jpeg_bytes(5_000))
+        assert code == 200, body
+        await eventually(lambda: (first / "ward5" / "before.jpg").exists(), "the photo filed in the first folder")
+        raw = json.loads(config.read_text())
+        raw["backupTo"] = [second.as_posix()]
+        config.write_text(json.dumps(raw))
+        await process.wait_for(rb"config.json changed: applied now: backupTo")
+        code, body, _ = await upload_photo(http_client, url, "#ward5-after.jpg", jpeg_bytes(5_000))
+        assert code == 200, body
+        await eventually(lambda: (second / "ward5" / "after.jpg").exists(), "the next photo filed in the new folder")
+        assert not (first / "ward5" / "after.jpg").exists()
+    finally:
+        if not process.ended.called:
+            process.transport.signalProcess(signal.SIGTERM)
+    assert await process.exited() == -signal.SIGTERM

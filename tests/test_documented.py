@@ -141,3 +141,27 @@ def test_readme_number_is_the_codes(what, pattern, code):
     assert found, f"README.md no longer says {pattern!r}"
     said = {"hourly": 3600}.get(found.group(1)) or int(found.group(1))
     assert code() == said, f"README.md says {said} for the {what}; the code uses {code()}"
+
+
+def test_protocol_says_which_config_edits_apply_at_once_and_which_wait_for_a_restart():
+    from medimage_tx.config_watch import NEEDS_RESTART
+
+    said = re.search(r"it checks the file every \d+ s; (.*?) apply at once, while (.*?) need a restart",
+                     doc_text("protocol.md"))
+    assert said, "protocol.md no longer says which edits apply at once"
+    at_once, restart = (set(re.findall(r"`(\w+)`", part)) for part in said.groups())
+    assert restart == NEEDS_RESTART, f"protocol.md: {sorted(restart)}; the code: {sorted(NEEDS_RESTART)}"
+    assert "backupTo" in at_once and not at_once & NEEDS_RESTART
+
+
+def test_protocol_says_what_a_full_relay_answers():
+    from medimage_tx.relay_store.base import quota_exceeded, relay_full
+
+    text = doc_text("protocol.md")
+    relay = text[text.index("## Internet relay and sync"):]
+    relay = relay[:relay.index("Reading, ")]
+    assert "503" not in relay.replace("never `503`", ""), "the relay section says 503: the code never answers it"
+    for what, error in (("a pairing over its quota", quota_exceeded()), ("a full relay", relay_full())):
+        promise = f"`{error.status}` with `Retry-After: {error.retry_after}` for {what}"
+        assert promise in relay, f"protocol.md should say {promise!r}"
+

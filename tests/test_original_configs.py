@@ -46,8 +46,9 @@ def test_each_shape_loads_unchanged(tmp_path, name, role):
     assert config.readProxy == "" and config.webProxy == ""
     assert config.listenPort == 5566
     assert config.allowedChars == DEFAULT_ALLOWED_CHARS
+    # No allowedTypes key here: the types the original's shipped files list.
     assert {t.extension for t in config.allowedTypes} == {
-        ".jpg", ".pdf", ".mp4", ".mp3", ".m4v", ".m4a", ".csv", ".json"}
+        ".jpg", ".pdf", ".mp4", ".mp3", ".m4v", ".m4a", ".csv", ".json", ".heic", ".heif"}
 
 
 def test_linux_shape_has_no_targets_and_is_locked_down(tmp_path):
@@ -178,3 +179,34 @@ async def test_linux_shape_runs_a_relay_in_twistd(tmp_path, http_client):
     assert b"relay" in process.output.lower()
     # The relay's file is as it was: nothing rewritten into it.
     assert (data / "config.json").read_bytes() == (SHAPES / "linux.json").read_bytes()
+
+
+@pytestmark_twistd
+@pytest_twisted.ensureDeferred
+async def test_a_fresh_install_takes_heic_and_heif_as_the_originals_shipped_configs_do(tmp_path, http_client):
+    # config-original/{win,mac,lin}ORIGINALconfig.json list .heic (image/heic)
+    # and .heif (image/heif) after the eight of bin/server.js: iPhones send HEIC.
+    data = tmp_path / "data"
+    process = spawn([str(TWISTD), "--nodaemon", "--pidfile=", "medimage", "--no-lan",
+                     "--data", str(data), "--port", "0", "--interface", "127.0.0.1"], str(tmp_path))
+    try:
+        url = f"http://127.0.0.1:{await process.port()}"
+        written = json.loads((data / "config.json").read_text())["allowedTypes"]
+        assert {"extension": ".heic", "mime": "image/heic"} in written
+        assert {"extension": ".heif", "mime": "image/heif"} in written
+        heic = iso_media(b"heic", b"mif1", b"heic")
+        heif = iso_media(b"mif1", b"mif1", b"heic")
+        for name, content in (("#moles-John123.heic", heic), ("#moles-John124.heif", heif)):
+            code, body = await upload(http_client, url, name, content)
+            assert code == 200, body
+        assert (data / "photos" / "moles" / "John123.heic").read_bytes() == heic
+        assert (data / "photos" / "moles" / "John124.heif").read_bytes() == heif
+    finally:
+        if not process.ended.called:
+            process.transport.signalProcess(signal.SIGTERM)
+    assert await process.exited() == -signal.SIGTERM
+
+
+def iso_media(brand: bytes, *compatible: bytes) -> bytes:
+    body = brand + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body + b"\x00" * 2000

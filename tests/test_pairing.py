@@ -398,3 +398,75 @@ def test_successful_pairings_never_count_against_the_guess_limit():
     live = book.issue("", "https://relay", "", "clinic")
     for _ in range(3 * documented.GUESSES_PER_ADDRESS):
         assert book.redeem(live.code, "clinic NAT") == live
+
+
+#: What tells a clinic to type a code into the MedImage app, on each of the
+#: three ways to pair (the /pair page, /admin/pair, `medimage-tx pair`).
+APP_STEPS = ("tap the large circle", "Enter this code on the phone", "enter the code")
+
+
+def pair_command(*args: str, env: dict | None = None):
+    import os
+
+    return spawn([sys.executable, "-m", "medimage_tx", "pair", *args], REPO,
+                 env=None if env is None else {**os.environ, **env})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relays_own_code_is_never_offered_to_the_medimage_app(start_server, http_client):
+    # The app redeems codes only at AtomJump's central service (protocol.md,
+    # Pairing): a code from a relay's own service is for clients pointed at it.
+    from test_web_admin import csrf_of, page, post
+
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False)
+    own_service = relay.url + "/med-genid.php"
+    pc = await start_server("pc")
+    shown = []
+    response, body = await pair_on_page(http_client, pc.url, proxyServer=relay.url, customPairing=own_service)
+    assert response.code == 200, body
+    shown.append(("/pair", body))
+    token, cookie = csrf_of(*await page(http_client, pc.url + "/admin/pair"))
+    response, body = await post(http_client, pc.url + "/admin/pair",
+                                {"way": "own", "proxyServer": relay.url, "customPairing": own_service,
+                                 "csrf": token}, pc.url, cookie)
+    assert response.code == 200, body
+    shown.append(("/admin/pair", body))
+    process = pair_command("--relay", relay.url, "--custom-pairing", own_service,
+                           "--config", str(pc.data / "config.json"))
+    assert await process.exited() == 0, process.output
+    shown.append(("medimage-tx pair", process.output.decode()))
+    for where, said in shown:
+        said = " ".join(said.split())
+        assert not [step for step in APP_STEPS if step in said], (where, said)
+        assert "case-sensitive" not in said, (where, said)  # the relay's codes ignore case
+        assert "the MedImage app cannot redeem it" in said, (where, said)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_central_code_goes_into_the_app_exactly_as_shown(start_server, central, tmp_path):
+    # MEDIMAGE_CENTRAL_PAIRING points the PC at the stand-in as AtomJump's service.
+    relay = await start_server("relay", clock=Clock(), allowPhotosLeaving=True,
+                               allowGettingRemotePhotos=False)
+    process = pair_command("--relay", relay.url, "--config", str(tmp_path / "pc" / "config.json"),
+                           env={"MEDIMAGE_CENTRAL_PAIRING": central.url})
+    assert await process.exited() == 0, process.output
+    said = process.output.decode()
+    code = re.search(r"Pairing code: (\w+)\n", said).group(1)
+    assert code in central.codes and "tap the large circle" in said
+    # The central service compares codes as given.
+    assert ("Letters are case-sensitive" in said) == (code.lower() != code.upper())
+
+
+@pytest_twisted.ensureDeferred
+async def test_offline_pairing_names_the_host_the_firewall_must_allow(tmp_path):
+    from medimage_tx.pc.pairing import CENTRAL_PAIRING_URL, unreachable
+
+    process = pair_command("--relay", "http://127.0.0.1:9", "--custom-pairing", "http://127.0.0.1:9/med-genid.php",
+                           "--config", str(tmp_path / "config.json"))
+    assert await process.exited() == 1
+    said = process.output.decode().strip()
+    assert said.startswith("medimage: Cannot reach the pairing service at 127.0.0.1 (port 9)"), said
+    assert "firewall" in said and said.count("\n") == 0
+    # AtomJump's: the host a clinic's firewall must let this PC reach.
+    assert "medimage-pair.atomjump.com (port 443)" in unreachable(CENTRAL_PAIRING_URL)

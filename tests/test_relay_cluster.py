@@ -138,7 +138,7 @@ async def get_from(source: str, port: int, path: str) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_behind_haproxy_limits_count_each_clients_own_address(tmp_path, postgres_url, client):
+async def test_behind_haproxy_limits_count_each_clients_own_address(haproxy, tmp_path, postgres_url, client):
     nodes = await start_nodes(tmp_path, postgres_url, proxy_protocol=True)
     front = await start_haproxy(tmp_path, nodes)
     port = int(front.rsplit(":", 1)[1])
@@ -184,7 +184,7 @@ def leased_on(node: Node) -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_node_killed_while_holding_the_pcs_long_poll_and_lease_loses_nothing(
-        tmp_path, postgres_url, client, start_server):
+        haproxy, tmp_path, postgres_url, client, start_server):
     a, b = await start_nodes(tmp_path, postgres_url)
     # "first": every request goes to A while A is up, so A holds the PC's
     # long poll and, below, its lease.  Phones upload to B directly.
@@ -217,7 +217,7 @@ async def test_node_killed_while_holding_the_pcs_long_poll_and_lease_loses_nothi
 
 
 @pytest_twisted.ensureDeferred
-async def test_node_killed_mid_upload_loses_no_acknowledged_photo(tmp_path, postgres_url, client,
+async def test_node_killed_mid_upload_loses_no_acknowledged_photo(haproxy, tmp_path, postgres_url, client,
                                                                   start_server):
     rng = random.Random(20261128)
     a, b = await start_nodes(tmp_path, postgres_url)
@@ -254,7 +254,7 @@ async def _try_upload(client, url: str, name: str, content: bytes) -> bool:
 
 @pytest_twisted.ensureDeferred
 async def test_postgresql_stopped_and_started_under_load_loses_nothing(
-        tmp_path, postgres, client, start_server):
+        haproxy, tmp_path, postgres, client, start_server):
     url = postgres.new_database()
     a, b = await start_nodes(tmp_path, url, proxy_protocol=True)
     front = await start_haproxy(tmp_path, [a, b])

@@ -201,3 +201,33 @@ def test_todays_count_takes_files_of_today_before_the_start_once_each(tmp_path):
     # Both today, unless the test runs within two minutes after midnight.
     expected = sum(time.localtime(started - age)[:3] == time.localtime(started)[:3] for age in (60, 120))
     assert count_filed_today([staged, target], started) == expected
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 500
+
+
+@pytest.mark.reactor
+@pytest_twisted.ensureDeferred
+async def test_settings_adds_a_type_that_the_next_upload_may_use(start_server, http_client):
+    pc = await start_server()
+    code, _, _ = await post_upload(http_client, pc.url, *multipart("#scans-John123.png", PNG))
+    assert code == 400  # not allowed yet
+    token, cookie = csrf_of(*await page(http_client, pc.url + "/admin/settings"))
+    fields = {"type:.jpg": "on", "csrf": token}
+    # A bad extension: one clear line, nothing saved.
+    before = (pc.data / "config.json").read_bytes()
+    response, body = await post(http_client, pc.url + "/admin/settings",
+                                {**fields, "newExtension": "../png", "newMime": "image/png"}, pc.url, cookie)
+    assert response.code == 400 and "Nothing was saved" in body and "extension" in body
+    assert (pc.data / "config.json").read_bytes() == before
+    response, body = await post(http_client, pc.url + "/admin/settings",
+                                {**fields, "newExtension": ".PNG", "newMime": "image/png"}, pc.url, cookie)
+    assert response.code == 200 and "Saved." in body
+    saved = json.loads((pc.data / "config.json").read_text())
+    assert saved["allowedTypes"] == [{"extension": ".jpg", "mime": "image/jpeg"},
+                                     {"extension": ".png", "mime": "image/png"}]
+    # The form now lists it, ticked; the next upload of that type is stored.
+    assert re.search(r'name="type:\.png" value="on" checked', (await page(http_client, pc.url + "/admin/settings"))[1])
+    code, _, _ = await post_upload(http_client, pc.url, *multipart("#scans-John123.png", PNG))
+    assert code == 200
+    assert (pc.photos / "scans" / "John123.png").read_bytes() == PNG

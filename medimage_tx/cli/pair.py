@@ -45,6 +45,7 @@ async def pair(reactor, args: argparse.Namespace, clock=None) -> int:
     from ..pc.pairing import (
         PairingError,
         PairRequest,
+        advice_for,
         paired_changes,
         plan,
         relay_of,
@@ -83,9 +84,13 @@ async def pair(reactor, args: argparse.Namespace, clock=None) -> int:
         print(f"medimage: {e}. The pairing was not saved: correct the file and pair again.", file=sys.stderr)
         return 1
     print(f"Pairing code: {issued.code}")
-    if issued.code.lower() != issued.code.upper():
-        print("Letters are case-sensitive: type them exactly as shown.")
-    print("On each phone, now (codes expire): open the MedImage app, tap the large circle, "
-          "and enter the code.")
+    advice = advice_for(issued.code, wanted)
+    if advice.for_the_app:
+        if advice.case_note:
+            print(advice.case_note)
+        print("On each phone, now (codes expire): open the MedImage app, tap the large circle, "
+              "and enter the code.")
+    else:
+        print(advice.not_for_the_app)
     print(f"Saved the pairing in {config_path}; a running server picks it up within seconds.")
     return 0

@@ -22,6 +22,7 @@ Shared by the PC's C{/pair} page and the C{pair} command.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, cast
@@ -51,6 +52,13 @@ if TYPE_CHECKING:
 #: AtomJump's central pairing service: every MedImage app version redeems
 #: codes there (PROTOCOL.md A5), so it is the default.
 CENTRAL_PAIRING_URL = "https://medimage-pair.atomjump.com/med-genid.php"
+#: Points the PC at a local stand-in as AtomJump's service (tests and
+#: tools/screenshots.py, which must send nothing to the internet).
+CENTRAL_PAIRING_ENV = "MEDIMAGE_CENTRAL_PAIRING"
+
+
+def central_pairing_url() -> str:
+    return os.environ.get(CENTRAL_PAIRING_ENV) or CENTRAL_PAIRING_URL
 #: The most of a pairing service's answer (its body) we read, and the
 #: seconds it may take in all.
 MAX_ANSWER = 4096
@@ -135,7 +143,15 @@ class PairRequest:
 
     @property
     def service(self) -> str:
-        return self.custom_pairing or CENTRAL_PAIRING_URL
+        return self.custom_pairing or central_pairing_url()
+
+    @property
+    def app_redeems(self) -> bool:
+        """
+        Whether the MedImage app can redeem this service's codes: only
+        AtomJump's central service's (protocol.md, Pairing).
+        """
+        return same_url(self.service, central_pairing_url())
 
     def pairing_url(self) -> str:
         return self.service + ("&" if "?" in self.service else "?") + self.query_string()
@@ -173,7 +189,7 @@ def saved_service(config: Config) -> str:
     else AtomJump's).
     """
     value = config.raw.get("customPairing")
-    return value.strip() if isinstance(value, str) and value.strip() else CENTRAL_PAIRING_URL
+    return value.strip() if isinstance(value, str) and value.strip() else central_pairing_url()
 
 
 def plan(config: Config, request: PairRequest) -> PairingPlan:
@@ -201,6 +217,45 @@ def check_answer(issued: IssuedCode, pairing: PairingPlan) -> None:
     if pairing.guid and issued.paired_id != pairing.guid:
         raise PairingError("The pairing service answered with a different id than this PC's, so the "
                            "answer was not used (phones paired now stay paired).")
+
+
+@dataclass(frozen=True)
+class CodeAdvice:
+    """
+    What to tell the clinic about a code, the same on every way to pair.
+
+    @ivar for_the_app: phones type it into the MedImage app.
+    @ivar case_note: a sentence on letter case, or C{""}.
+    @ivar not_for_the_app: why the app cannot use it, or C{""}.
+    """
+
+    for_the_app: bool
+    case_note: str
+    not_for_the_app: str
+
+
+def advice_for(code: str, request: PairRequest) -> CodeAdvice:
+    if request.app_redeems:
+        # AtomJump's service compares codes exactly as given.
+        has_letters = code.lower() != code.upper()
+        return CodeAdvice(True, "Letters are case-sensitive: type them exactly as shown." if has_letters else "", "")
+    return CodeAdvice(False, "", (
+        f"This code comes from {request.service}, not AtomJump's pairing service, so the MedImage app "
+        "cannot redeem it (the app redeems codes only at AtomJump's). It is for clients pointed at "
+        "that service. To pair MedImage apps, pair again through AtomJump's service (no pairing "
+        "service given); your relay can stay the relay."))
+
+
+def unreachable(service: str) -> str:
+    """
+    The pairing service could not be reached: name the host and port a
+    clinic's firewall (or proxy) must let this PC reach.
+    """
+    parts = urlsplit(service)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return (f"Cannot reach the pairing service at {parts.hostname} (port {port}). Check this PC's internet "
+            f"connection, that the firewall lets it reach {parts.hostname} on port {port}, "
+            "and webProxy in config.json.")
 
 
 def paired_changes(config: Config, issued: IssuedCode, wanted: PairRequest) -> dict[str, str]:
@@ -275,8 +330,7 @@ async def request_code(client: HTTPClient, pairing: PairingPlan, ca_file: Option
             # Not the PC's internet connection: say what is wrong and what to do.
             explained = await explain(e, url, ca_file, direct=not via_proxy, clock=clock)
             raise PairingError(f"Cannot pair: {explained}.")
-        raise PairingError("Cannot reach the pairing service. Check this PC's internet connection "
-                           "(and webProxy in config.json).")
+        raise PairingError(unreachable(pairing.request.service))
     chunks: list[bytes] = []
     reader = CappedBody(chunks.append, MAX_ANSWER, deadline, clock)
     response.deliverBody(reader)

@@ -30,6 +30,7 @@ from ..pc.pairing import (
     PairingError,
     PairingPlan,
     PairRequest,
+    advice_for,
     paired_changes,
     plan,
     relay_of,
@@ -238,12 +239,16 @@ PAIRING_NOTE = (
 
 
 def code_html(code: str, wanted: PairRequest) -> str:
-    case_note = (" Letters are case-sensitive: type them exactly as shown."
-                 if code.lower() != code.upper() else "")
+    advice = advice_for(code, wanted)
+    shown = (f"<p class='code' id='code'>"
+             f"{html.escape(code)}</p>")
+    if not advice.for_the_app:
+        return (shown + f"<p><strong>{html.escape(advice.not_for_the_app)}</strong></p>"
+                f"<p>This PC is now paired with <code>{html.escape(wanted.proxy_server)}</code>.</p>")
+    case_note = " " + advice.case_note if advice.case_note else ""
     return (
-        f"<p class='code' id='code'>"
-        f"{html.escape(code)}</p>"
-        f"<p>Pairing codes expire: enter it on the phones now.{case_note}</p>"
+        shown
+        + f"<p>Pairing codes expire: enter it on the phones now.{case_note}</p>"
         "<ol><li>Open the MedImage app on the phone and tap the large circle.</li>"
         "<li>When it asks for a pairing code, enter the code above.</li>"
         "<li>Take a photo: it arrives on this PC within seconds.</li></ol>"

@@ -289,3 +289,18 @@ async def test_twenty_uploads_at_once_to_a_pc_are_never_held(start_server, http_
                              for n in range(20)])
     assert {(code, body) for code, body, _ in uploads} == {(200, b"Received upload successfully!")}
     assert budget.delayed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_per_address_budget_comes_from_config_json(start_server):
+    # A burst of 3 and (in effect) no refill: of 4 pipelined requests, 3
+    # are answered and the 4th waits its turn, its connection no longer read.
+    server = await start_server(requestRatePerAddress=0.001, requestBurstPerAddress=3)
+    site = server.service.http.factory
+    port = port_of(server)
+    client = Pipeliner(cheap_request("pc", port), 4)
+    await connect(port, client, "127.0.8.3")
+    await eventually(lambda: client.answers == 3 and site.budget.waiting("127.0.8.3") == 1,
+                     "the burst of 3 answered, the 4th waiting")
+    assert client.received.count(b"HTTP/1.1 200 ") == 3
+    client.transport.loseConnection()

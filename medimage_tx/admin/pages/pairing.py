@@ -9,17 +9,16 @@ after the admin confirms, and the code is shown exactly as issued.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.web.template import Tag, tags
 
 from ...identity import fingerprint
-from ...relay_store.pairing_codes import CODE_LIFETIME
 from ...pc.pairing import (
     PairingError,
     PairRequest,
+    advice_for,
     paired_changes,
     plan,
     relay_of,
@@ -123,14 +122,18 @@ class PairingPage(AdminPage):
                               method="post", action="/admin/pair"))
 
     def _code(self, request, code: str, wanted: PairRequest) -> Tag:
-        until = time.strftime("%H:%M", time.localtime(time.time() + CODE_LIFETIME))
-        case_note = (" Letters are case-sensitive: type them exactly as shown."
-                     if code.lower() != code.upper() else "")
+        advice = advice_for(code, wanted)
+        shown = tags.p(code, class_="code", id="code", **{"aria-label": "Pairing code"})
+        if not advice.for_the_app:
+            return page(request, self.state, "Pairing code", "/admin/pair",
+                        tags.p("The pairing service gave this code:"), shown,
+                        notice(advice.not_for_the_app, "error"),
+                        tags.p("This PC is now paired with ", tags.code(wanted.proxy_server), "."),
+                        tags.p(tags.a("Pair another way", href="/admin/pair")))
+        case_note = " " + advice.case_note if advice.case_note else ""
         return page(request, self.state, "Pairing code", "/admin/pair",
-                    tags.p("Enter this code on the phone:"),
-                    tags.p(code, class_="code", id="code", **{"aria-label": "Pairing code"}),
-                    tags.p(f"Pairing codes expire (a medimage_tx relay's after an hour, at {until}): "
-                           f"enter it on the phones now.{case_note}"),
+                    tags.p("Enter this code on the phone:"), shown,
+                    tags.p("Pairing codes expire: enter it on the phones now.", case_note),
                     tags.h2("On each phone"),
                     tags.ol(tags.li("Open the MedImage app and tap the large circle."),
                             tags.li("When it asks for a pairing code, enter the code above."),

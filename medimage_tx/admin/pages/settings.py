@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 from twisted.web.template import Flattenable, Tag, tags
 
-from ...config import ORIGINAL_DEFAULT_TYPES, ConfigError, resolve_path
+from ...config import SHIPPED_DEFAULT_TYPES, ConfigError, new_allowed_type, resolve_path
 from ...web.answers import render_async
 from .layout import AdminPage, csrf_input, field, notice, page, send
 
@@ -54,10 +54,10 @@ def unusable_config(problem: str) -> str:
 
 def type_choices(config: Config) -> list[dict]:
     """
-    The original's types, then any others config.json has, as raw entries.
+    The original's shipped types, then any others config.json has, as raw entries.
     """
     raw = config.raw.get("allowedTypes")
-    entries = [dict(t) for t in ORIGINAL_DEFAULT_TYPES]
+    entries = [dict(t) for t in SHIPPED_DEFAULT_TYPES]
     known = {t["extension"] for t in entries}
     for entry in raw if isinstance(raw, list) else []:
         if isinstance(entry, dict) and isinstance(entry.get("extension"), str):
@@ -120,6 +120,13 @@ class SettingsPage(AdminPage):
                       "Backup drives or shares; each folder must exist and be writable."),
                 tags.h2("Allowed file types"),
                 tags.fieldset(tags.legend("Files phones may send"), *boxes),
+                tags.fieldset(
+                    tags.legend("Add a type"),
+                    field("Extension", tags.input(type="text", name="newExtension", id="newExtension",
+                                                  value=values.get("newExtension", ""), placeholder=".png")),
+                    field("MIME type", tags.input(type="text", name="newMime", id="newMime",
+                                                  value=values.get("newMime", ""), placeholder="image/png"),
+                          "Files are checked by their content: a type this server cannot recognise is refused.")),
                 tags.h2("WiFi"),
                 tags.div(lan, " ", tags.label("Let phones on the WiFi find this PC (LAN mode)", for_="lan",
                                               class_="inline")),
@@ -132,7 +139,8 @@ class SettingsPage(AdminPage):
         config = self.state.config
         output = form.get("output", "").strip()
         copies = [line.strip() for line in form.get("copies", "").splitlines() if line.strip()]
-        values = {"output": output, "copies": form.get("copies", "")}
+        values = {"output": output, "copies": form.get("copies", ""),
+                  "newExtension": form.get("newExtension", ""), "newMime": form.get("newMime", "")}
         if copies and not output:
             return self._answer(request, self._form(
                 request, error="Give the output photo folder first; copies come after it.", values=values), 400)
@@ -146,6 +154,13 @@ class SettingsPage(AdminPage):
                 return self._answer(request, self._form(request, error=problem + " Nothing was saved.",
                                                         values=values), 400)
         types = [entry for entry in type_choices(config) if form.get(f"type:{_extension(entry)}") == "on"]
+        if values["newExtension"].strip() or values["newMime"].strip():
+            try:
+                added = new_allowed_type(values["newExtension"], values["newMime"])
+            except ValueError as e:
+                return self._answer(request, self._form(
+                    request, error=f"Cannot add that type: {e}. Nothing was saved.", values=values), 400)
+            types = [entry for entry in types if _extension(entry) != added["extension"]] + [added]
         if not types:
             return self._answer(request, self._form(
                 request, error="Choose at least one file type. Nothing was saved.", values=values), 400)
