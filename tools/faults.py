@@ -62,7 +62,7 @@ FAULTS = [
           "            download.check()\n", "",
           [DEFENCES, "tests/test_relay.py"]),
     Fault(8, "a plain GET /read/ whose sending fails does not put the photo back", "medimage_tx/relay.py",
-          "                relay.store.release(delivery)\n", "                pass\n",
+          "                relay.store.release(delivery).addErrback(", "                (lambda d: d)(",
           [DEFENCES, "tests/test_relay.py", MEMORY]),
     Fault(9, "a JSONP read consumes the photo", "medimage_tx/relay.py",
           "            text = photo.file_name if photo is not None else NOTHING.decode()\n",
