@@ -249,6 +249,7 @@ class LocalRelayStore:
 
     def _save_known_now(self) -> Deferred:
         self._known_save_call = None
+        assert self._known_writer is not None  # only scheduled when there is one
         return self._known_writer.save().addErrback(
             lambda failure: log.warn("Relay: cannot save relay-known.json: {error}",
                                      error=failure.getErrorMessage()))
