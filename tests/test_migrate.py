@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from conftest import all_files, jpeg_bytes
+from conftest import all_files, jpeg_bytes, skip_unless_user_runs_this_python
 from processes import spawn
 
 from medimage_tx.cli import main
@@ -470,6 +470,7 @@ async def test_migrate_as_root_hands_everything_to_the_service_user_who_then_sta
     assert (clinic / "NHID1234" / "arm.jpg").read_bytes() == photo
     assert f"owned by {SERVICE_UID}" in done.stdout
 
+    skip_unless_user_runs_this_python(str(SERVICE_UID))
     server = spawn(["setpriv", f"--reuid={SERVICE_UID}", f"--regid={SERVICE_UID}", "--clear-groups",
                     str(COMMAND), "serve", "--data", str(data), "--port", "0", "--no-lan"], str(shared_folder),
                    env=env)

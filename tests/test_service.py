@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from conftest import skip_unless_user_runs_this_python
 from processes import spawn
 
 COMMAND = Path(sys.executable).parent / "medimage-tx"
@@ -147,6 +148,7 @@ async def test_install_after_the_first_start_gives_a_service_with_the_clinics_se
     assert f"{config}" in done.stdout  # it says what it carried
     assert {(p.stat().st_uid, p.stat().st_gid) for p in [data, *data.rglob("*")]} == {(1, 1)}
     [exec_start] = unit_values((units / "medimage-tx.service").read_text(), "ExecStart")
+    skip_unless_user_runs_this_python(SERVICE_USER)
     server = spawn(["setpriv", "--reuid", SERVICE_USER, "--regid", SERVICE_USER, "--clear-groups",
                     *shlex.split(exec_start)], str(root), env=env)
     try:
